@@ -1,0 +1,145 @@
+//! The network configuration a plugin reads on stdin: the keys every plugin shares, typed; the
+//! whole object kept as JSON so a plugin can read its own keys and delegates get it unchanged.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::result::{CniResult, Dns};
+use crate::version::Version;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion")]
+    pub cni_version: Option<String>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    pub ipam: Option<IpamRef>,
+    pub dns: Option<Dns>,
+    pub args: Option<Value>,
+    #[serde(rename = "prevResult")]
+    pub prev_result: Option<Value>,
+    #[serde(rename = "runtimeConfig")]
+    pub runtime_config: Option<Map<String, Value>>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// What libcni before 1.2 sent, and still sends beside the new key.
+    #[serde(rename = "cni.dev/attachments")]
+    pub legacy_attachments: Option<Vec<Attachment>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct IpamRef {
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl NetConf {
+    /// The type of the IPAM plugin, `None` for L2-only configs (`"ipam": {}` or no key).
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.ipam.as_ref().map(|i| i.plugin_type.as_str()).filter(|t| !t.is_empty())
+    }
+
+    /// `prevResult` converted to the internal shape; absent when the runtime sent none.
+    pub fn prev_result(&self, version: Version) -> Result<Option<CniResult>> {
+        match &self.prev_result {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => CniResult::parse(v, version)
+                .map(|(_, r)| Some(r))
+                .map_err(|e| e.context("invalid prevResult")),
+        }
+    }
+
+    /// A capability argument the runtime passed in `runtimeConfig`.
+    pub fn runtime(&self, capability: &str) -> Option<&Value> {
+        self.runtime_config.as_ref()?.get(capability)
+    }
+
+    /// The attachments a GC must keep (`cni.dev/valid-attachments`, else the legacy key).
+    pub fn gc_attachments(&self) -> Option<&[Attachment]> {
+        self.valid_attachments.as_deref().or(self.legacy_attachments.as_deref())
+    }
+
+    /// `args.cni.<key>` (the args convention).
+    pub fn cni_arg(&self, key: &str) -> Option<&Value> {
+        self.args.as_ref()?.get("cni")?.get(key)
+    }
+}
+
+/// Checks a network name (and a container ID): `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn valid_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Checks an interface name the way the kernel and the Go skel do.
+pub fn validate_ifname(name: &str) -> Result<()> {
+    let bad = |why: &str| Error::invalid_env(format!("invalid CNI_IFNAME {name:?}: {why}"));
+    if name.is_empty() {
+        return Err(bad("interface name is empty"));
+    }
+    if name.len() > 15 {
+        return Err(bad("interface name is longer than 15 bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(bad("interface name may not be . or .."));
+    }
+    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(bad("interface name may not contain '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn identifiers() {
+        for ok in ["a", "Z9", "net-1_2.3", "0abc"] {
+            assert!(valid_identifier(ok), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "_a", "a b", "a/b", "a;b", "é"] {
+            assert!(!valid_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ifnames() {
+        for ok in ["eth0", "a", "123456789012345", "net1.100"] {
+            assert!(validate_ifname(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "1234567890123456", "a/b", "a:b", "a b", "a\tb"] {
+            let e = validate_ifname(bad).unwrap_err();
+            assert_eq!(e.code, 4, "{bad}");
+            assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
+        }
+    }
+
+    #[test]
+    fn shared_keys() {
+        let c: NetConf = crate::json::from_value(json!({
+            "cniVersion": "1.1.0", "Name": "n", "type": "bridge", "ipam": {},
+            "runtimeConfig": {"mac": "aa:bb:cc:dd:ee:ff"}, "args": {"cni": {"ips": ["10.0.0.9"]}},
+            "cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]
+        }))
+        .unwrap();
+        assert_eq!(c.name, "n");
+        assert_eq!(c.ipam_type(), None);
+        assert_eq!(c.runtime("mac"), Some(&json!("aa:bb:cc:dd:ee:ff")));
+        assert_eq!(c.cni_arg("ips"), Some(&json!(["10.0.0.9"])));
+        assert_eq!(c.gc_attachments().unwrap()[0].container_id, "c1");
+    }
+}

@@ -1,0 +1,17 @@
+//! The one shared library of the suite: the CNI protocol (versions, config, results, errors,
+//! the plugin skeleton), the runtime side used by `cnitool`, and the kernel plumbing (netns,
+//! netlink) every plugin uses.
+
+pub mod args;
+pub mod conf;
+pub mod error;
+pub mod json;
+pub mod netlink;
+pub mod netns;
+pub mod result;
+pub mod skel;
+pub mod version;
+
+pub use error::{Code, Error, Result};
+pub use result::CniResult;
+pub use version::Version;

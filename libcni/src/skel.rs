@@ -1,0 +1,441 @@
+//! The plugin side of the protocol: environment and stdin in, one command dispatched to the
+//! plugin, the result or error JSON out on stdout.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use crate::args::CniArgs;
+use crate::conf::{NetConf, valid_identifier, validate_ifname};
+use crate::error::{Code, Error, Result};
+use crate::netns::Netns;
+use crate::result::CniResult;
+use crate::version::Version;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Gc,
+    Status,
+    Version,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Option<Command> {
+        Some(match s {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "GC" => Command::Gc,
+            "STATUS" => Command::Status,
+            "VERSION" => Command::Version,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+            Command::Version => "VERSION",
+        }
+    }
+
+    /// Which `CNI_*` variables must be set (non-empty) for this command.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+            Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
+            Command::Gc | Command::Status => &["CNI_PATH"],
+            Command::Version => &[],
+        }
+    }
+}
+
+/// One validated invocation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub command: Command,
+    /// Empty for GC and STATUS.
+    pub container_id: String,
+    /// `None` when `CNI_NETNS` is empty (allowed for DEL).
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    /// `CNI_ARGS` as given; plugins parse it with [`Request::args`].
+    pub raw_args: String,
+    pub path: Vec<PathBuf>,
+    pub version: Version,
+    pub conf: NetConf,
+    /// The whole config object, for plugin-specific keys and for delegates.
+    pub raw: Value,
+    pub stdin: Vec<u8>,
+}
+
+impl Request {
+    pub fn args(&self) -> Result<CniArgs> {
+        CniArgs::parse(&self.raw_args)
+    }
+
+    /// The plugin's own config type, read with Go's key matching; errors name the bad key.
+    pub fn plugin_conf<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        crate::json::from_value(self.raw.clone())
+            .map_err(|e| Error::invalid_config(format!("invalid network config: {e}")))
+    }
+
+    pub fn prev_result(&self) -> Result<Option<CniResult>> {
+        self.conf.prev_result(self.version)
+    }
+}
+
+pub trait Plugin {
+    fn add(&self, req: &Request) -> Result<CniResult>;
+    fn del(&self, req: &Request) -> Result<()>;
+    fn check(&self, req: &Request) -> Result<()>;
+    fn gc(&self, _req: &Request) -> Result<()> {
+        Ok(())
+    }
+    fn status(&self, _req: &Request) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Entry point of every plugin binary.
+pub fn run(plugin: &impl Plugin, about: &str) -> ExitCode {
+    install_panic_hook();
+    let env = |k: &str| std::env::var(k).ok();
+    let mut stdout = std::io::stdout().lock();
+    let code = dispatch(plugin, about, &env, &mut std::io::stdin().lock(), &mut stdout);
+    let _ = stdout.flush();
+    ExitCode::from(code)
+}
+
+/// A panic is a bug; the runtime still gets a CNI error object instead of a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let where_ = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let err = Error::internal(format!("internal error: {msg}{where_}"));
+        let _ = std::io::stdout().write_all(&crate::json::to_pretty(&err.to_json(Version::LATEST)));
+        let _ = std::io::stdout().flush();
+        eprintln!("internal error: {msg}{where_}");
+    }));
+}
+
+/// The whole protocol with its inputs and output passed in: testable without a process.
+/// Returns the exit status.
+pub fn dispatch(
+    plugin: &impl Plugin,
+    about: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+) -> u8 {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    let Some(command) = var("CNI_COMMAND") else {
+        eprintln!("{about}\nCNI protocol versions supported: {}", Version::list());
+        return 0;
+    };
+    let mut version = Version::LATEST;
+    let outcome = (|| {
+        let cmd = Command::parse(&command)
+            .ok_or_else(|| Error::invalid_env(format!("unknown CNI_COMMAND: {command}")))?;
+        let mut input = Vec::new();
+        stdin
+            .read_to_end(&mut input)
+            .map_err(|e| Error::io(format!("error reading from stdin: {e}")))?;
+        if cmd == Command::Version {
+            return Ok(Some(version_info(&input)));
+        }
+        let req = request(cmd, &var, env, input, &mut version)?;
+        execute(plugin, &req)
+    })();
+    match outcome {
+        Ok(Some(out)) => {
+            let _ = stdout.write_all(&out);
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            let _ = stdout.write_all(&crate::json::to_pretty(&e.to_json(version)));
+            1
+        }
+    }
+}
+
+fn version_info(input: &[u8]) -> Vec<u8> {
+    // The spec echoes the request's version; an unusable request gets the newest.
+    let asked = serde_json::from_slice::<Value>(input)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str()?.parse::<Version>().ok())
+        .unwrap_or(Version::LATEST);
+    let all: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
+    let mut out = serde_json::to_vec(&json!({"cniVersion": asked, "supportedVersions": all})).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+fn request(
+    command: Command,
+    var: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: Vec<u8>,
+    version: &mut Version,
+) -> Result<Request> {
+    let missing: Vec<&str> = command.required().iter().copied().filter(|k| var(k).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(Error::invalid_env(format!("required env variables [{}] missing", missing.join(","))));
+    }
+    let container_id = var("CNI_CONTAINERID").unwrap_or_default();
+    let ifname = var("CNI_IFNAME").unwrap_or_default();
+    if command.required().contains(&"CNI_CONTAINERID") && !valid_identifier(&container_id) {
+        return Err(Error::invalid_env(format!("invalid characters in CNI_CONTAINERID {container_id:?}"))
+            .with_details("must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"));
+    }
+    if command.required().contains(&"CNI_IFNAME") {
+        validate_ifname(&ifname)?;
+    }
+
+    let raw: Value = serde_json::from_slice(&stdin)
+        .map_err(|e| Error::decode(format!("error parsing network config from stdin: {e}")))?;
+    if !raw.is_object() {
+        return Err(Error::decode("network config on stdin is not a JSON object"));
+    }
+    let conf: NetConf = crate::json::from_value(raw.clone())
+        .map_err(|e| Error::decode(format!("error parsing network config: {e}")))?;
+    // Errors from here on are labelled with the version the runtime asked for, when known.
+    let asked = conf.cni_version.as_deref().unwrap_or(Version::DEFAULT.as_str());
+    let parsed = asked.parse::<Version>();
+    if let Ok(v) = parsed {
+        *version = v;
+    }
+    if conf.name.is_empty() {
+        return Err(Error::invalid_config("missing network name (key \"name\")"));
+    }
+    if !valid_identifier(&conf.name) {
+        return Err(Error::invalid_config(format!("invalid characters in network name {:?}", conf.name))
+            .with_details("must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"));
+    }
+    let version = parsed.map_err(|_| {
+        Error::incompatible(format!("incompatible CNI versions: cniVersion {asked:?} is not supported"))
+            .with_details(format!("plugin supports {}", Version::list()))
+    })?;
+    match command {
+        Command::Check if !version.has_check() => {
+            return Err(Error::incompatible(format!("config version {version} does not allow CHECK (needs 0.4.0)")));
+        }
+        Command::Gc | Command::Status if !version.has_gc_and_status() => {
+            return Err(Error::incompatible(format!(
+                "config version {version} does not allow {} (needs 1.1.0)",
+                command.as_str()
+            )));
+        }
+        _ => {}
+    }
+
+    let netns = var("CNI_NETNS").map(PathBuf::from);
+    if let Some(path) = &netns {
+        if matches!(command, Command::Add | Command::Check | Command::Del) && !netns_override(env) {
+            refuse_own_netns(path)?;
+        }
+    }
+    let path = var("CNI_PATH")
+        .map(|p| std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()).collect())
+        .unwrap_or_default();
+    Ok(Request {
+        command,
+        container_id,
+        netns,
+        ifname,
+        raw_args: var("CNI_ARGS").unwrap_or_default(),
+        path,
+        version,
+        conf,
+        raw,
+        stdin,
+    })
+}
+
+fn netns_override(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    env("CNI_NETNS_OVERRIDE").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The guard runs before the plugin touches anything (the Go skel checks after the fact).
+fn refuse_own_netns(path: &std::path::Path) -> Result<()> {
+    // A path that cannot be opened is the plugin's to report (or, for DEL, to accept).
+    let Ok(ns) = Netns::open(path) else { return Ok(()) };
+    match ns.is_current() {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(Error::new(
+            Code::InvalidNetns,
+            format!("CNI_NETNS {path:?} is the plugin's own network namespace; refusing to act on it"),
+        )
+        .with_details("set CNI_NETNS_OVERRIDE=1 if this is intended")),
+        Err(e) => Err(Error::internal(format!("cannot compare CNI_NETNS {path:?} with our own namespace: {e}"))),
+    }
+}
+
+fn execute(plugin: &impl Plugin, req: &Request) -> Result<Option<Vec<u8>>> {
+    match req.command {
+        Command::Add => {
+            let result = plugin.add(req)?;
+            Ok(Some(crate::json::to_pretty(&result.render(req.version)?)))
+        }
+        Command::Del => plugin.del(req).map(|()| None),
+        Command::Check => plugin.check(req).map(|()| None),
+        Command::Gc => plugin.gc(req).map(|()| None),
+        Command::Status => plugin.status(req).map(|()| None),
+        Command::Version => unreachable!("answered before the request is built"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct Recorder {
+        calls: RefCell<Vec<Command>>,
+    }
+
+    impl Plugin for Recorder {
+        fn add(&self, req: &Request) -> Result<CniResult> {
+            self.calls.borrow_mut().push(req.command);
+            Ok(serde_json::from_value(json!({"ips": [{"address": "10.0.0.2/24"}]})).unwrap())
+        }
+        fn del(&self, req: &Request) -> Result<()> {
+            self.calls.borrow_mut().push(req.command);
+            Ok(())
+        }
+        fn check(&self, req: &Request) -> Result<()> {
+            self.calls.borrow_mut().push(req.command);
+            Err(Error::new(Code::UnknownContainer, "no such container"))
+        }
+    }
+
+    fn call(env: &[(&str, &str)], stdin: &str) -> (u8, Value, Vec<Command>) {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let plugin = Recorder::default();
+        let mut out = Vec::new();
+        let code = dispatch(&plugin, "about", &|k| env.get(k).cloned(), &mut stdin.as_bytes(), &mut out);
+        let value = if out.is_empty() { Value::Null } else { serde_json::from_slice(&out).unwrap() };
+        (code, value, plugin.calls.into_inner())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/nonexistent/ns"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ];
+
+    fn with(cmd: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut env: Vec<_> = BASE.to_vec();
+        env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        env.extend_from_slice(extra);
+        env.push(("CNI_COMMAND", Box::leak(cmd.to_string().into_boxed_str())));
+        env
+    }
+
+    #[test]
+    fn add_renders_in_the_requested_version() {
+        let (code, out, calls) = call(&with("ADD", &[]), r#"{"cniVersion":"0.4.0","name":"n","type":"t"}"#);
+        assert_eq!((code, calls), (0, vec![Command::Add]));
+        assert_eq!(out["cniVersion"], "0.4.0");
+        assert_eq!(out["ips"][0]["version"], "4");
+    }
+
+    #[test]
+    fn missing_version_means_010() {
+        let (code, out, _) = call(&with("ADD", &[]), r#"{"name":"n","type":"t"}"#);
+        assert_eq!(code, 0);
+        assert_eq!(out["ip4"]["ip"], "10.0.0.2/24");
+    }
+
+    #[test]
+    fn missing_env_listed_together() {
+        let env = [("CNI_COMMAND", "ADD"), ("CNI_NETNS", "")];
+        let (code, out, calls) = call(&env, "{}");
+        assert_eq!(code, 1);
+        assert!(calls.is_empty());
+        assert_eq!(out["code"], 4);
+        assert_eq!(out["msg"], "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing");
+        // DEL does not need a netns; GC only CNI_PATH.
+        let (code, _, _) = call(&with("DEL", &[("CNI_NETNS", "")]), r#"{"cniVersion":"1.0.0","name":"n"}"#);
+        assert_eq!(code, 0);
+        let (code, _, _) = call(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], r#"{"cniVersion":"1.1.0","name":"n"}"#);
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn bad_inputs_get_their_codes() {
+        let conf = r#"{"cniVersion":"1.0.0","name":"n"}"#;
+        let cases: Vec<(Vec<(&str, &str)>, &str, u32, &str)> = vec![
+            (with("BOGUS", &[]), conf, 4, "BOGUS"),
+            (with("ADD", &[("CNI_CONTAINERID", "-bad")]), conf, 4, "CNI_CONTAINERID"),
+            (with("ADD", &[("CNI_IFNAME", "way-too-long-name0")]), conf, 4, "CNI_IFNAME"),
+            (with("ADD", &[]), "{not json", 6, "network config"),
+            (with("ADD", &[]), "[1]", 6, "not a JSON object"),
+            (with("ADD", &[]), r#"{"cniVersion":"1.0.0"}"#, 7, "name"),
+            (with("ADD", &[]), r#"{"cniVersion":"1.0.0","name":"a b"}"#, 7, "\"a b\""),
+            (with("ADD", &[]), r#"{"cniVersion":"1.0.0","name":7}"#, 6, "name"),
+            (with("ADD", &[]), r#"{"cniVersion":"9.9.9","name":"n"}"#, 1, "\"9.9.9\""),
+            (with("CHECK", &[]), r#"{"cniVersion":"0.3.1","name":"n"}"#, 1, "CHECK"),
+            (with("GC", &[]), conf, 1, "GC"),
+            (with("STATUS", &[]), r#"{"cniVersion":"0.4.0","name":"n"}"#, 1, "STATUS"),
+        ];
+        for (env, stdin, want, needle) in cases {
+            let (code, out, calls) = call(&env, stdin);
+            assert_eq!(code, 1, "{env:?} {stdin}");
+            assert!(calls.is_empty(), "plugin ran for {env:?} {stdin}");
+            assert_eq!(out["code"], want, "{env:?} {stdin}: {out}");
+            assert!(out["msg"].as_str().unwrap().contains(needle), "{out}");
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_requested_version() {
+        let (_, out, _) = call(&with("CHECK", &[]), r#"{"cniVersion":"0.4.0","name":"n"}"#);
+        assert_eq!(out, json!({"cniVersion":"0.4.0","code":3,"msg":"no such container"}));
+    }
+
+    #[test]
+    fn version_echoes_and_lists_all() {
+        let (code, out, _) = call(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.3.1"}"#);
+        assert_eq!(code, 0);
+        assert_eq!(out["cniVersion"], "0.3.1");
+        assert_eq!(out["supportedVersions"].as_array().unwrap().len(), 7);
+        let (_, out, _) = call(&[("CNI_COMMAND", "VERSION")], "");
+        assert_eq!(out["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn own_netns_refused_before_the_plugin_runs() {
+        let me = "/proc/thread-self/ns/net";
+        let conf = r#"{"cniVersion":"1.0.0","name":"n"}"#;
+        let (code, out, calls) = call(&with("DEL", &[("CNI_NETNS", me)]), conf);
+        assert_eq!((code, out["code"].as_u64()), (1, Some(8)));
+        assert!(calls.is_empty());
+        let (code, _, calls) = call(&with("DEL", &[("CNI_NETNS", me), ("CNI_NETNS_OVERRIDE", "true")]), conf);
+        assert_eq!((code, calls), (0, vec![Command::Del]));
+    }
+
+    #[test]
+    fn no_command_prints_about_and_succeeds() {
+        let (code, out, calls) = call(&[], "");
+        assert_eq!((code, out, calls), (0, Value::Null, vec![]));
+    }
+}
