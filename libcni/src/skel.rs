@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::args::CniArgs;
 use crate::conf::{NetConf, valid_identifier, validate_ifname};
 use crate::error::{Code, Error, Result};
-use crate::netns::Netns;
+use crate::netns::{Netns, NetnsError};
 use crate::result::CniResult;
 use crate::version::Version;
 
@@ -91,6 +91,28 @@ impl Request {
 
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         self.conf.prev_result(self.version)
+    }
+
+    /// The container's namespace, for ADD and CHECK: it must exist.
+    pub fn netns(&self) -> Result<Netns> {
+        let path = self.netns.as_ref().ok_or_else(|| Error::invalid_env("CNI_NETNS is empty"))?;
+        Netns::open(path).map_err(|e| match e {
+            NetnsError::NotExist(_) => Error::new(Code::UnknownContainer, e.to_string()),
+            NetnsError::NotNetns(_) => Error::invalid_env(format!("CNI_NETNS: {e}")),
+            NetnsError::Io(..) => Error::internal(e.to_string()),
+        })
+    }
+
+    /// The container's namespace for DEL: `None` when there is none to clean up (empty
+    /// `CNI_NETNS`, a path that is gone, or one that no longer holds a namespace, as a runtime
+    /// leaves behind after unmounting it).
+    pub fn netns_if_present(&self) -> Result<Option<Netns>> {
+        let Some(path) = &self.netns else { return Ok(None) };
+        match Netns::open(path) {
+            Ok(ns) => Ok(Some(ns)),
+            Err(NetnsError::NotExist(_) | NetnsError::NotNetns(_)) => Ok(None),
+            Err(e @ NetnsError::Io(..)) => Err(Error::internal(e.to_string())),
+        }
     }
 }
 
