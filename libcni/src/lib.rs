@@ -5,10 +5,12 @@
 pub mod args;
 pub mod conf;
 pub mod error;
+pub mod invoke;
 pub mod json;
 pub mod netlink;
 pub mod netns;
 pub mod result;
+pub mod runtime;
 pub mod skel;
 pub mod version;
 

@@ -1,0 +1,198 @@
+//! The result cache under `<cacheDir>/results/<network>-<containerID>-<ifname>`, in the Go
+//! libcni's `cniCacheV1` format, so that either tool can CHECK and DEL what the other ADDed.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_DIR: &str = "/var/lib/cni";
+const KIND: &str = "cniCacheV1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: String,
+    #[serde(rename = "containerId")]
+    pub container_id: String,
+    /// The network configuration list's bytes, base64 (Go's encoding of `[]byte`).
+    #[serde(with = "b64")]
+    pub config: Vec<u8>,
+    #[serde(rename = "ifName")]
+    pub ifname: String,
+    #[serde(rename = "networkName")]
+    pub network: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns: String,
+    #[serde(rename = "cniArgs", default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_args: Vec<(String, String)>,
+    #[serde(rename = "capabilityArgs", default, skip_serializing_if = "Map::is_empty")]
+    pub capability_args: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = Option::<String>::deserialize(d)?.unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: cache_dir.into().join("results") }
+    }
+
+    fn path(&self, network: &str, container_id: &str, ifname: &str) -> Result<PathBuf> {
+        for (what, part) in [("network name", network), ("container ID", container_id), ("interface name", ifname)] {
+            if part.is_empty() || part.contains('/') || part == "." || part == ".." {
+                return Err(Error::invalid_config(format!("cannot cache result: invalid {what} {part:?}")));
+            }
+        }
+        Ok(self.dir.join(format!("{network}-{container_id}-{ifname}")))
+    }
+
+    /// Writes the entry atomically (temp file + rename): a crash never leaves half a file.
+    pub fn write(&self, entry: &Entry) -> Result<()> {
+        let path = self.path(&entry.network, &entry.container_id, &entry.ifname)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))?;
+        let tmp = self.dir.join(format!(".{}.tmp{}", entry.container_id, std::process::id()));
+        let data = serde_json::to_vec(&Entry { kind: KIND.into(), ..entry.clone() }).unwrap_or_default();
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&data).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("cannot write cached result {}: {e}", path.display()))
+        })
+    }
+
+    /// The cached entry, if any. A file in the pre-v1 format (a bare result) comes back as an
+    /// entry holding just that result.
+    pub fn read(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<Entry>> {
+        let path = self.path(network, container_id, ifname)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("cannot read cached result {}: {e}", path.display()))),
+        };
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::decode(format!("cached result {} is not JSON: {e}", path.display())))?;
+        if value.get("kind").and_then(Value::as_str) == Some(KIND) {
+            return serde_json::from_value(value)
+                .map(Some)
+                .map_err(|e| Error::decode(format!("cached result {}: {e}", path.display())));
+        }
+        Ok(Some(Entry {
+            kind: KIND.into(),
+            container_id: container_id.into(),
+            config: Vec::new(),
+            ifname: ifname.into(),
+            network: network.into(),
+            netns: String::new(),
+            cni_args: Vec::new(),
+            capability_args: Map::new(),
+            result: Some(value),
+        }))
+    }
+
+    pub fn remove(&self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+        let path = self.path(network, container_id, ifname)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("cannot remove cached result {}: {e}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every v1 entry of `network` (the attachments a runtime knows about).
+    pub fn entries(&self, network: &str) -> Vec<Entry> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let prefix = format!("{network}-");
+        dir.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<Entry>(&b).ok())
+            .filter(|e| e.kind == KIND && e.network == network)
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(cid: &str) -> Entry {
+        Entry {
+            kind: String::new(),
+            container_id: cid.into(),
+            config: b"{\"name\":\"n\"}\n".to_vec(),
+            ifname: "eth0".into(),
+            network: "n".into(),
+            netns: "/run/netns/x".into(),
+            cni_args: vec![("A".into(), "1".into())],
+            capability_args: Map::new(),
+            result: Some(json!({"cniVersion": "1.0.0"})),
+        }
+    }
+
+    #[test]
+    fn writes_the_go_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        cache.write(&entry("c1")).unwrap();
+        let raw: Value = serde_json::from_slice(&std::fs::read(dir.path().join("results/n-c1-eth0")).unwrap()).unwrap();
+        assert_eq!(raw["kind"], "cniCacheV1");
+        assert_eq!(raw["containerId"], "c1");
+        assert_eq!(raw["config"], "eyJuYW1lIjoibiJ9Cg==");
+        assert_eq!(raw["cniArgs"], json!([["A", "1"]]));
+        assert!(raw.get("capabilityArgs").is_none());
+        let back = cache.read("n", "c1", "eth0").unwrap().unwrap();
+        assert_eq!(back.result, Some(json!({"cniVersion": "1.0.0"})));
+        assert_eq!(cache.entries("n").len(), 1);
+        assert!(cache.entries("m").is_empty());
+        cache.remove("n", "c1", "eth0").unwrap();
+        cache.remove("n", "c1", "eth0").unwrap();
+        assert!(cache.read("n", "c1", "eth0").unwrap().is_none());
+    }
+
+    #[test]
+    fn reads_legacy_bare_results_and_refuses_bad_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("results")).unwrap();
+        std::fs::write(dir.path().join("results/n-c2-eth0"), r#"{"cniVersion":"0.3.1","ips":[]}"#).unwrap();
+        let cache = Cache::new(dir.path());
+        let e = cache.read("n", "c2", "eth0").unwrap().unwrap();
+        assert_eq!(e.result.unwrap()["cniVersion"], "0.3.1");
+        assert!(cache.read("n", "../x", "eth0").is_err());
+    }
+}

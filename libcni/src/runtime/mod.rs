@@ -1,0 +1,263 @@
+//! The runtime side of the protocol, as CRI-O, containerd or `cnitool` drive plugins: build each
+//! plugin's config, run a chain, keep the final result in the cache.
+
+pub mod cache;
+pub mod conflist;
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value, json};
+
+use crate::conf::Attachment;
+use crate::error::{Error, Result};
+use crate::invoke::{self, Env};
+use crate::result::CniResult;
+use crate::skel::Command;
+pub use cache::{Cache, Entry};
+pub use conflist::ConfList;
+
+/// One attachment as the runtime describes it.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConf {
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub args: Vec<(String, String)>,
+    /// Capability arguments (`portMappings`, `ips`, `mac`, …) offered to plugins.
+    pub capability_args: Map<String, Value>,
+}
+
+impl RuntimeConf {
+    fn env(&self, path: &[PathBuf]) -> Env {
+        Env {
+            container_id: self.container_id.clone(),
+            netns: self.netns.clone(),
+            ifname: self.ifname.clone(),
+            args: self.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"),
+            path: path.to_vec(),
+        }
+    }
+}
+
+pub struct Runtime {
+    pub path: Vec<PathBuf>,
+    pub cache: Cache,
+}
+
+impl Runtime {
+    pub fn new(path: Vec<PathBuf>, cache_dir: impl Into<PathBuf>) -> Runtime {
+        Runtime { path, cache: Cache::new(cache_dir) }
+    }
+
+    /// ADD every plugin in order, each getting the previous result; caches and returns the final
+    /// result in the list's version. If a plugin fails, the plugins already run are deleted
+    /// again (in reverse) before the error is returned, so a failed ADD leaves nothing behind.
+    pub fn add(&self, list: &ConfList, rt: &RuntimeConf) -> Result<Value> {
+        let mut prev: Option<Value> = None;
+        for (i, plugin) in list.plugins.iter().enumerate() {
+            let ran = self.call(list, plugin, Command::Add, rt, prev.as_ref()).and_then(|out| {
+                let value: Value = serde_json::from_slice(&out)
+                    .map_err(|e| Error::decode(format!("plugin {} printed an invalid result: {e}", plugin_type(plugin))))?;
+                CniResult::convert(&value, list.version, list.version)
+            });
+            match ran {
+                Ok(result) => prev = Some(result),
+                Err(e) => {
+                    let undo = ConfList { plugins: list.plugins[..=i].to_vec(), ..list.clone() };
+                    if let Err(undo_err) = self.del_plugins(&undo, rt, prev.as_ref()) {
+                        eprintln!("cleanup after failed ADD: {undo_err}");
+                    }
+                    return Err(e.context(format!("plugin {} failed (add)", plugin_type(plugin))));
+                }
+            }
+        }
+        let result = prev.unwrap_or_else(|| json!({"cniVersion": list.version}));
+        self.cache.write(&Entry {
+            kind: String::new(),
+            container_id: rt.container_id.clone(),
+            config: list.bytes.clone(),
+            ifname: rt.ifname.clone(),
+            network: list.name.clone(),
+            netns: rt.netns.clone(),
+            cni_args: rt.args.clone(),
+            capability_args: rt.capability_args.clone(),
+            result: Some(result.clone()),
+        })?;
+        Ok(result)
+    }
+
+    /// CHECK every plugin with the cached result.
+    pub fn check(&self, list: &ConfList, rt: &RuntimeConf) -> Result<()> {
+        if !list.version.has_check() {
+            return Err(Error::incompatible(format!(
+                "configuration version {} does not support the CHECK command",
+                list.version
+            )));
+        }
+        if list.disable_check {
+            return Ok(());
+        }
+        let cached = self.cached_result(list, rt)?.ok_or_else(|| {
+            Error::new(
+                crate::Code::UnknownContainer,
+                format!(
+                    "no cached result for network {:?}, container {:?}, interface {:?}: it was not added",
+                    list.name, rt.container_id, rt.ifname
+                ),
+            )
+        })?;
+        for plugin in &list.plugins {
+            self.call(list, plugin, Command::Check, rt, Some(&cached))?;
+        }
+        Ok(())
+    }
+
+    /// DEL every plugin in reverse order with the cached result, then drop the cache entry.
+    /// Every plugin is called even when one fails; the entry stays until a DEL fully succeeds.
+    pub fn del(&self, list: &ConfList, rt: &RuntimeConf) -> Result<()> {
+        let cached = if list.version.has_check() { self.cached_result(list, rt)? } else { None };
+        self.del_plugins(list, rt, cached.as_ref())?;
+        self.cache.remove(&list.name, &rt.container_id, &rt.ifname)
+    }
+
+    fn del_plugins(&self, list: &ConfList, rt: &RuntimeConf, prev: Option<&Value>) -> Result<()> {
+        let mut first_err = None;
+        for plugin in list.plugins.iter().rev() {
+            if let Err(e) = self.call(list, plugin, Command::Del, rt, prev) {
+                eprintln!("plugin {} failed (delete): {e}", plugin_type(plugin));
+                first_err.get_or_insert(e.context(format!("plugin {} failed (delete)", plugin_type(plugin))));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// GC (1.1.0): DEL the cached attachments that are not valid, then let every plugin drop
+    /// whatever belongs to no valid attachment.
+    pub fn gc(&self, list: &ConfList, valid: &[Attachment]) -> Result<()> {
+        if !list.version.has_gc_and_status() {
+            return Err(Error::incompatible(format!("configuration version {} does not support GC", list.version)));
+        }
+        let mut first_err = None;
+        for entry in self.cache.entries(&list.name) {
+            let attachment = Attachment { container_id: entry.container_id.clone(), ifname: entry.ifname.clone() };
+            if valid.contains(&attachment) {
+                continue;
+            }
+            let rt = RuntimeConf {
+                container_id: entry.container_id,
+                netns: entry.netns,
+                ifname: entry.ifname,
+                args: entry.cni_args,
+                capability_args: entry.capability_args,
+            };
+            if let Err(e) = self.del(list, &rt) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if !list.disable_gc {
+            let rt = RuntimeConf::default();
+            for plugin in &list.plugins {
+                let mut conf = plugin.clone();
+                conf.insert("cni.dev/valid-attachments".into(), json!(valid));
+                // libcni ≥ 1.2 sends the legacy key too; plugins built on older libraries read only it.
+                conf.insert("cni.dev/attachments".into(), json!(valid));
+                if let Err(e) = self.call(list, &conf, Command::Gc, &rt, None) {
+                    first_err.get_or_insert(e.context(format!("plugin {} failed (gc)", plugin_type(plugin))));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// STATUS (1.1.0): every plugin must be ready.
+    pub fn status(&self, list: &ConfList) -> Result<()> {
+        if !list.version.has_gc_and_status() {
+            return Err(Error::incompatible(format!(
+                "configuration version {} does not support STATUS",
+                list.version
+            )));
+        }
+        for plugin in &list.plugins {
+            self.call(list, plugin, Command::Status, &RuntimeConf::default(), None)
+                .map_err(|e| e.context(format!("plugin {} not ready", plugin_type(plugin))))?;
+        }
+        Ok(())
+    }
+
+    fn cached_result(&self, list: &ConfList, rt: &RuntimeConf) -> Result<Option<Value>> {
+        let Some(entry) = self.cache.read(&list.name, &rt.container_id, &rt.ifname)? else { return Ok(None) };
+        entry
+            .result
+            .map(|r| CniResult::convert(&r, list.version, list.version))
+            .transpose()
+            .map_err(|e| e.context("cached result"))
+    }
+
+    fn call(
+        &self,
+        list: &ConfList,
+        plugin: &Map<String, Value>,
+        command: Command,
+        rt: &RuntimeConf,
+        prev: Option<&Value>,
+    ) -> Result<Vec<u8>> {
+        let binary = invoke::find_plugin(plugin_type(plugin), &self.path)?;
+        let stdin = plugin_stdin(list, plugin, rt, prev);
+        invoke::exec(&binary, command, &rt.env(&self.path), &stdin)
+    }
+}
+
+fn plugin_type(plugin: &Map<String, Value>) -> &str {
+    plugin.get("type").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// What a plugin reads on stdin: its own object, with the list's `name` and `cniVersion`,
+/// `runtimeConfig` built from the capabilities it declares, and `prevResult`.
+pub fn plugin_stdin(list: &ConfList, plugin: &Map<String, Value>, rt: &RuntimeConf, prev: Option<&Value>) -> Vec<u8> {
+    let mut conf = plugin.clone();
+    conf.insert("name".into(), json!(list.name));
+    conf.insert("cniVersion".into(), json!(list.version));
+    let runtime_config: Map<String, Value> = plugin
+        .get("capabilities")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(_, on)| on.as_bool() == Some(true))
+        .filter_map(|(cap, _)| Some((cap.clone(), rt.capability_args.get(cap)?.clone())))
+        .collect();
+    if !runtime_config.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(runtime_config));
+    }
+    if let Some(prev) = prev {
+        conf.insert("prevResult".into(), prev.clone());
+    }
+    serde_json::to_vec(&conf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_gets_name_version_capabilities_and_prev_result() {
+        let list = ConfList::from_list_bytes(
+            br#"{"cniVersion":"1.0.0","name":"net","plugins":[
+                {"type":"portmap","name":"ignored","capabilities":{"portMappings":true,"ips":false},
+                 "runtimeConfig":{"stale":1}}]}"#,
+        )
+        .unwrap();
+        let mut rt = RuntimeConf::default();
+        rt.capability_args.insert("portMappings".into(), json!([{"hostPort": 8080}]));
+        rt.capability_args.insert("ips".into(), json!(["10.0.0.2"]));
+        let prev = json!({"cniVersion": "1.0.0"});
+        let v: Value = serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], &rt, Some(&prev))).unwrap();
+        assert_eq!(v["name"], "net");
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["runtimeConfig"], json!({"portMappings": [{"hostPort": 8080}]}));
+        assert_eq!(v["prevResult"], prev);
+        // Without matching capability args the file's own runtimeConfig stays, as in Go.
+        let v: Value = serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], &RuntimeConf::default(), None)).unwrap();
+        assert_eq!(v["runtimeConfig"], json!({"stale": 1}));
+        assert!(v.get("prevResult").is_none());
+    }
+}
