@@ -15,7 +15,9 @@ impl CniArgs {
         for pair in raw.split(';').filter(|p| !p.is_empty()) {
             let mut kv = pair.split('=');
             match (kv.next(), kv.next(), kv.next()) {
-                (Some(k), Some(v), None) if !k.is_empty() => pairs.push((k.to_string(), v.to_string())),
+                (Some(k), Some(v), None) if !k.is_empty() => {
+                    pairs.push((k.to_string(), v.to_string()))
+                }
                 _ => {
                     return Err(Error::invalid_env(format!(
                         "invalid CNI_ARGS pair {pair:?}: expected KEY=VALUE"
@@ -32,7 +34,11 @@ impl CniArgs {
 
     /// The last value given for `key` (keys are case-sensitive, as in Go).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Fails on keys outside `known` unless `IgnoreUnknown` is true.
@@ -98,6 +104,11 @@ mod tests {
         let a = CniArgs::parse("IgnoreUnknown=0;X=1").unwrap();
         assert!(a.check_known(&[]).is_err());
         let a = CniArgs::parse("IgnoreUnknown=yes").unwrap();
-        assert!(a.check_known(&[]).unwrap_err().msg.contains("IgnoreUnknown"));
+        assert!(
+            a.check_known(&[])
+                .unwrap_err()
+                .msg
+                .contains("IgnoreUnknown")
+        );
     }
 }

@@ -47,7 +47,10 @@ pub struct Attachment {
 impl NetConf {
     /// The type of the IPAM plugin, `None` for L2-only configs (`"ipam": {}` or no key).
     pub fn ipam_type(&self) -> Option<&str> {
-        self.ipam.as_ref().map(|i| i.plugin_type.as_str()).filter(|t| !t.is_empty())
+        self.ipam
+            .as_ref()
+            .map(|i| i.plugin_type.as_str())
+            .filter(|t| !t.is_empty())
     }
 
     /// `prevResult` converted to the internal shape; absent when the runtime sent none.
@@ -67,7 +70,9 @@ impl NetConf {
 
     /// The attachments a GC must keep (`cni.dev/valid-attachments`, else the legacy key).
     pub fn gc_attachments(&self) -> Option<&[Attachment]> {
-        self.valid_attachments.as_deref().or(self.legacy_attachments.as_deref())
+        self.valid_attachments
+            .as_deref()
+            .or(self.legacy_attachments.as_deref())
     }
 
     /// `args.cni.<key>` (the args convention).
@@ -95,7 +100,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     if name == "." || name == ".." {
         return Err(bad("interface name may not be . or .."));
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err(bad("interface name may not contain '/', ':' or whitespace"));
     }
     Ok(())
@@ -121,7 +129,16 @@ mod tests {
         for ok in ["eth0", "a", "123456789012345", "net1.100"] {
             assert!(validate_ifname(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "1234567890123456", "a/b", "a:b", "a b", "a\tb"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+        ] {
             let e = validate_ifname(bad).unwrap_err();
             assert_eq!(e.code, 4, "{bad}");
             assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);

@@ -106,7 +106,11 @@ impl Error {
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
-    #[serde(rename = "cniVersion", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "cniVersion",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     cni_version: Option<String>,
     code: u32,
     msg: String,
@@ -132,13 +136,20 @@ mod tests {
             serde_json::json!({"cniVersion":"0.4.0","code":7,"msg":"bad \"mtu\"","details":"must be a number"})
         );
         let e = Error::new(Code::InvalidEnv, "x");
-        assert_eq!(e.to_json(Version::V1_1_0)["details"], serde_json::Value::Null);
+        assert_eq!(
+            e.to_json(Version::V1_1_0)["details"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]
     fn reads_go_style_error_without_version() {
-        let e = Error::from_plugin_output(b"{\n    \"code\": 999,\n    \"msg\": \"boom\"\n}").unwrap();
-        assert_eq!((e.code, e.msg.as_str(), e.details.as_str()), (999, "boom", ""));
+        let e =
+            Error::from_plugin_output(b"{\n    \"code\": 999,\n    \"msg\": \"boom\"\n}").unwrap();
+        assert_eq!(
+            (e.code, e.msg.as_str(), e.details.as_str()),
+            (999, "boom", "")
+        );
         assert!(Error::from_plugin_output(b"{\"cniVersion\":\"1.0.0\",\"ips\":[]}").is_none());
     }
 }

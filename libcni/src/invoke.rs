@@ -23,24 +23,32 @@ pub struct Env {
 /// Finds `name` in `path` like the Go library: a plain file name, first directory that has it.
 pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::invalid_config(format!("invalid plugin type {name:?}")));
+        return Err(Error::invalid_config(format!(
+            "invalid plugin type {name:?}"
+        )));
     }
     if path.is_empty() {
-        return Err(Error::invalid_env(format!("cannot find plugin {name:?}: CNI_PATH is empty")));
+        return Err(Error::invalid_env(format!(
+            "cannot find plugin {name:?}: CNI_PATH is empty"
+        )));
     }
     path.iter()
         .map(|dir| dir.join(name))
         .find(|p| p.metadata().is_ok_and(|m| m.is_file()))
         .ok_or_else(|| {
             let dirs: Vec<String> = path.iter().map(|d| d.display().to_string()).collect();
-            Error::invalid_config(format!("failed to find plugin {name:?} in path [{}]", dirs.join(" ")))
+            Error::invalid_config(format!(
+                "failed to find plugin {name:?} in path [{}]",
+                dirs.join(" ")
+            ))
         })
 }
 
 /// Runs `plugin` with `command`, feeding `stdin`; returns its stdout on success, its CNI error
 /// otherwise. The plugin's stderr goes to ours.
 pub fn exec(plugin: &Path, command: Command, env: &Env, stdin: &[u8]) -> Result<Vec<u8>> {
-    let joined = std::env::join_paths(&env.path).map_err(|e| Error::invalid_env(format!("CNI_PATH: {e}")))?;
+    let joined = std::env::join_paths(&env.path)
+        .map_err(|e| Error::invalid_env(format!("CNI_PATH: {e}")))?;
     let mut attempt = 0;
     let mut child = loop {
         let spawned = Process::new(plugin)
@@ -61,25 +69,34 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, stdin: &[u8]) -> Result<
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(Error::internal(format!("cannot execute plugin {}: {e}", plugin.display()))),
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "cannot execute plugin {}: {e}",
+                    plugin.display()
+                )));
+            }
         }
     };
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading stdin closes the pipe; its exit status tells.
         let _ = input.write_all(stdin);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::internal(format!("cannot wait for plugin {}: {e}", plugin.display())))?;
+    let out = child.wait_with_output().map_err(|e| {
+        Error::internal(format!("cannot wait for plugin {}: {e}", plugin.display()))
+    })?;
     if out.status.success() {
         return Ok(out.stdout);
     }
-    let name = plugin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = plugin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Err(match Error::from_plugin_output(&out.stdout) {
         Some(e) => e,
-        None if out.stdout.is_empty() => {
-            Error::internal(format!("plugin {name:?} failed with no error message ({})", out.status))
-        }
+        None if out.stdout.is_empty() => Error::internal(format!(
+            "plugin {name:?} failed with no error message ({})",
+            out.status
+        )),
         None => Error::internal(format!(
             "plugin {name:?} failed ({}) and its output is not a CNI error: {:?}",
             out.status,

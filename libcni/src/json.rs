@@ -6,8 +6,10 @@
 //! it wraps the `serde_json::Value` deserializer and, whenever serde asks for a struct (which
 //! tells it the field names), renames keys to the field they fold to and drops `null` members.
 
-use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
+use serde::de::{
+    self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::{Map, Value};
 
 /// Deserializes `T` from `value` with Go's key matching. The error names the key path.
@@ -44,7 +46,11 @@ struct GoValue(Value);
 
 fn canonical_keys(map: Map<String, Value>, fields: &'static [&'static str]) -> Map<String, Value> {
     let mut out = Map::new();
-    let exact: Vec<String> = map.keys().filter(|k| fields.contains(&k.as_str())).cloned().collect();
+    let exact: Vec<String> = map
+        .keys()
+        .filter(|k| fields.contains(&k.as_str()))
+        .cloned()
+        .collect();
     for (key, value) in map {
         if value.is_null() {
             continue;
@@ -72,7 +78,10 @@ struct GoMap {
 impl<'de> MapAccess<'de> for GoMap {
     type Error = serde_json::Error;
 
-    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
         match self.iter.next() {
             Some((k, v)) => {
                 self.value = Some(v);
@@ -82,7 +91,10 @@ impl<'de> MapAccess<'de> for GoMap {
         }
     }
 
-    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
         let v = self.value.take().unwrap_or(Value::Null);
         seed.deserialize(GoValue(v))
     }
@@ -97,8 +109,14 @@ struct GoSeq(std::vec::IntoIter<Value>);
 impl<'de> SeqAccess<'de> for GoSeq {
     type Error = serde_json::Error;
 
-    fn next_element_seed<T: de::DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Self::Error> {
-        self.0.next().map(|v| seed.deserialize(GoValue(v))).transpose()
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0
+            .next()
+            .map(|v| seed.deserialize(GoValue(v)))
+            .transpose()
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -111,7 +129,10 @@ impl<'de> Deserializer<'de> for GoValue {
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Object(map) => visitor.visit_map(GoMap { iter: map.into_iter(), value: None }),
+            Value::Object(map) => visitor.visit_map(GoMap {
+                iter: map.into_iter(),
+                value: None,
+            }),
             Value::Array(items) => visitor.visit_seq(GoSeq(items.into_iter())),
             other => other.deserialize_any(visitor),
         }
@@ -126,7 +147,10 @@ impl<'de> Deserializer<'de> for GoValue {
         match self.0 {
             Value::Object(map) => {
                 let map = canonical_keys(map, fields);
-                visitor.visit_map(GoMap { iter: map.into_iter(), value: None })
+                visitor.visit_map(GoMap {
+                    iter: map.into_iter(),
+                    value: None,
+                })
             }
             other => other.deserialize_struct(name, fields, visitor),
         }
@@ -139,7 +163,11 @@ impl<'de> Deserializer<'de> for GoValue {
         }
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, Self::Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -197,7 +225,8 @@ mod tests {
 
     #[test]
     fn exact_key_wins_and_null_leaves_default() {
-        let c: Conf = from_value(json!({"Bridge": "folded", "bridge": "exact", "mtu": null})).unwrap();
+        let c: Conf =
+            from_value(json!({"Bridge": "folded", "bridge": "exact", "mtu": null})).unwrap();
         assert_eq!(c.bridge, "exact");
         assert_eq!(c.mtu, 0);
     }
@@ -205,14 +234,23 @@ mod tests {
     #[test]
     fn wrong_types_are_still_errors() {
         let e = from_value::<Conf>(json!({"isGateway": "true"})).unwrap_err();
-        assert!(e.to_string().starts_with("key \"isGateway\": invalid type"), "{e}");
+        assert!(
+            e.to_string().starts_with("key \"isGateway\": invalid type"),
+            "{e}"
+        );
         let e = from_value::<Conf>(json!({"ranges": [{}, {"RangeStart": 5}]})).unwrap_err();
-        assert!(e.to_string().starts_with("key \"ranges[1].rangeStart\""), "{e}");
+        assert!(
+            e.to_string().starts_with("key \"ranges[1].rangeStart\""),
+            "{e}"
+        );
         assert!(from_value::<Conf>(json!({"mtu": -1})).is_err());
     }
 
     #[test]
     fn pretty_uses_four_spaces_and_no_newline() {
-        assert_eq!(to_pretty(&json!({"a": [1]})), b"{\n    \"a\": [\n        1\n    ]\n}");
+        assert_eq!(
+            to_pretty(&json!({"a": [1]})),
+            b"{\n    \"a\": [\n        1\n    ]\n}"
+        );
     }
 }

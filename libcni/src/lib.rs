@@ -2,6 +2,8 @@
 //! the plugin skeleton), the runtime side used by `cnitool`, and the kernel plumbing (netns,
 //! netlink) every plugin uses.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod args;
 pub mod conf;
 pub mod error;

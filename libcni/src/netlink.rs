@@ -71,13 +71,19 @@ impl Netlink {
                 .map_err(|e| Error::internal(format!("cannot enter netns {:?}: {e}", ns.path())))?,
             None => connect(),
         };
-        let (conn, handle, _) = opened.map_err(|e| Error::internal(format!("cannot open netlink socket: {e}")))?;
+        let (conn, handle, _) =
+            opened.map_err(|e| Error::internal(format!("cannot open netlink socket: {e}")))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
@@ -88,17 +94,26 @@ impl Netlink {
     pub async fn set_up(&self, link: &Link, up: bool) -> Result<()> {
         let msg = LinkUnspec::new_with_index(link.index);
         let msg = if up { msg.up() } else { msg.down() }.build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| kernel(&format!("cannot set {:?} {}", link.name, if up { "up" } else { "down" }), e))
+        self.handle.link().set(msg).execute().await.map_err(|e| {
+            kernel(
+                &format!(
+                    "cannot set {:?} {}",
+                    link.name,
+                    if up { "up" } else { "down" }
+                ),
+                e,
+            )
+        })
     }
 
     /// Every address on the link, with its prefix length.
     pub async fn addresses(&self, link: &Link) -> Result<Vec<IpNetwork>> {
-        let mut stream = self.handle.address().get().set_link_index_filter(link.index).execute();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute();
         let mut out = Vec::new();
         let fail = |e| kernel(&format!("cannot list addresses of {:?}", link.name), e);
         while let Some(msg) = stream.try_next().await.map_err(fail)? {
@@ -120,5 +135,6 @@ impl Netlink {
 }
 
 fn network(ip: IpAddr, prefix: u8) -> Result<IpNetwork> {
-    IpNetwork::new(ip, prefix).map_err(|e| Error::internal(format!("kernel reported {ip}/{prefix}: {e}")))
+    IpNetwork::new(ip, prefix)
+        .map_err(|e| Error::internal(format!("kernel reported {ip}/{prefix}: {e}")))
 }

@@ -74,7 +74,10 @@ impl Netns {
     pub fn enter(&self) -> io::Result<NetnsGuard> {
         let home = File::open(THREAD_NETNS)?;
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)?;
-        Ok(NetnsGuard { home, _not_send: PhantomData })
+        Ok(NetnsGuard {
+            home,
+            _not_send: PhantomData,
+        })
     }
 
     /// Runs `f` with the calling thread inside this namespace.
@@ -113,9 +116,18 @@ mod tests {
 
     #[test]
     fn rejects_missing_and_non_namespace_paths() {
-        assert!(matches!(Netns::open("/nonexistent/netns"), Err(NetnsError::NotExist(_))));
-        assert!(matches!(Netns::open("/etc/hostname"), Err(NetnsError::NotNetns(_))));
-        assert!(matches!(Netns::open("/proc/self/ns/uts"), Err(NetnsError::NotNetns(_))));
+        assert!(matches!(
+            Netns::open("/nonexistent/netns"),
+            Err(NetnsError::NotExist(_))
+        ));
+        assert!(matches!(
+            Netns::open("/etc/hostname"),
+            Err(NetnsError::NotNetns(_))
+        ));
+        assert!(matches!(
+            Netns::open("/proc/self/ns/uts"),
+            Err(NetnsError::NotNetns(_))
+        ));
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub struct Interface {
     pub mtu: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
-    #[serde(rename = "socketPath", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "socketPath",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub socket_path: String,
     #[serde(rename = "pciID", default, skip_serializing_if = "String::is_empty")]
     pub pci_id: String,
@@ -44,14 +48,22 @@ pub struct IpConfig {
     pub interface: Option<usize>,
     /// Address with its prefix length (host bits kept).
     pub address: IpNetwork,
-    #[serde(default, deserialize_with = "lenient_ip", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub dst: IpNetwork,
-    #[serde(default, deserialize_with = "lenient_ip", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gw: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mtu: u32,
@@ -67,7 +79,15 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Self {
-        Route { dst, gw, mtu: 0, advmss: 0, priority: 0, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: 0,
+            advmss: 0,
+            priority: 0,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -85,7 +105,10 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_empty() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_empty()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 }
 
@@ -131,19 +154,32 @@ impl CniResult {
                     .with_details(format!("supported: {}", Version::list()))
             })?,
         };
-        let decode = |e: crate::json::KeyError| Error::decode(format!("cannot decode {version} result: {e}"));
+        let decode = |e: crate::json::KeyError| {
+            Error::decode(format!("cannot decode {version} result: {e}"))
+        };
         let result = match version.family() {
             Family::Legacy020 => {
                 let old: Result020 = crate::json::from_value(value.clone()).map_err(decode)?;
-                let mut result = CniResult { dns: old.dns, ..Default::default() };
+                let mut result = CniResult {
+                    dns: old.dns,
+                    ..Default::default()
+                };
                 for ip in [old.ip4, old.ip6].into_iter().flatten() {
-                    result.ips.push(IpConfig { interface: None, address: ip.ip, gateway: ip.gateway });
-                    result.routes.extend(ip.routes.into_iter().map(|r| Route::new(r.dst, r.gw)));
+                    result.ips.push(IpConfig {
+                        interface: None,
+                        address: ip.ip,
+                        gateway: ip.gateway,
+                    });
+                    result
+                        .routes
+                        .extend(ip.routes.into_iter().map(|r| Route::new(r.dst, r.gw)));
                 }
                 result
             }
             // 0.3.x/0.4.0 differ from 1.x only by the `version` of each IP, derived from the address.
-            Family::Legacy040 | Family::Current => crate::json::from_value(value.clone()).map_err(decode)?,
+            Family::Legacy040 | Family::Current => {
+                crate::json::from_value(value.clone()).map_err(decode)?
+            }
         };
         Ok((version, result))
     }
@@ -195,16 +231,24 @@ impl CniResult {
             m.insert("ips".into(), Value::Array(ips));
         }
         if !self.routes.is_empty() {
-            m.insert("routes".into(), serde_json::to_value(&self.routes).unwrap_or_default());
+            m.insert(
+                "routes".into(),
+                serde_json::to_value(&self.routes).unwrap_or_default(),
+            );
         }
-        m.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or_default());
+        m.insert(
+            "dns".into(),
+            serde_json::to_value(&self.dns).unwrap_or_default(),
+        );
         Value::Object(m)
     }
 
     fn render_020(&self, version: Version) -> Result<Value> {
         let mut m = Map::new();
         for (key, v4) in [("ip4", true), ("ip6", false)] {
-            let Some(ip) = self.ips.iter().find(|ip| ip.address.is_ipv4() == v4) else { continue };
+            let Some(ip) = self.ips.iter().find(|ip| ip.address.is_ipv4() == v4) else {
+                continue;
+            };
             let routes: Vec<Value> = self
                 .routes
                 .iter()
@@ -229,7 +273,10 @@ impl CniResult {
                 "cannot convert result to {version}: no valid IP addresses"
             )));
         }
-        m.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or_default());
+        m.insert(
+            "dns".into(),
+            serde_json::to_value(&self.dns).unwrap_or_default(),
+        );
         Ok(Value::Object(m))
     }
 
@@ -273,7 +320,10 @@ mod tests {
         assert_eq!(v11["routes"][0]["table"], 100);
         assert!(v11["ips"][0].get("version").is_none());
         // Empty DNS is left out of 1.x results.
-        let bare = CniResult { ips: r.ips.clone(), ..Default::default() };
+        let bare = CniResult {
+            ips: r.ips.clone(),
+            ..Default::default()
+        };
         assert!(bare.render(Version::V1_0_0).unwrap().get("dns").is_none());
     }
 
@@ -284,7 +334,10 @@ mod tests {
         assert_eq!(v["ips"][0]["version"], "4");
         assert_eq!(v["ips"][2]["version"], "6");
         assert_eq!(v["ips"][0]["interface"], 1);
-        assert_eq!(v["interfaces"][1], json!({"name": "eth0", "mac": "0a:58:0a:01:00:05", "sandbox": "/run/netns/x"}));
+        assert_eq!(
+            v["interfaces"][1],
+            json!({"name": "eth0", "mac": "0a:58:0a:01:00:05", "sandbox": "/run/netns/x"})
+        );
         // Routes keep every field, as Go copies them.
         assert_eq!(v["routes"][0]["mtu"], 1300);
         let empty = CniResult::default().render(Version::V0_3_1).unwrap();
@@ -335,7 +388,10 @@ mod tests {
                         })
                         .collect(),
                     routes: vec![
-                        Route::new("0.0.0.0/0".parse().unwrap(), Some("10.1.0.1".parse().unwrap())),
+                        Route::new(
+                            "0.0.0.0/0".parse().unwrap(),
+                            Some("10.1.0.1".parse().unwrap()),
+                        ),
                         Route::new("::/0".parse().unwrap(), None),
                     ],
                     dns: r.dns.clone(),
@@ -354,8 +410,11 @@ mod tests {
         assert_eq!(r.ips[0].gateway, None);
         let err = CniResult::parse(&json!({"cniVersion": "7.0.0"}), Version::V1_0_0).unwrap_err();
         assert_eq!(err.code, 1);
-        let err = CniResult::parse(&json!({"cniVersion": "1.0.0", "ips": [{"address": "nope"}]}), Version::V1_0_0)
-            .unwrap_err();
+        let err = CniResult::parse(
+            &json!({"cniVersion": "1.0.0", "ips": [{"address": "nope"}]}),
+            Version::V1_0_0,
+        )
+        .unwrap_err();
         assert_eq!(err.code, 6);
     }
 

@@ -51,7 +51,9 @@ impl Command {
     /// Which `CNI_*` variables must be set (non-empty) for this command.
     fn required(self) -> &'static [&'static str] {
         match self {
-            Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+            Command::Add | Command::Check => {
+                &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+            }
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
             Command::Gc | Command::Status => &["CNI_PATH"],
             Command::Version => &[],
@@ -95,7 +97,10 @@ impl Request {
 
     /// The container's namespace, for ADD and CHECK: it must exist.
     pub fn netns(&self) -> Result<Netns> {
-        let path = self.netns.as_ref().ok_or_else(|| Error::invalid_env("CNI_NETNS is empty"))?;
+        let path = self
+            .netns
+            .as_ref()
+            .ok_or_else(|| Error::invalid_env("CNI_NETNS is empty"))?;
         Netns::open(path).map_err(|e| match e {
             NetnsError::NotExist(_) => Error::new(Code::UnknownContainer, e.to_string()),
             NetnsError::NotNetns(_) => Error::invalid_env(format!("CNI_NETNS: {e}")),
@@ -107,7 +112,9 @@ impl Request {
     /// `CNI_NETNS`, a path that is gone, or one that no longer holds a namespace, as a runtime
     /// leaves behind after unmounting it).
     pub fn netns_if_present(&self) -> Result<Option<Netns>> {
-        let Some(path) = &self.netns else { return Ok(None) };
+        let Some(path) = &self.netns else {
+            return Ok(None);
+        };
         match Netns::open(path) {
             Ok(ns) => Ok(Some(ns)),
             Err(NetnsError::NotExist(_) | NetnsError::NotNetns(_)) => Ok(None),
@@ -133,7 +140,13 @@ pub fn run(plugin: &impl Plugin, about: &str) -> ExitCode {
     install_panic_hook();
     let env = |k: &str| std::env::var(k).ok();
     let mut stdout = std::io::stdout().lock();
-    let code = dispatch(plugin, about, &env, &mut std::io::stdin().lock(), &mut stdout);
+    let code = dispatch(
+        plugin,
+        about,
+        &env,
+        &mut std::io::stdin().lock(),
+        &mut stdout,
+    );
     let _ = stdout.flush();
     ExitCode::from(code)
 }
@@ -147,7 +160,10 @@ fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into());
-        let where_ = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let where_ = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let err = Error::internal(format!("internal error: {msg}{where_}"));
         let _ = std::io::stdout().write_all(&crate::json::to_pretty(&err.to_json(Version::LATEST)));
         let _ = std::io::stdout().flush();
@@ -166,7 +182,10 @@ pub fn dispatch(
 ) -> u8 {
     let var = |k: &str| env(k).filter(|v| !v.is_empty());
     let Some(command) = var("CNI_COMMAND") else {
-        eprintln!("{about}\nCNI protocol versions supported: {}", Version::list());
+        eprintln!(
+            "{about}\nCNI protocol versions supported: {}",
+            Version::list()
+        );
         return 0;
     };
     let mut version = Version::LATEST;
@@ -203,7 +222,8 @@ fn version_info(input: &[u8]) -> Vec<u8> {
         .and_then(|v| v.get("cniVersion")?.as_str()?.parse::<Version>().ok())
         .unwrap_or(Version::LATEST);
     let all: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
-    let mut out = serde_json::to_vec(&json!({"cniVersion": asked, "supportedVersions": all})).unwrap_or_default();
+    let mut out = serde_json::to_vec(&json!({"cniVersion": asked, "supportedVersions": all}))
+        .unwrap_or_default();
     out.push(b'\n');
     out
 }
@@ -215,15 +235,25 @@ fn request(
     stdin: Vec<u8>,
     version: &mut Version,
 ) -> Result<Request> {
-    let missing: Vec<&str> = command.required().iter().copied().filter(|k| var(k).is_none()).collect();
+    let missing: Vec<&str> = command
+        .required()
+        .iter()
+        .copied()
+        .filter(|k| var(k).is_none())
+        .collect();
     if !missing.is_empty() {
-        return Err(Error::invalid_env(format!("required env variables [{}] missing", missing.join(","))));
+        return Err(Error::invalid_env(format!(
+            "required env variables [{}] missing",
+            missing.join(",")
+        )));
     }
     let container_id = var("CNI_CONTAINERID").unwrap_or_default();
     let ifname = var("CNI_IFNAME").unwrap_or_default();
     if command.required().contains(&"CNI_CONTAINERID") && !valid_identifier(&container_id) {
-        return Err(Error::invalid_env(format!("invalid characters in CNI_CONTAINERID {container_id:?}"))
-            .with_details("must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"));
+        return Err(Error::invalid_env(format!(
+            "invalid characters in CNI_CONTAINERID {container_id:?}"
+        ))
+        .with_details("must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"));
     }
     if command.required().contains(&"CNI_IFNAME") {
         validate_ifname(&ifname)?;
@@ -232,12 +262,17 @@ fn request(
     let raw: Value = serde_json::from_slice(&stdin)
         .map_err(|e| Error::decode(format!("error parsing network config from stdin: {e}")))?;
     if !raw.is_object() {
-        return Err(Error::decode("network config on stdin is not a JSON object"));
+        return Err(Error::decode(
+            "network config on stdin is not a JSON object",
+        ));
     }
     let conf: NetConf = crate::json::from_value(raw.clone())
         .map_err(|e| Error::decode(format!("error parsing network config: {e}")))?;
     // Errors from here on are labelled with the version the runtime asked for, when known.
-    let asked = conf.cni_version.as_deref().unwrap_or(Version::DEFAULT.as_str());
+    let asked = conf
+        .cni_version
+        .as_deref()
+        .unwrap_or(Version::DEFAULT.as_str());
     let parsed = asked.parse::<Version>();
     if let Ok(v) = parsed {
         *version = v;
@@ -246,16 +281,23 @@ fn request(
         return Err(Error::invalid_config("missing network name (key \"name\")"));
     }
     if !valid_identifier(&conf.name) {
-        return Err(Error::invalid_config(format!("invalid characters in network name {:?}", conf.name))
-            .with_details("must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"));
+        return Err(Error::invalid_config(format!(
+            "invalid characters in network name {:?}",
+            conf.name
+        ))
+        .with_details("must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"));
     }
     let version = parsed.map_err(|_| {
-        Error::incompatible(format!("incompatible CNI versions: cniVersion {asked:?} is not supported"))
-            .with_details(format!("plugin supports {}", Version::list()))
+        Error::incompatible(format!(
+            "incompatible CNI versions: cniVersion {asked:?} is not supported"
+        ))
+        .with_details(format!("plugin supports {}", Version::list()))
     })?;
     match command {
         Command::Check if !version.has_check() => {
-            return Err(Error::incompatible(format!("config version {version} does not allow CHECK (needs 0.4.0)")));
+            return Err(Error::incompatible(format!(
+                "config version {version} does not allow CHECK (needs 0.4.0)"
+            )));
         }
         Command::Gc | Command::Status if !version.has_gc_and_status() => {
             return Err(Error::incompatible(format!(
@@ -267,13 +309,18 @@ fn request(
     }
 
     let netns = var("CNI_NETNS").map(PathBuf::from);
-    if let Some(path) = &netns {
-        if matches!(command, Command::Add | Command::Check | Command::Del) && !netns_override(env) {
-            refuse_own_netns(path)?;
-        }
+    if let Some(path) = &netns
+        && matches!(command, Command::Add | Command::Check | Command::Del)
+        && !netns_override(env)
+    {
+        refuse_own_netns(path)?;
     }
     let path = var("CNI_PATH")
-        .map(|p| std::env::split_paths(&p).filter(|p| !p.as_os_str().is_empty()).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     Ok(Request {
         command,
@@ -296,15 +343,21 @@ fn netns_override(env: &dyn Fn(&str) -> Option<String>) -> bool {
 /// The guard runs before the plugin touches anything (the Go skel checks after the fact).
 fn refuse_own_netns(path: &std::path::Path) -> Result<()> {
     // A path that cannot be opened is the plugin's to report (or, for DEL, to accept).
-    let Ok(ns) = Netns::open(path) else { return Ok(()) };
+    let Ok(ns) = Netns::open(path) else {
+        return Ok(());
+    };
     match ns.is_current() {
         Ok(false) => Ok(()),
         Ok(true) => Err(Error::new(
             Code::InvalidNetns,
-            format!("CNI_NETNS {path:?} is the plugin's own network namespace; refusing to act on it"),
+            format!(
+                "CNI_NETNS {path:?} is the plugin's own network namespace; refusing to act on it"
+            ),
         )
         .with_details("set CNI_NETNS_OVERRIDE=1 if this is intended")),
-        Err(e) => Err(Error::internal(format!("cannot compare CNI_NETNS {path:?} with our own namespace: {e}"))),
+        Err(e) => Err(Error::internal(format!(
+            "cannot compare CNI_NETNS {path:?} with our own namespace: {e}"
+        ))),
     }
 }
 
@@ -349,11 +402,24 @@ mod tests {
     }
 
     fn call(env: &[(&str, &str)], stdin: &str) -> (u8, Value, Vec<Command>) {
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let plugin = Recorder::default();
         let mut out = Vec::new();
-        let code = dispatch(&plugin, "about", &|k| env.get(k).cloned(), &mut stdin.as_bytes(), &mut out);
-        let value = if out.is_empty() { Value::Null } else { serde_json::from_slice(&out).unwrap() };
+        let code = dispatch(
+            &plugin,
+            "about",
+            &|k| env.get(k).cloned(),
+            &mut stdin.as_bytes(),
+            &mut out,
+        );
+        let value = if out.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out).unwrap()
+        };
         (code, value, plugin.calls.into_inner())
     }
 
@@ -364,7 +430,10 @@ mod tests {
         ("CNI_PATH", "/opt/cni/bin"),
     ];
 
-    fn with(cmd: &str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    fn with(
+        cmd: &str,
+        extra: &[(&'static str, &'static str)],
+    ) -> Vec<(&'static str, &'static str)> {
         let mut env: Vec<_> = BASE.to_vec();
         env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         env.extend_from_slice(extra);
@@ -374,7 +443,10 @@ mod tests {
 
     #[test]
     fn add_renders_in_the_requested_version() {
-        let (code, out, calls) = call(&with("ADD", &[]), r#"{"cniVersion":"0.4.0","name":"n","type":"t"}"#);
+        let (code, out, calls) = call(
+            &with("ADD", &[]),
+            r#"{"cniVersion":"0.4.0","name":"n","type":"t"}"#,
+        );
         assert_eq!((code, calls), (0, vec![Command::Add]));
         assert_eq!(out["cniVersion"], "0.4.0");
         assert_eq!(out["ips"][0]["version"], "4");
@@ -394,30 +466,82 @@ mod tests {
         assert_eq!(code, 1);
         assert!(calls.is_empty());
         assert_eq!(out["code"], 4);
-        assert_eq!(out["msg"], "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing");
+        assert_eq!(
+            out["msg"],
+            "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing"
+        );
         // DEL does not need a netns; GC only CNI_PATH.
-        let (code, _, _) = call(&with("DEL", &[("CNI_NETNS", "")]), r#"{"cniVersion":"1.0.0","name":"n"}"#);
+        let (code, _, _) = call(
+            &with("DEL", &[("CNI_NETNS", "")]),
+            r#"{"cniVersion":"1.0.0","name":"n"}"#,
+        );
         assert_eq!(code, 0);
-        let (code, _, _) = call(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], r#"{"cniVersion":"1.1.0","name":"n"}"#);
+        let (code, _, _) = call(
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")],
+            r#"{"cniVersion":"1.1.0","name":"n"}"#,
+        );
         assert_eq!(code, 0);
     }
+
+    /// Environment, stdin, expected code, text the message must contain.
+    type Case = (
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+        u32,
+        &'static str,
+    );
 
     #[test]
     fn bad_inputs_get_their_codes() {
         let conf = r#"{"cniVersion":"1.0.0","name":"n"}"#;
-        let cases: Vec<(Vec<(&str, &str)>, &str, u32, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (with("BOGUS", &[]), conf, 4, "BOGUS"),
-            (with("ADD", &[("CNI_CONTAINERID", "-bad")]), conf, 4, "CNI_CONTAINERID"),
-            (with("ADD", &[("CNI_IFNAME", "way-too-long-name0")]), conf, 4, "CNI_IFNAME"),
+            (
+                with("ADD", &[("CNI_CONTAINERID", "-bad")]),
+                conf,
+                4,
+                "CNI_CONTAINERID",
+            ),
+            (
+                with("ADD", &[("CNI_IFNAME", "way-too-long-name0")]),
+                conf,
+                4,
+                "CNI_IFNAME",
+            ),
             (with("ADD", &[]), "{not json", 6, "network config"),
             (with("ADD", &[]), "[1]", 6, "not a JSON object"),
             (with("ADD", &[]), r#"{"cniVersion":"1.0.0"}"#, 7, "name"),
-            (with("ADD", &[]), r#"{"cniVersion":"1.0.0","name":"a b"}"#, 7, "\"a b\""),
-            (with("ADD", &[]), r#"{"cniVersion":"1.0.0","name":7}"#, 6, "name"),
-            (with("ADD", &[]), r#"{"cniVersion":"9.9.9","name":"n"}"#, 1, "\"9.9.9\""),
-            (with("CHECK", &[]), r#"{"cniVersion":"0.3.1","name":"n"}"#, 1, "CHECK"),
+            (
+                with("ADD", &[]),
+                r#"{"cniVersion":"1.0.0","name":"a b"}"#,
+                7,
+                "\"a b\"",
+            ),
+            (
+                with("ADD", &[]),
+                r#"{"cniVersion":"1.0.0","name":7}"#,
+                6,
+                "name",
+            ),
+            (
+                with("ADD", &[]),
+                r#"{"cniVersion":"9.9.9","name":"n"}"#,
+                1,
+                "\"9.9.9\"",
+            ),
+            (
+                with("CHECK", &[]),
+                r#"{"cniVersion":"0.3.1","name":"n"}"#,
+                1,
+                "CHECK",
+            ),
             (with("GC", &[]), conf, 1, "GC"),
-            (with("STATUS", &[]), r#"{"cniVersion":"0.4.0","name":"n"}"#, 1, "STATUS"),
+            (
+                with("STATUS", &[]),
+                r#"{"cniVersion":"0.4.0","name":"n"}"#,
+                1,
+                "STATUS",
+            ),
         ];
         for (env, stdin, want, needle) in cases {
             let (code, out, calls) = call(&env, stdin);
@@ -431,7 +555,10 @@ mod tests {
     #[test]
     fn errors_carry_the_requested_version() {
         let (_, out, _) = call(&with("CHECK", &[]), r#"{"cniVersion":"0.4.0","name":"n"}"#);
-        assert_eq!(out, json!({"cniVersion":"0.4.0","code":3,"msg":"no such container"}));
+        assert_eq!(
+            out,
+            json!({"cniVersion":"0.4.0","code":3,"msg":"no such container"})
+        );
     }
 
     #[test]
@@ -451,7 +578,10 @@ mod tests {
         let (code, out, calls) = call(&with("DEL", &[("CNI_NETNS", me)]), conf);
         assert_eq!((code, out["code"].as_u64()), (1, Some(8)));
         assert!(calls.is_empty());
-        let (code, _, calls) = call(&with("DEL", &[("CNI_NETNS", me), ("CNI_NETNS_OVERRIDE", "true")]), conf);
+        let (code, _, calls) = call(
+            &with("DEL", &[("CNI_NETNS", me), ("CNI_NETNS_OVERRIDE", "true")]),
+            conf,
+        );
         assert_eq!((code, calls), (0, vec![Command::Del]));
     }
 

@@ -114,10 +114,7 @@ impl serde::Serialize for Version {
 
 /// Picks the highest version of `candidates` that this suite speaks (the 1.1.0 `cniVersions` rule).
 pub fn highest_supported<'a>(candidates: impl IntoIterator<Item = &'a str>) -> Option<Version> {
-    candidates
-        .into_iter()
-        .filter_map(|s| s.parse().ok())
-        .max()
+    candidates.into_iter().filter_map(|s| s.parse().ok()).max()
 }
 
 #[cfg(test)]

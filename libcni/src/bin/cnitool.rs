@@ -2,6 +2,8 @@
 //! A drop-in for the Go cnitool (same arguments, environment, container IDs and result cache),
 //! plus `gc` and `status`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
@@ -65,17 +67,24 @@ fn run(args: &[String]) -> Result<Option<String>> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let dir = PathBuf::from(env("NETCONFPATH").unwrap_or_else(|| "/etc/cni/net.d".into()));
     let list = ConfList::load(&dir, network)?;
-    let path: Vec<PathBuf> = env("CNI_PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    let runtime = Runtime::new(path, env("CNI_CACHE_DIR").unwrap_or_else(|| cache::DEFAULT_DIR.into()));
+    let path: Vec<PathBuf> = env("CNI_PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let runtime = Runtime::new(
+        path,
+        env("CNI_CACHE_DIR").unwrap_or_else(|| cache::DEFAULT_DIR.into()),
+    );
 
     match command {
         "add" | "check" | "del" => {
-            let [_, _, netns, ..] = args else { return Err(usage()) };
+            let [_, _, netns, ..] = args else {
+                return Err(usage());
+            };
             let rt = runtime_conf(netns, ifname_flag, &env)?;
             match command {
-                "add" => runtime
-                    .add(&list, &rt)
-                    .map(|r| Some(String::from_utf8_lossy(&libcni::json::to_pretty(&r)).into_owned())),
+                "add" => runtime.add(&list, &rt).map(|r| {
+                    Some(String::from_utf8_lossy(&libcni::json::to_pretty(&r)).into_owned())
+                }),
                 "check" => runtime.check(&list, &rt).map(|()| None),
                 _ => runtime.del(&list, &rt).map(|()| None),
             }
@@ -87,7 +96,10 @@ fn run(args: &[String]) -> Result<Option<String>> {
                 .entries(&list.name)
                 .into_iter()
                 .filter(|e| e.netns.is_empty() || Netns::open(&e.netns).is_ok())
-                .map(|e| Attachment { container_id: e.container_id, ifname: e.ifname })
+                .map(|e| Attachment {
+                    container_id: e.container_id,
+                    ifname: e.ifname,
+                })
                 .collect();
             runtime.gc(&list, &valid).map(|()| None)
         }
@@ -96,7 +108,11 @@ fn run(args: &[String]) -> Result<Option<String>> {
     }
 }
 
-fn runtime_conf(netns: &str, ifname: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Result<RuntimeConf> {
+fn runtime_conf(
+    netns: &str,
+    ifname: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RuntimeConf> {
     let netns = absolute(Path::new(netns))?;
     let netns = netns.to_string_lossy().into_owned();
     let capability_args: Map<String, Value> = match env("CAP_ARGS") {
@@ -104,10 +120,14 @@ fn runtime_conf(netns: &str, ifname: Option<String>, env: &dyn Fn(&str) -> Optio
         Some(raw) => serde_json::from_str(&raw)
             .map_err(|e| Error::invalid_env(format!("CAP_ARGS must be a JSON object: {e}")))?,
     };
-    let args = CniArgs::parse(&env("CNI_ARGS").unwrap_or_default())?.pairs().to_vec();
+    let args = CniArgs::parse(&env("CNI_ARGS").unwrap_or_default())?
+        .pairs()
+        .to_vec();
     Ok(RuntimeConf {
         container_id: container_id(&netns),
-        ifname: ifname.or_else(|| env("CNI_IFNAME")).unwrap_or_else(|| "eth0".into()),
+        ifname: ifname
+            .or_else(|| env("CNI_IFNAME"))
+            .unwrap_or_else(|| "eth0".into()),
         netns,
         args,
         capability_args,
@@ -126,7 +146,9 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir().map_err(|e| Error::io(format!("cannot read working directory: {e}")))?.join(path)
+        std::env::current_dir()
+            .map_err(|e| Error::io(format!("cannot read working directory: {e}")))?
+            .join(path)
     };
     let mut out = PathBuf::from("/");
     for part in joined.components() {
@@ -148,12 +170,18 @@ mod tests {
     #[test]
     fn container_id_matches_the_go_cnitool() {
         // Computed by the Go cnitool 1.1.2 for this path.
-        assert_eq!(container_id("/tmp/cniexp/ns1"), "cnitool-3867bbbfe58a7e2e1aad");
+        assert_eq!(
+            container_id("/tmp/cniexp/ns1"),
+            "cnitool-3867bbbfe58a7e2e1aad"
+        );
     }
 
     #[test]
     fn absolute_cleans_like_go() {
-        assert_eq!(absolute(Path::new("/run/netns/../netns/./x/")).unwrap(), PathBuf::from("/run/netns/x"));
+        assert_eq!(
+            absolute(Path::new("/run/netns/../netns/./x/")).unwrap(),
+            PathBuf::from("/run/netns/x")
+        );
         assert_eq!(absolute(Path::new("/..")).unwrap(), PathBuf::from("/"));
     }
 }

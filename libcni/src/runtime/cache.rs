@@ -29,7 +29,11 @@ pub struct Entry {
     pub netns: String,
     #[serde(rename = "cniArgs", default, skip_serializing_if = "Vec::is_empty")]
     pub cni_args: Vec<(String, String)>,
-    #[serde(rename = "capabilityArgs", default, skip_serializing_if = "Map::is_empty")]
+    #[serde(
+        rename = "capabilityArgs",
+        default,
+        skip_serializing_if = "Map::is_empty"
+    )]
     pub capability_args: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -44,7 +48,9 @@ mod b64 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = Option::<String>::deserialize(d)?.unwrap_or_default();
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -54,13 +60,21 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(cache_dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: cache_dir.into().join("results") }
+        Cache {
+            dir: cache_dir.into().join("results"),
+        }
     }
 
     fn path(&self, network: &str, container_id: &str, ifname: &str) -> Result<PathBuf> {
-        for (what, part) in [("network name", network), ("container ID", container_id), ("interface name", ifname)] {
+        for (what, part) in [
+            ("network name", network),
+            ("container ID", container_id),
+            ("interface name", ifname),
+        ] {
             if part.is_empty() || part.contains('/') || part == "." || part == ".." {
-                return Err(Error::invalid_config(format!("cannot cache result: invalid {what} {part:?}")));
+                return Err(Error::invalid_config(format!(
+                    "cannot cache result: invalid {what} {part:?}"
+                )));
             }
         }
         Ok(self.dir.join(format!("{network}-{container_id}-{ifname}")))
@@ -74,8 +88,14 @@ impl Cache {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))?;
-        let tmp = self.dir.join(format!(".{}.tmp{}", entry.container_id, std::process::id()));
-        let data = serde_json::to_vec(&Entry { kind: KIND.into(), ..entry.clone() }).unwrap_or_default();
+        let tmp = self
+            .dir
+            .join(format!(".{}.tmp{}", entry.container_id, std::process::id()));
+        let data = serde_json::to_vec(&Entry {
+            kind: KIND.into(),
+            ..entry.clone()
+        })
+        .unwrap_or_default();
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -86,7 +106,10 @@ impl Cache {
             .and_then(|()| std::fs::rename(&tmp, &path));
         written.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            Error::io(format!("cannot write cached result {}: {e}", path.display()))
+            Error::io(format!(
+                "cannot write cached result {}: {e}",
+                path.display()
+            ))
         })
     }
 
@@ -97,10 +120,16 @@ impl Cache {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("cannot read cached result {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::io(format!(
+                    "cannot read cached result {}: {e}",
+                    path.display()
+                )));
+            }
         };
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::decode(format!("cached result {} is not JSON: {e}", path.display())))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::decode(format!("cached result {} is not JSON: {e}", path.display()))
+        })?;
         if value.get("kind").and_then(Value::as_str) == Some(KIND) {
             return serde_json::from_value(value)
                 .map(Some)
@@ -122,16 +151,19 @@ impl Cache {
     pub fn remove(&self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
         let path = self.path(network, container_id, ifname)?;
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("cannot remove cached result {}: {e}", path.display())))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!(
+                "cannot remove cached result {}: {e}",
+                path.display()
+            ))),
             _ => Ok(()),
         }
     }
 
     /// Every v1 entry of `network` (the attachments a runtime knows about).
     pub fn entries(&self, network: &str) -> Vec<Entry> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let prefix = format!("{network}-");
         dir.filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -170,7 +202,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         cache.write(&entry("c1")).unwrap();
-        let raw: Value = serde_json::from_slice(&std::fs::read(dir.path().join("results/n-c1-eth0")).unwrap()).unwrap();
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("results/n-c1-eth0")).unwrap())
+                .unwrap();
         assert_eq!(raw["kind"], "cniCacheV1");
         assert_eq!(raw["containerId"], "c1");
         assert_eq!(raw["config"], "eyJuYW1lIjoibiJ9Cg==");
@@ -189,7 +223,11 @@ mod tests {
     fn reads_legacy_bare_results_and_refuses_bad_names() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("results")).unwrap();
-        std::fs::write(dir.path().join("results/n-c2-eth0"), r#"{"cniVersion":"0.3.1","ips":[]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("results/n-c2-eth0"),
+            r#"{"cniVersion":"0.3.1","ips":[]}"#,
+        )
+        .unwrap();
         let cache = Cache::new(dir.path());
         let e = cache.read("n", "c2", "eth0").unwrap().unwrap();
         assert_eq!(e.result.unwrap()["cniVersion"], "0.3.1");

@@ -36,20 +36,32 @@ impl ConfList {
         let flag = |key: &str| match list.get(key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(Error::invalid_config(format!("{key:?} must be a boolean, not {other}"))),
+            Some(other) => Err(Error::invalid_config(format!(
+                "{key:?} must be a boolean, not {other}"
+            ))),
         };
         let plugins = match list.get("plugins") {
             Some(Value::Array(items)) if !items.is_empty() => items
                 .iter()
                 .enumerate()
                 .map(|(i, p)| match p {
-                    Value::Object(m) if m.get("type").and_then(Value::as_str).is_some_and(|t| !t.is_empty()) => {
+                    Value::Object(m)
+                        if m.get("type")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| !t.is_empty()) =>
+                    {
                         Ok(m.clone())
                     }
-                    _ => Err(Error::invalid_config(format!("plugins[{i}] is not an object with a \"type\""))),
+                    _ => Err(Error::invalid_config(format!(
+                        "plugins[{i}] is not an object with a \"type\""
+                    ))),
                 })
                 .collect::<Result<Vec<_>>>()?,
-            _ => return Err(Error::invalid_config(format!("network {name:?}: \"plugins\" must be a non-empty list"))),
+            _ => {
+                return Err(Error::invalid_config(format!(
+                    "network {name:?}: \"plugins\" must be a non-empty list"
+                )));
+            }
         };
         Ok(ConfList {
             name,
@@ -68,8 +80,14 @@ impl ConfList {
         let Value::Object(conf) = &value else {
             return Err(Error::decode("configuration is not a JSON object"));
         };
-        if conf.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(Error::invalid_config("error parsing configuration: missing 'type'"));
+        if conf
+            .get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(Error::invalid_config(
+                "error parsing configuration: missing 'type'",
+            ));
         }
         let list = json!({
             "name": conf.get("name").cloned().unwrap_or(Value::Null),
@@ -85,11 +103,16 @@ impl ConfList {
     pub fn load(dir: &Path, name: &str) -> Result<ConfList> {
         let mut broken = Vec::new();
         for (exts, parse) in [
-            (&["conflist"][..], ConfList::from_list_bytes as fn(&[u8]) -> Result<ConfList>),
+            (
+                &["conflist"][..],
+                ConfList::from_list_bytes as fn(&[u8]) -> Result<ConfList>,
+            ),
             (&["conf", "json"][..], ConfList::from_conf_bytes),
         ] {
             for file in files(dir, exts)? {
-                let loaded = std::fs::read(&file).map_err(Error::from).and_then(|b| parse(&b));
+                let loaded = std::fs::read(&file)
+                    .map_err(Error::from)
+                    .and_then(|b| parse(&b));
                 match loaded {
                     Ok(list) if list.name == name => return Ok(list),
                     Ok(_) => {}
@@ -97,7 +120,10 @@ impl ConfList {
                 }
             }
         }
-        let mut err = Error::invalid_config(format!("no net configuration with name {name:?} in {}", dir.display()));
+        let mut err = Error::invalid_config(format!(
+            "no net configuration with name {name:?} in {}",
+            dir.display()
+        ));
         if !broken.is_empty() {
             err = err.with_details(format!("unreadable files: {}", broken.join("; ")));
         }
@@ -120,16 +146,27 @@ fn list_version(list: &Map<String, Value>) -> Result<Version> {
             Error::incompatible(format!("unsupported cniVersion {s:?}"))
                 .with_details(format!("supported: {}", Version::list()))
         }),
-        Some(other) => Err(Error::invalid_config(format!("\"cniVersion\" must be a string, not {other}"))),
+        Some(other) => Err(Error::invalid_config(format!(
+            "\"cniVersion\" must be a string, not {other}"
+        ))),
     }
 }
 
 fn files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Error::invalid_config(format!("cannot read network config directory {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Error::invalid_config(format!(
+            "cannot read network config directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| exts.contains(&e))
+        })
         .collect();
     out.sort();
     Ok(out)
@@ -143,13 +180,25 @@ mod tests {
     fn finds_lists_before_confs_and_wraps_confs() {
         let dir = tempfile::tempdir().unwrap();
         let w = |n: &str, s: &str| std::fs::write(dir.path().join(n), s).unwrap();
-        w("10-a.conflist", r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"loopback"}]}"#);
-        w("20-a.conf", r#"{"cniVersion":"0.4.0","name":"a","type":"bridge"}"#);
-        w("30-b.json", r#"{"cniVersion":"0.3.1","name":"b","type":"bridge","bridge":"x"}"#);
+        w(
+            "10-a.conflist",
+            r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"loopback"}]}"#,
+        );
+        w(
+            "20-a.conf",
+            r#"{"cniVersion":"0.4.0","name":"a","type":"bridge"}"#,
+        );
+        w(
+            "30-b.json",
+            r#"{"cniVersion":"0.3.1","name":"b","type":"bridge","bridge":"x"}"#,
+        );
         w("40-broken.conflist", "{oops");
         w("README", "not a config");
         let a = ConfList::load(dir.path(), "a").unwrap();
-        assert_eq!((a.version, a.plugins[0]["type"].as_str()), (Version::V1_0_0, Some("loopback")));
+        assert_eq!(
+            (a.version, a.plugins[0]["type"].as_str()),
+            (Version::V1_0_0, Some("loopback"))
+        );
         let b = ConfList::load(dir.path(), "b").unwrap();
         assert_eq!(b.version, Version::V0_3_1);
         assert_eq!(b.plugins[0]["bridge"], "x");
@@ -173,8 +222,14 @@ mod tests {
             (r#"{"name":"n","plugins":[]}"#, "plugins"),
             (r#"{"name":"n","plugins":[{"x":1}]}"#, "plugins[0]"),
             (r#"{"plugins":[{"type":"t"}]}"#, "name"),
-            (r#"{"name":"n","cniVersion":"5.0.0","plugins":[{"type":"t"}]}"#, "5.0.0"),
-            (r#"{"name":"n","disableCheck":"yes","plugins":[{"type":"t"}]}"#, "disableCheck"),
+            (
+                r#"{"name":"n","cniVersion":"5.0.0","plugins":[{"type":"t"}]}"#,
+                "5.0.0",
+            ),
+            (
+                r#"{"name":"n","disableCheck":"yes","plugins":[{"type":"t"}]}"#,
+                "disableCheck",
+            ),
         ] {
             let e = ConfList::from_list_bytes(bad.as_bytes()).unwrap_err();
             assert!(e.msg.contains(needle), "{bad}: {}", e.msg);

@@ -33,7 +33,12 @@ impl RuntimeConf {
             container_id: self.container_id.clone(),
             netns: self.netns.clone(),
             ifname: self.ifname.clone(),
-            args: self.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"),
+            args: self
+                .args
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";"),
             path: path.to_vec(),
         }
     }
@@ -46,7 +51,10 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(path: Vec<PathBuf>, cache_dir: impl Into<PathBuf>) -> Runtime {
-        Runtime { path, cache: Cache::new(cache_dir) }
+        Runtime {
+            path,
+            cache: Cache::new(cache_dir),
+        }
     }
 
     /// ADD every plugin in order, each getting the previous result; caches and returns the final
@@ -55,15 +63,24 @@ impl Runtime {
     pub fn add(&self, list: &ConfList, rt: &RuntimeConf) -> Result<Value> {
         let mut prev: Option<Value> = None;
         for (i, plugin) in list.plugins.iter().enumerate() {
-            let ran = self.call(list, plugin, Command::Add, rt, prev.as_ref()).and_then(|out| {
-                let value: Value = serde_json::from_slice(&out)
-                    .map_err(|e| Error::decode(format!("plugin {} printed an invalid result: {e}", plugin_type(plugin))))?;
-                CniResult::convert(&value, list.version, list.version)
-            });
+            let ran = self
+                .call(list, plugin, Command::Add, rt, prev.as_ref())
+                .and_then(|out| {
+                    let value: Value = serde_json::from_slice(&out).map_err(|e| {
+                        Error::decode(format!(
+                            "plugin {} printed an invalid result: {e}",
+                            plugin_type(plugin)
+                        ))
+                    })?;
+                    CniResult::convert(&value, list.version, list.version)
+                });
             match ran {
                 Ok(result) => prev = Some(result),
                 Err(e) => {
-                    let undo = ConfList { plugins: list.plugins[..=i].to_vec(), ..list.clone() };
+                    let undo = ConfList {
+                        plugins: list.plugins[..=i].to_vec(),
+                        ..list.clone()
+                    };
                     if let Err(undo_err) = self.del_plugins(&undo, rt, prev.as_ref()) {
                         eprintln!("cleanup after failed ADD: {undo_err}");
                     }
@@ -115,7 +132,11 @@ impl Runtime {
     /// DEL every plugin in reverse order with the cached result, then drop the cache entry.
     /// Every plugin is called even when one fails; the entry stays until a DEL fully succeeds.
     pub fn del(&self, list: &ConfList, rt: &RuntimeConf) -> Result<()> {
-        let cached = if list.version.has_check() { self.cached_result(list, rt)? } else { None };
+        let cached = if list.version.has_check() {
+            self.cached_result(list, rt)?
+        } else {
+            None
+        };
         self.del_plugins(list, rt, cached.as_ref())?;
         self.cache.remove(&list.name, &rt.container_id, &rt.ifname)
     }
@@ -125,7 +146,9 @@ impl Runtime {
         for plugin in list.plugins.iter().rev() {
             if let Err(e) = self.call(list, plugin, Command::Del, rt, prev) {
                 eprintln!("plugin {} failed (delete): {e}", plugin_type(plugin));
-                first_err.get_or_insert(e.context(format!("plugin {} failed (delete)", plugin_type(plugin))));
+                first_err.get_or_insert(
+                    e.context(format!("plugin {} failed (delete)", plugin_type(plugin))),
+                );
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -135,11 +158,17 @@ impl Runtime {
     /// whatever belongs to no valid attachment.
     pub fn gc(&self, list: &ConfList, valid: &[Attachment]) -> Result<()> {
         if !list.version.has_gc_and_status() {
-            return Err(Error::incompatible(format!("configuration version {} does not support GC", list.version)));
+            return Err(Error::incompatible(format!(
+                "configuration version {} does not support GC",
+                list.version
+            )));
         }
         let mut first_err = None;
         for entry in self.cache.entries(&list.name) {
-            let attachment = Attachment { container_id: entry.container_id.clone(), ifname: entry.ifname.clone() };
+            let attachment = Attachment {
+                container_id: entry.container_id.clone(),
+                ifname: entry.ifname.clone(),
+            };
             if valid.contains(&attachment) {
                 continue;
             }
@@ -162,7 +191,9 @@ impl Runtime {
                 // libcni ≥ 1.2 sends the legacy key too; plugins built on older libraries read only it.
                 conf.insert("cni.dev/attachments".into(), json!(valid));
                 if let Err(e) = self.call(list, &conf, Command::Gc, &rt, None) {
-                    first_err.get_or_insert(e.context(format!("plugin {} failed (gc)", plugin_type(plugin))));
+                    first_err.get_or_insert(
+                        e.context(format!("plugin {} failed (gc)", plugin_type(plugin))),
+                    );
                 }
             }
         }
@@ -185,7 +216,9 @@ impl Runtime {
     }
 
     fn cached_result(&self, list: &ConfList, rt: &RuntimeConf) -> Result<Option<Value>> {
-        let Some(entry) = self.cache.read(&list.name, &rt.container_id, &rt.ifname)? else { return Ok(None) };
+        let Some(entry) = self.cache.read(&list.name, &rt.container_id, &rt.ifname)? else {
+            return Ok(None);
+        };
         entry
             .result
             .map(|r| CniResult::convert(&r, list.version, list.version))
@@ -208,12 +241,20 @@ impl Runtime {
 }
 
 fn plugin_type(plugin: &Map<String, Value>) -> &str {
-    plugin.get("type").and_then(Value::as_str).unwrap_or_default()
+    plugin
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// What a plugin reads on stdin: its own object, with the list's `name` and `cniVersion`,
 /// `runtimeConfig` built from the capabilities it declares, and `prevResult`.
-pub fn plugin_stdin(list: &ConfList, plugin: &Map<String, Value>, rt: &RuntimeConf, prev: Option<&Value>) -> Vec<u8> {
+pub fn plugin_stdin(
+    list: &ConfList,
+    plugin: &Map<String, Value>,
+    rt: &RuntimeConf,
+    prev: Option<&Value>,
+) -> Vec<u8> {
     let mut conf = plugin.clone();
     conf.insert("name".into(), json!(list.name));
     conf.insert("cniVersion".into(), json!(list.version));
@@ -247,16 +288,28 @@ mod tests {
         )
         .unwrap();
         let mut rt = RuntimeConf::default();
-        rt.capability_args.insert("portMappings".into(), json!([{"hostPort": 8080}]));
+        rt.capability_args
+            .insert("portMappings".into(), json!([{"hostPort": 8080}]));
         rt.capability_args.insert("ips".into(), json!(["10.0.0.2"]));
         let prev = json!({"cniVersion": "1.0.0"});
-        let v: Value = serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], &rt, Some(&prev))).unwrap();
+        let v: Value =
+            serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], &rt, Some(&prev)))
+                .unwrap();
         assert_eq!(v["name"], "net");
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(v["runtimeConfig"], json!({"portMappings": [{"hostPort": 8080}]}));
+        assert_eq!(
+            v["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 8080}]})
+        );
         assert_eq!(v["prevResult"], prev);
         // Without matching capability args the file's own runtimeConfig stays, as in Go.
-        let v: Value = serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], &RuntimeConf::default(), None)).unwrap();
+        let v: Value = serde_json::from_slice(&plugin_stdin(
+            &list,
+            &list.plugins[0],
+            &RuntimeConf::default(),
+            None,
+        ))
+        .unwrap();
         assert_eq!(v["runtimeConfig"], json!({"stale": 1}));
         assert!(v.get("prevResult").is_none());
     }

@@ -24,12 +24,17 @@ impl Plugin for Loopback {
         let ns = req.netns()?;
         let addresses = block_on(async {
             let nl = Netlink::open(Some(&ns))?;
-            let lo = nl.link_by_name(LO).await?.ok_or_else(|| Error::internal("no lo in the container"))?;
+            let lo = nl
+                .link_by_name(LO)
+                .await?
+                .ok_or_else(|| Error::internal("no lo in the container"))?;
             nl.set_up(&lo, true).await?;
             nl.addresses(&lo).await
         })??;
         if let Some(bad) = addresses.iter().find(|a| !a.ip().is_loopback()) {
-            return Err(Error::internal(format!("loopback interface found with non-loopback address {bad}")));
+            return Err(Error::internal(format!(
+                "loopback interface found with non-loopback address {bad}"
+            )));
         }
         if let Some(prev) = prev {
             return Ok(prev);
@@ -45,7 +50,11 @@ impl Plugin for Loopback {
             ips: [first(true), first(false)]
                 .into_iter()
                 .flatten()
-                .map(|a| IpConfig { interface: Some(0), address: *a, gateway: None })
+                .map(|a| IpConfig {
+                    interface: Some(0),
+                    address: *a,
+                    gateway: None,
+                })
                 .collect(),
             ..Default::default()
         })
@@ -64,7 +73,11 @@ impl Plugin for Loopback {
             let nl = Netlink::open(Some(&ns))?;
             Ok::<_, Error>(nl.link_by_name(LO).await?.is_some_and(|lo| lo.up))
         })??;
-        if up { Ok(()) } else { Err(Error::internal("loopback interface is down")) }
+        if up {
+            Ok(())
+        } else {
+            Err(Error::internal("loopback interface is down"))
+        }
     }
 }
 
@@ -79,5 +92,8 @@ fn set_lo(ns: &Netns, up: bool) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    skel::run(&Loopback, &format!("CNI loopback plugin {} (Rust)", env!("CARGO_PKG_VERSION")))
+    skel::run(
+        &Loopback,
+        &format!("CNI loopback plugin {} (Rust)", env!("CARGO_PKG_VERSION")),
+    )
 }
