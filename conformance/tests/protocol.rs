@@ -1,0 +1,140 @@
+//! Protocol edge cases, through the real loopback binary: every bad input gets its spec code and a
+//! message naming the problem, and leaves the container namespace untouched.
+
+use conformance::{Call, Netns, bin, outcome};
+use serde_json::json;
+
+const GOOD: &str = r#"{"cniVersion":"1.0.0","name":"lo-net","type":"loopback"}"#;
+
+struct Case {
+    what: &'static str,
+    env: &'static [(&'static str, Option<&'static str>)],
+    stdin: &'static str,
+    code: u64,
+    needle: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case { what: "unknown command", env: &[("CNI_COMMAND", Some("FROB"))], stdin: GOOD, code: 4, needle: "FROB" },
+    Case {
+        what: "missing container id and ifname",
+        env: &[("CNI_CONTAINERID", None), ("CNI_IFNAME", None)],
+        stdin: GOOD,
+        code: 4,
+        needle: "[CNI_CONTAINERID,CNI_IFNAME]",
+    },
+    Case { what: "missing netns on ADD", env: &[("CNI_NETNS", Some(""))], stdin: GOOD, code: 4, needle: "CNI_NETNS" },
+    Case { what: "missing CNI_PATH", env: &[("CNI_PATH", None)], stdin: GOOD, code: 4, needle: "CNI_PATH" },
+    Case {
+        what: "invalid container id",
+        env: &[("CNI_CONTAINERID", Some("bad/id"))],
+        stdin: GOOD,
+        code: 4,
+        needle: "\"bad/id\"",
+    },
+    Case { what: "ifname too long", env: &[("CNI_IFNAME", Some("eth0123456789012"))], stdin: GOOD, code: 4, needle: "CNI_IFNAME" },
+    Case { what: "ifname with slash", env: &[("CNI_IFNAME", Some("a/b"))], stdin: GOOD, code: 4, needle: "\"a/b\"" },
+    Case { what: "bad JSON", env: &[], stdin: "{\"cniVersion\":", code: 6, needle: "network config" },
+    Case { what: "empty stdin", env: &[], stdin: "", code: 6, needle: "network config" },
+    Case { what: "wrong type", env: &[], stdin: r#"{"cniVersion":"1.0.0","name":["x"]}"#, code: 6, needle: "\"name\"" },
+    Case { what: "missing name", env: &[], stdin: r#"{"cniVersion":"1.0.0","type":"loopback"}"#, code: 7, needle: "name" },
+    Case { what: "invalid name", env: &[], stdin: r#"{"cniVersion":"1.0.0","name":"a/b"}"#, code: 7, needle: "\"a/b\"" },
+    Case {
+        what: "unsupported version",
+        env: &[],
+        stdin: r#"{"cniVersion":"2.0.0","name":"n"}"#,
+        code: 1,
+        needle: "\"2.0.0\"",
+    },
+    Case {
+        what: "CHECK on 0.3.1",
+        env: &[("CNI_COMMAND", Some("CHECK"))],
+        stdin: r#"{"cniVersion":"0.3.1","name":"n"}"#,
+        code: 1,
+        needle: "CHECK",
+    },
+    Case { what: "GC on 1.0.0", env: &[("CNI_COMMAND", Some("GC"))], stdin: GOOD, code: 1, needle: "GC" },
+    Case { what: "STATUS on 1.0.0", env: &[("CNI_COMMAND", Some("STATUS"))], stdin: GOOD, code: 1, needle: "STATUS" },
+];
+
+#[test]
+fn bad_inputs_get_their_code_and_touch_nothing() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    for case in CASES {
+        let mut call = Call::new(&host, bin("loopback"), "ADD", &ctr.path);
+        for (k, v) in case.env {
+            call = match v {
+                Some(v) => call.env(k, v),
+                None => call.unset(k),
+            };
+        }
+        let out = call.run(case.stdin);
+        assert_eq!(out.status, 1, "{}: {out:?}", case.what);
+        out.err(case.code, case.needle);
+        assert!(out.json["cniVersion"].is_string(), "{}: error without cniVersion", case.what);
+        assert!(!ctr.is_up("lo"), "{}: the namespace was changed", case.what);
+    }
+}
+
+#[test]
+fn error_carries_the_requested_version() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let out = Call::new(&host, bin("loopback"), "CHECK", &ctr.path).run(r#"{"cniVersion":"0.4.0","name":"n"}"#);
+    assert_eq!(out.json["cniVersion"], "0.4.0");
+}
+
+#[test]
+fn own_netns_is_refused_before_anything_changes() {
+    // The plugin runs in `host`; pointing CNI_NETNS at `host` itself must not set its lo down.
+    let host = Netns::new("h");
+    host.ip(&["link", "set", "lo", "up"]);
+    let out = Call::new(&host, bin("loopback"), "DEL", &host.path).run(GOOD);
+    out.err(8, "own network namespace");
+    assert!(host.is_up("lo"), "the plugin's own lo was set down");
+    // ADD must be refused too, and /proc paths to the same namespace are recognised.
+    host.ip(&["link", "set", "lo", "down"]);
+    let out = Call::new(&host, bin("loopback"), "ADD", "/proc/self/ns/net".as_ref()).run(GOOD);
+    out.err(8, "own network namespace");
+    assert!(!host.is_up("lo"));
+    // The override is honoured, as in the Go skel.
+    Call::new(&host, bin("loopback"), "ADD", &host.path).env("CNI_NETNS_OVERRIDE", "1").run(GOOD).ok();
+    assert!(host.is_up("lo"));
+}
+
+#[test]
+fn version_lists_every_version_and_echoes_the_request() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let out = Call::new(&host, bin("loopback"), "VERSION", &ctr.path).run(r#"{"cniVersion":"0.4.0"}"#);
+    assert_eq!(
+        out.ok(),
+        &json!({"cniVersion": "0.4.0", "supportedVersions": ["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]})
+    );
+    // VERSION needs no other variable and no usable stdin.
+    let mut cmd = host.command(bin("loopback"));
+    cmd.env_clear().env("CNI_COMMAND", "VERSION");
+    assert_eq!(outcome(&mut cmd, "").ok()["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn no_command_prints_the_about_text() {
+    let host = Netns::new("h");
+    let mut cmd = host.command(bin("loopback"));
+    cmd.env_clear();
+    let out = outcome(&mut cmd, "");
+    assert_eq!(out.status, 0);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("CNI loopback plugin"), "{}", out.stderr);
+    assert!(out.stderr.contains("0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{}", out.stderr);
+}
+
+#[test]
+fn keys_match_case_insensitively_like_go() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let out = Call::new(&host, bin("loopback"), "ADD", &ctr.path)
+        .run(r#"{"CNIVERSION":"0.3.1","Name":"n","TYPE":"loopback","someUnknownKey":{"x":1}}"#);
+    assert_eq!(out.ok()["cniVersion"], "0.3.1");
+}
