@@ -3,7 +3,6 @@
 //!
 //! Every object gets a name with a per-process unique prefix and is removed on drop, also when
 //! the test fails. Nothing here touches the machine's own network namespace.
-#![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -23,7 +22,11 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.is_file(), "{} is not built (run cargo build --workspace first)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is not built (run cargo build --workspace first)",
+        path.display()
+    );
     path
 }
 
@@ -34,7 +37,9 @@ pub const REFERENCE_DIR: &str = "/usr/lib/cni";
 pub fn go_cnitool() -> PathBuf {
     std::env::var_os("GO_CNITOOL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-cnitool/cnitool"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-cnitool/cnitool")
+        })
 }
 
 /// A name no other test (or test process) uses: `<tag><pid base36><counter>`, short enough
@@ -68,7 +73,10 @@ impl Netns {
     pub fn new(tag: &str) -> Netns {
         let name = format!("rcni-{}", unique(tag));
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        Netns { path: PathBuf::from("/run/netns").join(&name), name }
+        Netns {
+            path: PathBuf::from("/run/netns").join(&name),
+            name,
+        }
     }
 
     /// `ip -n <ns> -j <args>` parsed.
@@ -86,7 +94,11 @@ impl Netns {
         let links = self.ip_json(&["link", "show", "dev", name]);
         links[0]["flags"]
             .as_array()
-            .map(|f| f.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|f| {
+                f.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -101,7 +113,8 @@ impl Netns {
         // SAFETY: setns is async-signal-safe; the fd stays open in the child until exec.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
             });
         }
         cmd
@@ -110,13 +123,22 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -138,9 +160,16 @@ impl Outcome {
     /// Asserts a CNI error with `code` whose message contains `needle`.
     pub fn err(&self, code: u64, needle: &str) {
         assert_ne!(self.status, 0, "expected failure: {self:?}");
-        assert_eq!(self.json["code"].as_u64(), Some(code), "wrong code: {self:?}");
+        assert_eq!(
+            self.json["code"].as_u64(),
+            Some(code),
+            "wrong code: {self:?}"
+        );
         let msg = self.json["msg"].as_str().unwrap_or_default();
-        assert!(msg.contains(needle), "message {msg:?} does not contain {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "message {msg:?} does not contain {needle:?}"
+        );
     }
 }
 
@@ -180,7 +209,14 @@ impl<'a> Call<'a> {
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", &bin_dir().display().to_string()),
         ];
-        Call { host, plugin, env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+        Call {
+            host,
+            plugin,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -196,7 +232,9 @@ impl<'a> Call<'a> {
 
     pub fn run(self, stdin: &str) -> Outcome {
         let mut cmd = self.host.command(&self.plugin);
-        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(self.env);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env);
         outcome(&mut cmd, stdin)
     }
 }
@@ -208,7 +246,9 @@ pub struct Workdir {
 
 impl Workdir {
     pub fn new() -> Workdir {
-        Workdir { dir: tempfile::tempdir().unwrap() }
+        Workdir {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn net_dir(&self) -> PathBuf {
@@ -222,7 +262,11 @@ impl Workdir {
     }
 
     pub fn write_conf(&self, file: &str, conf: &Value) {
-        std::fs::write(self.net_dir().join(file), serde_json::to_vec_pretty(conf).unwrap()).unwrap();
+        std::fs::write(
+            self.net_dir().join(file),
+            serde_json::to_vec_pretty(conf).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -246,7 +290,11 @@ pub fn cnitool(host: &Netns, work: &Workdir, args: &[&str]) -> Outcome {
 pub fn cnitool_container_id(netns: &Path) -> String {
     use sha2::Digest;
     let digest = sha2::Sha512::digest(netns.display().to_string().as_bytes());
-    digest[..10].iter().fold("cnitool-".to_string(), |s, b| format!("{s}{b:02x}"))
+    digest[..10]
+        .iter()
+        .fold("cnitool-".to_string(), |s, b| format!("{s}{b:02x}"))
 }
 
-pub const VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];

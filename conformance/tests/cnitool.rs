@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use conformance::{Netns, VERSIONS, Workdir, bin, bin_dir, cnitool, cnitool_container_id, go_cnitool, outcome, unique};
+use conformance::{
+    Netns, VERSIONS, Workdir, bin, bin_dir, cnitool, cnitool_container_id, go_cnitool, outcome,
+    unique,
+};
 use serde_json::{Value, json};
 
 fn loopback_list(name: &str, version: &str) -> Value {
@@ -25,7 +28,11 @@ fn add_check_del_in_every_version() {
         assert!(ctr.is_up("lo"));
         let cid = cnitool_container_id(&ctr.path);
         let cached = work.cache_dir().join(format!("results/{net}-{cid}-eth0"));
-        assert!(cached.is_file(), "{version}: no cache entry {}", cached.display());
+        assert!(
+            cached.is_file(),
+            "{version}: no cache entry {}",
+            cached.display()
+        );
 
         let check = cnitool(&host, &work, &["check", &net, ns]);
         if version >= "0.4.0" {
@@ -55,23 +62,34 @@ fn cache_entry_has_the_go_layout() {
         .env("CNI_CACHE_DIR", work.cache_dir())
         .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web")
         .env("CNI_IFNAME", "net1")
-        .env("CAP_ARGS", r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#);
+        .env(
+            "CAP_ARGS",
+            r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#,
+        );
     let result = outcome(&mut cmd, "").ok().clone();
     let cid = cnitool_container_id(&ctr.path);
-    let file = work.cache_dir().join(format!("results/lo-cache-{cid}-net1"));
+    let file = work
+        .cache_dir()
+        .join(format!("results/lo-cache-{cid}-net1"));
     let entry: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(entry["kind"], "cniCacheV1");
     assert_eq!(entry["containerId"], cid);
     assert_eq!(entry["ifName"], "net1");
     assert_eq!(entry["networkName"], "lo-cache");
-    assert_eq!(entry["cniArgs"], json!([["IgnoreUnknown", "1"], ["K8S_POD_NAME", "web"]]));
+    assert_eq!(
+        entry["cniArgs"],
+        json!([["IgnoreUnknown", "1"], ["K8S_POD_NAME", "web"]])
+    );
     assert_eq!(entry["capabilityArgs"]["portMappings"][0]["hostPort"], 8080);
     assert_eq!(entry["result"], result);
     let config = std::fs::read(work.net_dir().join("10-lo.conflist")).unwrap();
     use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(entry["config"].as_str().unwrap()).unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(entry["config"].as_str().unwrap())
+        .unwrap();
     assert_eq!(decoded, config);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -85,11 +103,21 @@ fn failed_add_undoes_the_plugins_that_ran() {
         &json!({"cniVersion": "1.0.0", "name": "lo-fail",
                 "plugins": [{"type": "loopback"}, {"type": "rcni-no-such-plugin"}]}),
     );
-    let add = cnitool(&host, &work, &["add", "lo-fail", ctr.path.to_str().unwrap()]);
+    let add = cnitool(
+        &host,
+        &work,
+        &["add", "lo-fail", ctr.path.to_str().unwrap()],
+    );
     assert_ne!(add.status, 0);
     assert!(add.stderr.contains("rcni-no-such-plugin"), "{}", add.stderr);
     assert!(!ctr.is_up("lo"), "loopback's ADD was not undone");
-    assert!(!work.cache_dir().join("results").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(
+        !work
+            .cache_dir()
+            .join("results")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    );
 }
 
 #[test]
@@ -97,11 +125,28 @@ fn single_plugin_conf_files_work() {
     let host = Netns::new("h");
     let work = Workdir::new();
     let ctr = Netns::new("c");
-    work.write_conf("99-lo.conf", &json!({"cniVersion": "0.4.0", "name": "lo-conf", "type": "loopback"}));
-    let add = cnitool(&host, &work, &["add", "lo-conf", ctr.path.to_str().unwrap()]);
+    work.write_conf(
+        "99-lo.conf",
+        &json!({"cniVersion": "0.4.0", "name": "lo-conf", "type": "loopback"}),
+    );
+    let add = cnitool(
+        &host,
+        &work,
+        &["add", "lo-conf", ctr.path.to_str().unwrap()],
+    );
     assert_eq!(add.ok()["ips"][0]["version"], "4");
-    cnitool(&host, &work, &["check", "lo-conf", ctr.path.to_str().unwrap()]).ok();
-    cnitool(&host, &work, &["del", "lo-conf", ctr.path.to_str().unwrap()]).ok();
+    cnitool(
+        &host,
+        &work,
+        &["check", "lo-conf", ctr.path.to_str().unwrap()],
+    )
+    .ok();
+    cnitool(
+        &host,
+        &work,
+        &["del", "lo-conf", ctr.path.to_str().unwrap()],
+    )
+    .ok();
     assert!(!ctr.is_up("lo"));
 }
 
@@ -119,10 +164,14 @@ fn gc_deletes_attachments_whose_namespace_is_gone_and_status_works() {
     drop(dead);
     cnitool(&host, &work, &["gc", "lo-gc"]).ok();
     let entry = |ns: &Path| {
-        work.cache_dir().join(format!("results/lo-gc-{}-eth0", cnitool_container_id(ns)))
+        work.cache_dir()
+            .join(format!("results/lo-gc-{}-eth0", cnitool_container_id(ns)))
     };
     assert!(entry(&alive.path).is_file(), "GC removed a live attachment");
-    assert!(!entry(&dead_path).exists(), "GC kept an attachment whose namespace is gone");
+    assert!(
+        !entry(&dead_path).exists(),
+        "GC kept an attachment whose namespace is gone"
+    );
     assert!(alive.is_up("lo"));
     cnitool(&host, &work, &["status", "lo-gc"]).ok();
 }
@@ -133,7 +182,12 @@ fn reports_unknown_networks_and_bad_arguments() {
     let work = Workdir::new();
     let out = cnitool(&host, &work, &["add", "nope", "/run/netns/x"]);
     assert_ne!(out.status, 0);
-    assert!(out.stderr.contains("no net configuration with name \"nope\""), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no net configuration with name \"nope\""),
+        "{}",
+        out.stderr
+    );
     let out = cnitool(&host, &work, &["add"]);
     assert_ne!(out.status, 0);
     assert!(out.stderr.contains("usage"), "{}", out.stderr);
@@ -144,9 +198,14 @@ struct GoCache(String);
 
 impl Drop for GoCache {
     fn drop(&mut self) {
-        let Ok(dir) = std::fs::read_dir("/var/lib/cni/results") else { return };
+        let Ok(dir) = std::fs::read_dir("/var/lib/cni/results") else {
+            return;
+        };
         for e in dir.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!("{}-", self.0)) {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}-", self.0))
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -155,15 +214,24 @@ impl Drop for GoCache {
 
 fn go(host: &Netns, work: &Workdir, args: &[&str]) -> conformance::Outcome {
     let tool = go_cnitool();
-    assert!(tool.is_file(), "Go cnitool missing at {} (conformance/scripts/build-go-cnitool.sh)", tool.display());
+    assert!(
+        tool.is_file(),
+        "Go cnitool missing at {} (conformance/scripts/build-go-cnitool.sh)",
+        tool.display()
+    );
     let mut cmd = host.command(tool);
-    cmd.args(args).env("NETCONFPATH", work.net_dir()).env("CNI_PATH", bin_dir());
+    cmd.args(args)
+        .env("NETCONFPATH", work.net_dir())
+        .env("CNI_PATH", bin_dir());
     outcome(&mut cmd, "")
 }
 
 fn ours_default_cache(host: &Netns, work: &Workdir, args: &[&str]) -> conformance::Outcome {
     let mut cmd = host.command(bin("cnitool"));
-    cmd.args(args).env("NETCONFPATH", work.net_dir()).env("CNI_PATH", bin_dir()).env_remove("CNI_CACHE_DIR");
+    cmd.args(args)
+        .env("NETCONFPATH", work.net_dir())
+        .env("CNI_PATH", bin_dir())
+        .env_remove("CNI_CACHE_DIR");
     outcome(&mut cmd, "")
 }
 
@@ -176,7 +244,12 @@ fn go_cnitool_and_ours_delete_what_the_other_added() {
     // The Go cnitool (libcni 1.1.2) converts cached results up to 1.0.0 only.
     for version in ["0.4.0", "1.0.0"] {
         work.write_conf("lo.conflist", &loopback_list(&net, version));
-        let cache = |ns: &PathBuf| PathBuf::from(format!("/var/lib/cni/results/{net}-{}-eth0", cnitool_container_id(ns)));
+        let cache = |ns: &PathBuf| {
+            PathBuf::from(format!(
+                "/var/lib/cni/results/{net}-{}-eth0",
+                cnitool_container_id(ns)
+            ))
+        };
 
         let ctr = Netns::new("c");
         let ns = ctr.path.to_str().unwrap();
@@ -184,7 +257,10 @@ fn go_cnitool_and_ours_delete_what_the_other_added() {
         assert!(ctr.is_up("lo") && cache(&ctr.path).is_file());
         ours_default_cache(&host, &work, &["check", &net, ns]).ok();
         ours_default_cache(&host, &work, &["del", &net, ns]).ok();
-        assert!(!ctr.is_up("lo"), "{version}: our DEL did not undo the Go ADD");
+        assert!(
+            !ctr.is_up("lo"),
+            "{version}: our DEL did not undo the Go ADD"
+        );
         assert!(!cache(&ctr.path).exists());
 
         let ctr = Netns::new("c");
@@ -196,6 +272,9 @@ fn go_cnitool_and_ours_delete_what_the_other_added() {
         let del = go(&host, &work, &["del", &net, ns]);
         assert_eq!(del.status, 0, "{version}: Go DEL of our ADD: {del:?}");
         assert!(!ctr.is_up("lo"));
-        assert!(!cache(&ctr.path).exists(), "{version}: Go DEL left our cache entry");
+        assert!(
+            !cache(&ctr.path).exists(),
+            "{version}: Go DEL left our cache entry"
+        );
     }
 }

@@ -13,7 +13,10 @@ fn add_check_del_in_every_version() {
     for version in VERSIONS {
         let ctr = Netns::new("c");
         assert!(!ctr.is_up("lo"), "a new namespace starts with lo down");
-        let result = Call::new(&host, bin("loopback"), "ADD", &ctr.path).run(&conf(version)).ok().clone();
+        let result = Call::new(&host, bin("loopback"), "ADD", &ctr.path)
+            .run(&conf(version))
+            .ok()
+            .clone();
         assert!(ctr.is_up("lo"), "{version}: lo not up after ADD");
         assert_eq!(result["cniVersion"], version);
         assert_result_shape(version, &result, &ctr);
@@ -31,7 +34,9 @@ fn add_check_del_in_every_version() {
         assert!(del.stdout.is_empty(), "DEL prints nothing");
         assert!(!ctr.is_up("lo"), "{version}: lo still up after DEL");
         // DEL is idempotent.
-        Call::new(&host, bin("loopback"), "DEL", &ctr.path).run(&conf(version)).ok();
+        Call::new(&host, bin("loopback"), "DEL", &ctr.path)
+            .run(&conf(version))
+            .ok();
     }
 }
 
@@ -66,8 +71,10 @@ fn assert_result_shape(version: &str, result: &Value, ctr: &Netns) {
 fn add_passes_prev_result_through_converted() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
-    let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.9.0.2/24", "gateway": "10.9.0.1"}]});
-    let stdin = json!({"cniVersion": "0.4.0", "name": "n", "type": "loopback", "prevResult": prev}).to_string();
+    let prev =
+        json!({"cniVersion": "1.0.0", "ips": [{"address": "10.9.0.2/24", "gateway": "10.9.0.1"}]});
+    let stdin = json!({"cniVersion": "0.4.0", "name": "n", "type": "loopback", "prevResult": prev})
+        .to_string();
     let out = Call::new(&host, bin("loopback"), "ADD", &ctr.path).run(&stdin);
     assert_eq!(
         out.ok(),
@@ -81,7 +88,9 @@ fn add_rejects_a_broken_prev_result_before_touching_the_namespace() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
     let stdin = json!({"cniVersion": "1.0.0", "name": "n", "type": "loopback", "prevResult": {"ips": [{"address": 5}]}});
-    Call::new(&host, bin("loopback"), "ADD", &ctr.path).run(&stdin.to_string()).err(6, "prevResult");
+    Call::new(&host, bin("loopback"), "ADD", &ctr.path)
+        .run(&stdin.to_string())
+        .err(6, "prevResult");
     assert!(!ctr.is_up("lo"));
 }
 
@@ -89,7 +98,9 @@ fn add_rejects_a_broken_prev_result_before_touching_the_namespace() {
 fn check_fails_when_lo_is_down() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
-    Call::new(&host, bin("loopback"), "CHECK", &ctr.path).run(&conf("1.0.0")).err(999, "down");
+    Call::new(&host, bin("loopback"), "CHECK", &ctr.path)
+        .run(&conf("1.0.0"))
+        .err(999, "down");
 }
 
 #[test]
@@ -98,17 +109,29 @@ fn del_succeeds_without_a_namespace() {
     let gone = Netns::new("c");
     let path = gone.path.clone();
     drop(gone);
-    Call::new(&host, bin("loopback"), "DEL", &path).run(&conf("1.0.0")).ok();
-    Call::new(&host, bin("loopback"), "DEL", &path).env("CNI_NETNS", "").run(&conf("1.0.0")).ok();
+    Call::new(&host, bin("loopback"), "DEL", &path)
+        .run(&conf("1.0.0"))
+        .ok();
+    Call::new(&host, bin("loopback"), "DEL", &path)
+        .env("CNI_NETNS", "")
+        .run(&conf("1.0.0"))
+        .ok();
 }
 
 #[test]
 fn add_fails_cleanly_for_missing_or_non_namespace_paths() {
     let host = Netns::new("h");
-    Call::new(&host, bin("loopback"), "ADD", "/run/netns/rcni-does-not-exist".as_ref())
+    Call::new(
+        &host,
+        bin("loopback"),
+        "ADD",
+        "/run/netns/rcni-does-not-exist".as_ref(),
+    )
+    .run(&conf("1.0.0"))
+    .err(3, "does not exist");
+    Call::new(&host, bin("loopback"), "ADD", "/etc/hostname".as_ref())
         .run(&conf("1.0.0"))
-        .err(3, "does not exist");
-    Call::new(&host, bin("loopback"), "ADD", "/etc/hostname".as_ref()).run(&conf("1.0.0")).err(4, "CNI_NETNS");
+        .err(4, "CNI_NETNS");
 }
 
 #[test]

@@ -15,7 +15,13 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { what: "unknown command", env: &[("CNI_COMMAND", Some("FROB"))], stdin: GOOD, code: 4, needle: "FROB" },
+    Case {
+        what: "unknown command",
+        env: &[("CNI_COMMAND", Some("FROB"))],
+        stdin: GOOD,
+        code: 4,
+        needle: "FROB",
+    },
     Case {
         what: "missing container id and ifname",
         env: &[("CNI_CONTAINERID", None), ("CNI_IFNAME", None)],
@@ -23,8 +29,20 @@ const CASES: &[Case] = &[
         code: 4,
         needle: "[CNI_CONTAINERID,CNI_IFNAME]",
     },
-    Case { what: "missing netns on ADD", env: &[("CNI_NETNS", Some(""))], stdin: GOOD, code: 4, needle: "CNI_NETNS" },
-    Case { what: "missing CNI_PATH", env: &[("CNI_PATH", None)], stdin: GOOD, code: 4, needle: "CNI_PATH" },
+    Case {
+        what: "missing netns on ADD",
+        env: &[("CNI_NETNS", Some(""))],
+        stdin: GOOD,
+        code: 4,
+        needle: "CNI_NETNS",
+    },
+    Case {
+        what: "missing CNI_PATH",
+        env: &[("CNI_PATH", None)],
+        stdin: GOOD,
+        code: 4,
+        needle: "CNI_PATH",
+    },
     Case {
         what: "invalid container id",
         env: &[("CNI_CONTAINERID", Some("bad/id"))],
@@ -32,13 +50,55 @@ const CASES: &[Case] = &[
         code: 4,
         needle: "\"bad/id\"",
     },
-    Case { what: "ifname too long", env: &[("CNI_IFNAME", Some("eth0123456789012"))], stdin: GOOD, code: 4, needle: "CNI_IFNAME" },
-    Case { what: "ifname with slash", env: &[("CNI_IFNAME", Some("a/b"))], stdin: GOOD, code: 4, needle: "\"a/b\"" },
-    Case { what: "bad JSON", env: &[], stdin: "{\"cniVersion\":", code: 6, needle: "network config" },
-    Case { what: "empty stdin", env: &[], stdin: "", code: 6, needle: "network config" },
-    Case { what: "wrong type", env: &[], stdin: r#"{"cniVersion":"1.0.0","name":["x"]}"#, code: 6, needle: "\"name\"" },
-    Case { what: "missing name", env: &[], stdin: r#"{"cniVersion":"1.0.0","type":"loopback"}"#, code: 7, needle: "name" },
-    Case { what: "invalid name", env: &[], stdin: r#"{"cniVersion":"1.0.0","name":"a/b"}"#, code: 7, needle: "\"a/b\"" },
+    Case {
+        what: "ifname too long",
+        env: &[("CNI_IFNAME", Some("eth0123456789012"))],
+        stdin: GOOD,
+        code: 4,
+        needle: "CNI_IFNAME",
+    },
+    Case {
+        what: "ifname with slash",
+        env: &[("CNI_IFNAME", Some("a/b"))],
+        stdin: GOOD,
+        code: 4,
+        needle: "\"a/b\"",
+    },
+    Case {
+        what: "bad JSON",
+        env: &[],
+        stdin: "{\"cniVersion\":",
+        code: 6,
+        needle: "network config",
+    },
+    Case {
+        what: "empty stdin",
+        env: &[],
+        stdin: "",
+        code: 6,
+        needle: "network config",
+    },
+    Case {
+        what: "wrong type",
+        env: &[],
+        stdin: r#"{"cniVersion":"1.0.0","name":["x"]}"#,
+        code: 6,
+        needle: "\"name\"",
+    },
+    Case {
+        what: "missing name",
+        env: &[],
+        stdin: r#"{"cniVersion":"1.0.0","type":"loopback"}"#,
+        code: 7,
+        needle: "name",
+    },
+    Case {
+        what: "invalid name",
+        env: &[],
+        stdin: r#"{"cniVersion":"1.0.0","name":"a/b"}"#,
+        code: 7,
+        needle: "\"a/b\"",
+    },
     Case {
         what: "unsupported version",
         env: &[],
@@ -53,8 +113,20 @@ const CASES: &[Case] = &[
         code: 1,
         needle: "CHECK",
     },
-    Case { what: "GC on 1.0.0", env: &[("CNI_COMMAND", Some("GC"))], stdin: GOOD, code: 1, needle: "GC" },
-    Case { what: "STATUS on 1.0.0", env: &[("CNI_COMMAND", Some("STATUS"))], stdin: GOOD, code: 1, needle: "STATUS" },
+    Case {
+        what: "GC on 1.0.0",
+        env: &[("CNI_COMMAND", Some("GC"))],
+        stdin: GOOD,
+        code: 1,
+        needle: "GC",
+    },
+    Case {
+        what: "STATUS on 1.0.0",
+        env: &[("CNI_COMMAND", Some("STATUS"))],
+        stdin: GOOD,
+        code: 1,
+        needle: "STATUS",
+    },
 ];
 
 #[test]
@@ -72,7 +144,11 @@ fn bad_inputs_get_their_code_and_touch_nothing() {
         let out = call.run(case.stdin);
         assert_eq!(out.status, 1, "{}: {out:?}", case.what);
         out.err(case.code, case.needle);
-        assert!(out.json["cniVersion"].is_string(), "{}: error without cniVersion", case.what);
+        assert!(
+            out.json["cniVersion"].is_string(),
+            "{}: error without cniVersion",
+            case.what
+        );
         assert!(!ctr.is_up("lo"), "{}: the namespace was changed", case.what);
     }
 }
@@ -81,7 +157,8 @@ fn bad_inputs_get_their_code_and_touch_nothing() {
 fn error_carries_the_requested_version() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
-    let out = Call::new(&host, bin("loopback"), "CHECK", &ctr.path).run(r#"{"cniVersion":"0.4.0","name":"n"}"#);
+    let out = Call::new(&host, bin("loopback"), "CHECK", &ctr.path)
+        .run(r#"{"cniVersion":"0.4.0","name":"n"}"#);
     assert_eq!(out.json["cniVersion"], "0.4.0");
 }
 
@@ -99,7 +176,10 @@ fn own_netns_is_refused_before_anything_changes() {
     out.err(8, "own network namespace");
     assert!(!host.is_up("lo"));
     // The override is honoured, as in the Go skel.
-    Call::new(&host, bin("loopback"), "ADD", &host.path).env("CNI_NETNS_OVERRIDE", "1").run(GOOD).ok();
+    Call::new(&host, bin("loopback"), "ADD", &host.path)
+        .env("CNI_NETNS_OVERRIDE", "1")
+        .run(GOOD)
+        .ok();
     assert!(host.is_up("lo"));
 }
 
@@ -107,7 +187,8 @@ fn own_netns_is_refused_before_anything_changes() {
 fn version_lists_every_version_and_echoes_the_request() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
-    let out = Call::new(&host, bin("loopback"), "VERSION", &ctr.path).run(r#"{"cniVersion":"0.4.0"}"#);
+    let out =
+        Call::new(&host, bin("loopback"), "VERSION", &ctr.path).run(r#"{"cniVersion":"0.4.0"}"#);
     assert_eq!(
         out.ok(),
         &json!({"cniVersion": "0.4.0", "supportedVersions": ["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]})
@@ -127,7 +208,12 @@ fn no_command_prints_the_about_text() {
     assert_eq!(out.status, 0);
     assert!(out.stdout.is_empty());
     assert!(out.stderr.contains("CNI loopback plugin"), "{}", out.stderr);
-    assert!(out.stderr.contains("0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
