@@ -1,0 +1,324 @@
+//! The lease store, in the reference's on-disk layout so leases survive an upgrade or a
+//! downgrade: under `<dataDir>/<network>/`, one file per leased address holding
+//! `<containerID>\r\n<ifname>` (legacy files: just the ID), `last_reserved_ip.<set>`, and a
+//! `lock` file that every operation holds (flock) from its first read to its last write.
+//! File modes are the reference's too: leases and markers 0644, lock 0750.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcni::{Error, Result};
+
+use crate::ip::canonical;
+
+const LAST_RESERVED: &str = "last_reserved_ip.";
+const TEMP_MARK: &str = ".tmp.";
+/// How long an operation waits for another one on the same network before giving up (code 11).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Who holds a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Attachment {
+        id: String,
+        ifname: String,
+    },
+    /// Written by host-local before 0.7: the container ID alone.
+    Legacy(String),
+}
+
+impl Owner {
+    fn parse(content: &str) -> Owner {
+        let content = content.trim();
+        match content.split_once("\r\n") {
+            Some((id, ifname)) => Owner::Attachment {
+                id: id.trim().into(),
+                ifname: ifname.trim().into(),
+            },
+            None => Owner::Legacy(content.into()),
+        }
+    }
+
+    /// Whether this lease belongs to (`id`, `ifname`); a legacy lease belongs to every
+    /// interface of its container, as the reference reads it.
+    pub fn is(&self, id: &str, ifname: &str) -> bool {
+        match self {
+            Owner::Attachment { id: i, ifname: f } => i == id && f == ifname,
+            Owner::Legacy(i) => i == id,
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Attachment { id, ifname } => write!(f, "container {id} interface {ifname}"),
+            Owner::Legacy(id) => write!(f, "container {id}"),
+        }
+    }
+}
+
+/// What one directory scan finds.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub leases: HashMap<IpAddr, Owner>,
+    pub last_reserved: HashMap<usize, IpAddr>,
+}
+
+/// The network's directory, locked for as long as this value lives.
+pub struct Store {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Creates the directory if needed and takes the lock. Fails closed: no lock, no operation.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
+        // The skel admits only names matching ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$; check again here,
+        // since the name becomes a path component.
+        if !libcni::conf::valid_identifier(network) {
+            return Err(Error::invalid_config(format!(
+                "invalid network name {network:?}"
+            )));
+        }
+        let dir = data_dir.join(network);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| {
+                Error::io(format!(
+                    "cannot create lease directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o750)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("cannot open lock {}: {e}", lock_path.display())))?;
+        lock_with_timeout(&lock, &lock_path)?;
+        Ok(Store { dir, _lock: lock })
+    }
+
+    /// Reads every lease and last-reserved marker in one pass; removes temp files left by an
+    /// operation that died (none can be in progress: we hold the lock).
+    pub fn scan(&self) -> Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            Error::io(format!(
+                "cannot read lease directory {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = entry.path();
+            if name.starts_with('.') && name.contains(TEMP_MARK) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            // Only regular files: never follow a link out of the directory.
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if let Some(set) = name
+                .strip_prefix(LAST_RESERVED)
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                if let Some(ip) = read_to_string(&path).and_then(|s| s.trim().parse().ok()) {
+                    snap.last_reserved.insert(set, canonical(ip));
+                }
+            } else if let Ok(ip) = name.parse::<IpAddr>() {
+                // A lease whose file cannot be read still blocks its address.
+                let owner = read_to_string(&path)
+                    .map_or(Owner::Legacy(String::new()), |c| Owner::parse(&c));
+                snap.leases.insert(canonical(ip), owner);
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Writes the lease for `ip`, complete or not at all: the content goes to a temp file that is
+    /// then hard-linked to the address's name, which fails if the address is taken.
+    pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
+        let target = self.dir.join(ip.to_string());
+        let tmp = self.write_temp(
+            &ip.to_string(),
+            format!("{}\r\n{ifname}", id.trim()).as_bytes(),
+        )?;
+        let linked = std::fs::hard_link(&tmp, &target);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(format!(
+                "cannot write lease {}: {e}",
+                target.display()
+            ))),
+        }
+    }
+
+    /// Records the round-robin position of range set `set` (temp file + rename).
+    pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
+        let name = format!("{LAST_RESERVED}{set}");
+        let tmp = self.write_temp(&name, ip.to_string().as_bytes())?;
+        std::fs::rename(&tmp, self.dir.join(&name)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("cannot write {name}: {e}"))
+        })
+    }
+
+    pub fn release(&self, ip: IpAddr) -> Result<()> {
+        let path = self.dir.join(ip.to_string());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(format!(
+                "cannot remove lease {}: {e}",
+                path.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
+        let tmp = self
+            .dir
+            .join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(content));
+        match written {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::io(format!("cannot write {}: {e}", tmp.display())))
+            }
+        }
+    }
+}
+
+fn read_to_string(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn lock_with_timeout(lock: &File, path: &Path) -> Result<()> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::try_again(format!(
+                    "lease store {} is locked by another operation for over {}s",
+                    path.display(),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_parse_like_the_reference() {
+        assert_eq!(
+            Owner::parse(" c1\r\neth0\n"),
+            Owner::Attachment {
+                id: "c1".into(),
+                ifname: "eth0".into()
+            }
+        );
+        assert_eq!(Owner::parse("c1\n"), Owner::Legacy("c1".into()));
+        assert!(Owner::parse("c1").is("c1", "eth1"));
+        assert!(!Owner::parse("c1\r\neth0").is("c1", "eth1"));
+    }
+
+    #[test]
+    fn reserve_scan_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "net").unwrap();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(store.reserve(ip, "c1", "eth0").unwrap());
+        assert!(!store.reserve(ip, "c2", "eth0").unwrap(), "taken");
+        store.set_last_reserved(0, ip).unwrap();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(store.reserve(v6, "c1", "eth0").unwrap());
+        std::fs::write(dir.path().join("net/.10.0.0.9.tmp.1"), "junk").unwrap();
+        std::fs::write(dir.path().join("net/10.0.0.7"), "legacy-id").unwrap();
+
+        assert_eq!(
+            std::fs::read(dir.path().join("net/10.0.0.2")).unwrap(),
+            b"c1\r\neth0"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("net/2001:db8::2")).unwrap(),
+            b"c1\r\neth0"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("net/last_reserved_ip.0")).unwrap(),
+            b"10.0.0.2"
+        );
+        let snap = store.scan().unwrap();
+        assert_eq!(snap.leases.len(), 3);
+        assert_eq!(
+            snap.leases[&"10.0.0.7".parse::<IpAddr>().unwrap()],
+            Owner::Legacy("legacy-id".into())
+        );
+        assert_eq!(snap.last_reserved[&0], ip);
+        assert!(
+            !dir.path().join("net/.10.0.0.9.tmp.1").exists(),
+            "stale temp file removed"
+        );
+        store.release(ip).unwrap();
+        store.release(ip).unwrap();
+        assert_eq!(store.scan().unwrap().leases.len(), 2);
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path(), "net").unwrap();
+        let other = File::open(dir.path().join("net/lock")).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        assert!(other.try_lock().is_ok());
+    }
+
+    #[test]
+    fn refuses_names_that_leave_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../x", "a/b", ".hidden", ""] {
+            assert!(Store::open(dir.path(), bad).is_err(), "{bad}");
+        }
+    }
+}
