@@ -8,12 +8,14 @@ pub mod args;
 pub mod conf;
 pub mod error;
 pub mod invoke;
+pub mod ipam;
 pub mod json;
 pub mod netlink;
 pub mod netns;
 pub mod result;
 pub mod runtime;
 pub mod skel;
+pub mod sysctl;
 pub mod version;
 
 pub use error::{Code, Error, Result};

@@ -3,15 +3,24 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
 
 use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{Handle, LinkUnspec};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    BridgeVlanInfoFlags, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
+use crate::result::Route;
 
 /// Runs `fut` on a current-thread runtime: plugins are short-lived and single-threaded, and
 /// namespace switches must stay on the one thread.
@@ -23,48 +32,113 @@ pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     Ok(rt.block_on(fut))
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Link {
     pub index: u32,
     pub name: String,
+    /// Administratively up (IFF_UP).
     pub up: bool,
+    pub oper_up: bool,
+    pub promisc: bool,
+    /// `bridge`, `veth`, … (empty for devices without a kind, like `lo`).
+    pub kind: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    /// The bridge (or other controller) this link is a port of.
+    pub controller: Option<u32>,
+    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Link {
-        let name = msg
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        Link {
+        let mut link = Link {
             index: msg.header.index,
-            name,
             up: msg.header.flags.contains(LinkFlags::Up),
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            ..Default::default()
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) => link.mac = a.clone(),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Controller(c) => link.controller = Some(*c),
+                LinkAttribute::Link(l) => link.peer = Some(*l),
+                LinkAttribute::OperState(s) => link.oper_up = matches!(s, State::Up),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = kind.to_string();
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
+        link
     }
+
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
 }
 
 pub struct Netlink {
     handle: Handle,
 }
 
-fn kernel(what: &str, e: rtnetlink::Error) -> Error {
+fn kernel(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
     Error::internal(format!("{what}: {e}"))
 }
 
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+/// The errno of a kernel refusal (positive), if the error is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, code: i32) -> bool {
+    errno(e) == Some(code)
+}
+
+/// Outcome of creating something that may already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Existed,
 }
 
 impl Netlink {
     /// Opens a socket in `ns` (the caller's namespace when `None`). Must run inside the runtime
     /// of [`block_on`]; the thread enters `ns` only for the `socket()` call.
     pub fn open(ns: Option<&Netns>) -> Result<Netlink> {
-        let connect = || rtnetlink::new_connection_with_strict_check();
+        let connect = rtnetlink::new_connection_with_strict_check;
         let opened = match ns {
             Some(ns) => ns
                 .run(connect)
@@ -87,8 +161,31 @@ impl Netlink {
         match links.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-            Err(e) => Err(kernel(&format!("cannot look up link {name:?}"), e)),
+            Err(e) => Err(kernel(format_args!("cannot look up link {name:?}"), e)),
         }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(kernel(format_args!("cannot look up link {index}"), e)),
+        }
+    }
+
+    /// Every link of the namespace (for CHECK; not for the hot path).
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| kernel("cannot list links", e))?
+        {
+            out.push(Link::from_message(&msg));
+        }
+        Ok(out)
     }
 
     pub async fn set_up(&self, link: &Link, up: bool) -> Result<()> {
@@ -96,7 +193,7 @@ impl Netlink {
         let msg = if up { msg.up() } else { msg.down() }.build();
         self.handle.link().set(msg).execute().await.map_err(|e| {
             kernel(
-                &format!(
+                format_args!(
                     "cannot set {:?} {}",
                     link.name,
                     if up { "up" } else { "down" }
@@ -106,8 +203,129 @@ impl Netlink {
         })
     }
 
+    pub async fn set_promisc(&self, link: &Link, on: bool) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .promiscuous(on)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| kernel(format_args!("cannot set promisc on {:?}", link.name), e))
+    }
+
+    pub async fn set_mac(&self, link: &Link, mac: &[u8]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| kernel(format_args!("cannot set the MAC of {:?}", link.name), e))
+    }
+
+    /// Creates bridge `name` (up, with `mtu` and `vlan_filtering` when given) or reports that a
+    /// link of that name exists; the caller checks what it is.
+    pub async fn add_bridge(&self, name: &str, mtu: u32, vlan_filtering: bool) -> Result<Created> {
+        let mut msg = LinkBridge::new(name).up();
+        if mtu > 0 {
+            msg = msg.mtu(mtu);
+        }
+        if vlan_filtering {
+            msg = msg.vlan_filtering(true);
+        }
+        match self.handle.link().add(msg.build()).execute().await {
+            Ok(()) => Ok(Created::New),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
+            Err(e) => Err(kernel(format_args!("cannot create bridge {name:?}"), e)),
+        }
+    }
+
+    /// Creates a veth pair: `host` in this namespace, up, a port of `controller`; `peer` created
+    /// directly in `peer_ns` (never visible here). `EEXIST` comes back as `Ok(false)`.
+    pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<bool> {
+        let mut peer =
+            LinkUnspec::new_with_name(spec.peer).setns_by_fd(spec.peer_ns.as_fd().as_raw_fd());
+        if spec.mtu > 0 {
+            peer = peer.mtu(spec.mtu);
+        }
+        if let Some(mac) = spec.peer_mac {
+            peer = peer.address(mac.to_vec());
+        }
+        let mut msg = LinkVeth::new(spec.host, spec.peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .controller(spec.controller)
+            .up();
+        if spec.mtu > 0 {
+            msg = msg.mtu(spec.mtu);
+        }
+        match self.handle.link().add(msg.build()).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(kernel(
+                format_args!("cannot create veth {:?}/{:?}", spec.host, spec.peer),
+                e,
+            )),
+        }
+    }
+
+    /// Bridge-port flags of `port` (always written, on or off).
+    pub async fn set_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(port.index)
+            .hairpin(hairpin)
+            .isolated(isolated)
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| {
+                kernel(
+                    format_args!("cannot set bridge port options of {:?}", port.name),
+                    e,
+                )
+            })
+    }
+
+    /// `bridge vlan add dev <port> vid <vid> [pvid untagged] master`.
+    pub async fn bridge_vlan_add(&self, port: &Link, vid: u16, pvid_untagged: bool) -> Result<()> {
+        let flags = if pvid_untagged {
+            BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged
+        } else {
+            BridgeVlanInfoFlags::empty()
+        };
+        let msg = LinkBridgeVlan::new(port.index).vlan(vid, flags).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| kernel(format_args!("cannot add vlan {vid} to {:?}", port.name), e))
+    }
+
+    pub async fn delete_link(&self, link: &Link) -> Result<()> {
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(kernel(format_args!("cannot delete {:?}", link.name), e)),
+        }
+    }
+
     /// Every address on the link, with its prefix length.
     pub async fn addresses(&self, link: &Link) -> Result<Vec<IpNetwork>> {
+        Ok(self
+            .address_messages(link)
+            .await?
+            .iter()
+            .filter_map(|m| address_of(m))
+            .collect())
+    }
+
+    async fn address_messages(&self, link: &Link) -> Result<Vec<AddressMessage>> {
         let mut stream = self
             .handle
             .address()
@@ -115,26 +333,175 @@ impl Netlink {
             .set_link_index_filter(link.index)
             .execute();
         let mut out = Vec::new();
-        let fail = |e| kernel(&format!("cannot list addresses of {:?}", link.name), e);
+        let fail = |e| kernel(format_args!("cannot list addresses of {:?}", link.name), e);
         while let Some(msg) = stream.try_next().await.map_err(fail)? {
-            let mut local = None;
-            let mut address = None;
-            for attr in &msg.attributes {
-                match attr {
-                    AddressAttribute::Local(ip) => local = Some(*ip),
-                    AddressAttribute::Address(ip) => address = Some(*ip),
-                    _ => {}
+            out.push(msg);
+        }
+        Ok(out)
+    }
+
+    /// Adds `address` to the link; an identical address already there is fine.
+    pub async fn add_address(&self, link: &Link, address: IpNetwork) -> Result<Created> {
+        let req = self
+            .handle
+            .address()
+            .add(link.index, address.ip(), address.prefix());
+        match req.execute().await {
+            Ok(()) => Ok(Created::New),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
+            Err(e) => Err(kernel(
+                format_args!("cannot add {address} to {:?}", link.name),
+                e,
+            )),
+        }
+    }
+
+    pub async fn del_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
+        let msgs = self.address_messages(link).await?;
+        for msg in msgs.into_iter().filter(|m| address_of(m) == Some(address)) {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(kernel(
+                        format_args!("cannot remove {address} from {:?}", link.name),
+                        e,
+                    ));
                 }
             }
-            if let Some(ip) = local.or(address) {
-                out.push(network(ip, msg.header.prefix_len)?);
-            }
+        }
+        Ok(())
+    }
+
+    /// Adds a route through `link`, with every 1.1.0 route field. An identical route already
+    /// there is fine (ECMP-style append is not wanted for CNI's routes).
+    pub async fn add_route(
+        &self,
+        link: &Link,
+        route: &Route,
+        gateway: Option<IpAddr>,
+    ) -> Result<()> {
+        let msg = route_message(link, route, gateway)?;
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(kernel(
+                format_args!(
+                    "cannot add route {} via {:?} dev {:?}",
+                    route.dst, gateway, link.name
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// Routes of one family in every table (for CHECK).
+    pub async fn routes(&self, v4: bool) -> Result<Vec<RouteMessage>> {
+        let filter = if v4 {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .table_id(0)
+                .build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .table_id(0)
+                .build()
+        };
+        let mut stream = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| kernel("cannot list routes", e))?
+        {
+            out.push(msg);
         }
         Ok(out)
     }
 }
 
-fn network(ip: IpAddr, prefix: u8) -> Result<IpNetwork> {
-    IpNetwork::new(ip, prefix)
-        .map_err(|e| Error::internal(format!("kernel reported {ip}/{prefix}: {e}")))
+pub struct VethSpec<'a> {
+    pub host: &'a str,
+    pub peer: &'a str,
+    pub peer_ns: &'a Netns,
+    pub mtu: u32,
+    pub peer_mac: Option<[u8; 6]>,
+    pub controller: u32,
+}
+
+fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    IpNetwork::new(local.or(address)?, msg.header.prefix_len).ok()
+}
+
+fn route_message(link: &Link, route: &Route, gateway: Option<IpAddr>) -> Result<RouteMessage> {
+    let bad = |e: String| Error::invalid_config(format!("invalid route {}: {e}", route.dst));
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix())
+        .map_err(|e| bad(e.to_string()))?
+        .output_interface(link.index)
+        .protocol(RouteProtocol::Boot);
+    if let Some(gw) = gateway {
+        b = b.gateway(gw).map_err(|e| bad(e.to_string()))?;
+    }
+    if route.priority > 0 {
+        b = b.priority(route.priority);
+    }
+    if let Some(table) = route.table {
+        b = b.table_id(table);
+    }
+    if let Some(scope) = route.scope {
+        b = b.scope(RouteScope::from(scope));
+    } else if gateway.is_none() && route.dst.is_ipv4() {
+        b = b.scope(RouteScope::Link);
+    }
+    let mut msg = b.build();
+    let mut metrics = Vec::new();
+    if route.mtu > 0 {
+        metrics.push(RouteMetric::Mtu(route.mtu));
+    }
+    if route.advmss > 0 {
+        metrics.push(RouteMetric::Advmss(route.advmss));
+    }
+    if !metrics.is_empty() {
+        msg.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("0a:58:0A:01:00:05"),
+            Some([0x0a, 0x58, 0x0a, 1, 0, 5])
+        );
+        assert_eq!(
+            parse_mac("0a-58-0a-01-00-05"),
+            Some([0x0a, 0x58, 0x0a, 1, 0, 5])
+        );
+        for bad in [
+            "",
+            "0a:58:0a:01:00",
+            "0a:58:0a:01:00:05:06",
+            "zz:58:0a:01:00:05",
+            "a:58:0a:01:00:05",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        assert_eq!(
+            format_mac(&[0x0a, 0x58, 0, 0, 0, 0xff]),
+            "0a:58:00:00:00:ff"
+        );
+    }
 }

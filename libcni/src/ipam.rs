@@ -1,0 +1,93 @@
+//! IPAM delegation (the same stdin and environment, `CNI_COMMAND` replaced) and applying an IPAM
+//! result to an interface inside the container.
+
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+use crate::invoke::{self, Env};
+use crate::netlink::{Link, Netlink};
+use crate::netns::Netns;
+use crate::result::{CniResult, IpConfig, Route};
+use crate::skel::{Command, Request};
+use crate::sysctl;
+
+fn delegate(req: &Request, ipam_type: &str, command: Command) -> Result<Vec<u8>> {
+    let plugin = invoke::find_plugin(ipam_type, &req.path)?;
+    let env = Env {
+        container_id: req.container_id.clone(),
+        netns: req
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        ifname: req.ifname.clone(),
+        args: req.raw_args.clone(),
+        path: req.path.clone(),
+    };
+    invoke::exec(&plugin, command, &env, &req.stdin)
+}
+
+/// IPAM ADD: the abbreviated result (addresses, routes, DNS).
+pub fn add(req: &Request, ipam_type: &str) -> Result<CniResult> {
+    let out = delegate(req, ipam_type, Command::Add)?;
+    let value: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        Error::decode(format!(
+            "IPAM plugin {ipam_type:?} printed an invalid result: {e}"
+        ))
+    })?;
+    Ok(CniResult::parse(&value, req.version)?.1)
+}
+
+pub fn del(req: &Request, ipam_type: &str) -> Result<()> {
+    delegate(req, ipam_type, Command::Del).map(drop)
+}
+
+pub fn check(req: &Request, ipam_type: &str) -> Result<()> {
+    delegate(req, ipam_type, Command::Check).map(drop)
+}
+
+pub fn gc(req: &Request, ipam_type: &str) -> Result<()> {
+    delegate(req, ipam_type, Command::Gc).map(drop)
+}
+
+pub fn status(req: &Request, ipam_type: &str) -> Result<()> {
+    delegate(req, ipam_type, Command::Status).map(drop)
+}
+
+/// Puts `ips` on `link` in the container, brings it up, and adds `routes` (a route without a
+/// gateway uses the first gateway of its family, as the reference does). IPv6 is enabled on
+/// the interface first when an IPv6 address is configured.
+pub async fn configure_iface(
+    nl: &Netlink,
+    ns: &Netns,
+    link: &Link,
+    ips: &[IpConfig],
+    routes: &[Route],
+) -> Result<()> {
+    if ips.iter().any(|ip| ip.address.is_ipv6()) {
+        ns.run(|| -> Result<()> {
+            sysctl::set_if_present("net/ipv6/conf/lo/disable_ipv6", "0")?;
+            sysctl::set_if_present(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "0")?;
+            sysctl::set_if_present(
+                &format!("net/ipv6/conf/{}/keep_addr_on_down", link.name),
+                "1",
+            )
+        })
+        .map_err(|e| Error::internal(format!("cannot enter the container namespace: {e}")))??;
+    }
+    for ip in ips {
+        nl.add_address(link, ip.address).await?;
+    }
+    nl.set_up(link, true).await?;
+    for route in routes {
+        let gateway = route.gw.or_else(|| first_gateway(ips, route.dst.is_ipv4()));
+        nl.add_route(link, route, gateway).await?;
+    }
+    Ok(())
+}
+
+fn first_gateway(ips: &[IpConfig], v4: bool) -> Option<IpAddr> {
+    ips.iter()
+        .filter(|ip| ip.address.is_ipv4() == v4)
+        .find_map(|ip| ip.gateway)
+}
