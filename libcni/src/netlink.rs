@@ -307,6 +307,21 @@ impl Netlink {
             .map_err(|e| kernel(format_args!("cannot add vlan {vid} to {:?}", port.name), e))
     }
 
+    /// `bridge vlan del dev <port> vid <vid> master`; absent VLANs are fine.
+    pub async fn bridge_vlan_del(&self, port: &Link, vid: u16) -> Result<()> {
+        let msg = LinkBridgeVlan::new(port.index)
+            .vlan(vid, BridgeVlanInfoFlags::empty())
+            .build();
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(kernel(
+                format_args!("cannot remove vlan {vid} from {:?}", port.name),
+                e,
+            )),
+        }
+    }
+
     pub async fn delete_link(&self, link: &Link) -> Result<()> {
         match self.handle.link().del(link.index).execute().await {
             Ok(()) => Ok(()),
@@ -439,6 +454,37 @@ fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
         }
     }
     IpNetwork::new(local.or(address)?, msg.header.prefix_len).ok()
+}
+
+/// Whether a kernel route has `route`'s destination (and gateway, when it names one).
+pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
+    let mut dst = None;
+    let mut gw = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = route_addr(a),
+            RouteAttribute::Gateway(a) => gw = route_addr(a),
+            _ => {}
+        }
+    }
+    let unspecified = if route.dst.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    let dst = dst.unwrap_or(unspecified);
+    dst == route.dst.network()
+        && msg.header.destination_prefix_length == route.dst.prefix()
+        && route.gw.is_none_or(|want| gw == Some(want))
+}
+
+fn route_addr(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
+    use rtnetlink::packet_route::route::RouteAddress;
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 fn route_message(link: &Link, route: &Route, gateway: Option<IpAddr>) -> Result<RouteMessage> {

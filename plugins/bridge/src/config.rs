@@ -1,0 +1,251 @@
+//! The bridge plugin's keys, with the reference's defaults and checks.
+
+use libcni::args::CniArgs;
+use libcni::netlink::parse_mac;
+use libcni::skel::Request;
+use libcni::{Error, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct BridgeConf {
+    pub bridge: String,
+    #[serde(rename = "isGateway")]
+    pub is_gateway: bool,
+    #[serde(rename = "isDefaultGateway")]
+    pub is_default_gateway: bool,
+    #[serde(rename = "forceAddress")]
+    pub force_address: bool,
+    #[serde(rename = "ipMasq")]
+    pub ip_masq: bool,
+    #[serde(rename = "ipMasqBackend")]
+    pub ip_masq_backend: Option<String>,
+    pub mtu: u32,
+    #[serde(rename = "hairpinMode")]
+    pub hairpin_mode: bool,
+    #[serde(rename = "promiscMode")]
+    pub promisc_mode: bool,
+    pub vlan: i64,
+    #[serde(rename = "vlanTrunk")]
+    pub vlan_trunk: Vec<Trunk>,
+    #[serde(rename = "preserveDefaultVlan")]
+    pub preserve_default_vlan: bool,
+    pub macspoofchk: bool,
+    pub enabledad: bool,
+    #[serde(rename = "disableContainerInterface")]
+    pub disable_container_interface: bool,
+    #[serde(rename = "portIsolation")]
+    pub port_isolation: bool,
+    #[serde(rename = "runtimeConfig")]
+    runtime_config: MacHolder,
+    args: ArgsHolder,
+}
+
+impl Default for BridgeConf {
+    fn default() -> Self {
+        BridgeConf {
+            bridge: "cni0".into(),
+            is_gateway: false,
+            is_default_gateway: false,
+            force_address: false,
+            ip_masq: false,
+            ip_masq_backend: None,
+            mtu: 0,
+            hairpin_mode: false,
+            promisc_mode: false,
+            vlan: 0,
+            vlan_trunk: Vec::new(),
+            preserve_default_vlan: false,
+            macspoofchk: false,
+            enabledad: false,
+            disable_container_interface: false,
+            port_isolation: false,
+            runtime_config: MacHolder::default(),
+            args: ArgsHolder::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Trunk {
+    pub id: Option<i64>,
+    #[serde(rename = "minID")]
+    pub min_id: Option<i64>,
+    #[serde(rename = "maxID")]
+    pub max_id: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MacHolder {
+    mac: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ArgsHolder {
+    cni: MacHolder,
+}
+
+/// The validated configuration and what it implies.
+#[derive(Debug)]
+pub struct Conf {
+    pub raw: BridgeConf,
+    /// IPAM plugin type; `None` is L2 mode.
+    pub ipam: Option<String>,
+    /// `isGateway`, also implied by `isDefaultGateway`.
+    pub is_gateway: bool,
+    pub vlan: u16,
+    /// Tagged VLANs of the port, sorted.
+    pub trunk: Vec<u16>,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Conf {
+    pub fn load(req: &Request) -> Result<Conf> {
+        let raw: BridgeConf = req.plugin_conf()?;
+        if raw.bridge.is_empty() || raw.bridge.len() > 15 || raw.bridge.contains(['/', ':', ' ']) {
+            return Err(Error::invalid_config(format!(
+                "invalid bridge name {:?}",
+                raw.bridge
+            )));
+        }
+        if !(0..=4094).contains(&raw.vlan) {
+            return Err(Error::invalid_config(format!(
+                "invalid VLAN ID {} (key \"vlan\", must be 0 to 4094)",
+                raw.vlan
+            )));
+        }
+        let trunk = trunk_vids(&raw.vlan_trunk)?;
+        let ipam = req.conf.ipam_type().map(str::to_string);
+        if ipam.is_some() && raw.disable_container_interface {
+            return Err(Error::invalid_config(
+                "cannot use IPAM when \"disableContainerInterface\" is set: the interface stays down",
+            ));
+        }
+        if raw.hairpin_mode && raw.promisc_mode {
+            return Err(Error::invalid_config(
+                "cannot set both \"hairpinMode\" and \"promiscMode\"",
+            ));
+        }
+        match raw.ip_masq_backend.as_deref() {
+            None | Some("nftables") | Some("iptables") => {}
+            Some(other) => {
+                return Err(Error::invalid_config(format!(
+                    "unknown ipMasqBackend {other:?} (expected \"nftables\" or \"iptables\")"
+                )));
+            }
+        }
+        Ok(Conf {
+            ipam,
+            is_gateway: raw.is_gateway || raw.is_default_gateway,
+            vlan: raw.vlan as u16,
+            trunk,
+            mac: container_mac(req, &raw)?,
+            raw,
+        })
+    }
+
+    pub fn has_vlans(&self) -> bool {
+        self.vlan != 0 || !self.trunk.is_empty()
+    }
+}
+
+/// `MAC` from CNI_ARGS, overridden by `args.cni.mac`, overridden by `runtimeConfig.mac`.
+fn container_mac(req: &Request, raw: &BridgeConf) -> Result<Option<[u8; 6]>> {
+    let args = CniArgs::parse(&req.raw_args)?;
+    args.check_known(&["MAC"])?;
+    let sources = [
+        ("CNI_ARGS MAC", args.get("MAC").map(str::to_string)),
+        ("args.cni.mac", raw.args.cni.mac.clone()),
+        ("runtimeConfig.mac", raw.runtime_config.mac.clone()),
+    ];
+    let mut mac = None;
+    for (key, value) in sources {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            let parsed = parse_mac(&v).ok_or_else(|| {
+                Error::invalid_config(format!("{key}: {v:?} is not a MAC address"))
+            })?;
+            mac = Some(parsed);
+        }
+    }
+    Ok(mac)
+}
+
+fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
+    let bad = |msg: String| Error::invalid_config(format!("vlanTrunk: {msg}"));
+    let valid = |v: i64| (1..=4094).contains(&v);
+    let mut vids = Vec::new();
+    for t in trunks {
+        match (t.min_id, t.max_id) {
+            (Some(min), Some(max)) => {
+                if !valid(min) {
+                    return Err(bad(format!("minID {min} must be 1 to 4094")));
+                }
+                if !valid(max) {
+                    return Err(bad(format!("maxID {max} must be 1 to 4094")));
+                }
+                if max < min {
+                    return Err(bad(format!("minID {min} is greater than maxID {max}")));
+                }
+                vids.extend(min..=max);
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "minID and maxID must be set together, minID is missing".into(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "minID and maxID must be set together, maxID is missing".into(),
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(id) = t.id {
+            if !valid(id) {
+                return Err(bad(format!("id {id} must be 1 to 4094")));
+            }
+            vids.push(id);
+        }
+    }
+    let mut vids: Vec<u16> = vids.into_iter().map(|v| v as u16).collect();
+    vids.sort_unstable();
+    vids.dedup();
+    Ok(vids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(id: Option<i64>, min: Option<i64>, max: Option<i64>) -> Trunk {
+        Trunk {
+            id,
+            min_id: min,
+            max_id: max,
+        }
+    }
+
+    #[test]
+    fn trunks() {
+        assert_eq!(trunk_vids(&[]).unwrap(), Vec::<u16>::new());
+        assert_eq!(
+            trunk_vids(&[t(Some(101), Some(200), Some(202))]).unwrap(),
+            vec![101, 200, 201, 202]
+        );
+        for (bad, needle) in [
+            (t(None, Some(5), None), "maxID is missing"),
+            (t(None, None, Some(5)), "minID is missing"),
+            (t(None, Some(-1), Some(5)), "minID -1"),
+            (t(None, Some(1), Some(4095)), "maxID 4095"),
+            (t(None, Some(9), Some(5)), "greater"),
+            (t(Some(0), None, None), "id 0"),
+        ] {
+            let e = trunk_vids(&[bad]).unwrap_err();
+            assert_eq!(e.code, 7);
+            assert!(e.msg.contains(needle), "{}", e.msg);
+        }
+    }
+}

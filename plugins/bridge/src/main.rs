@@ -1,0 +1,575 @@
+//! CNI `bridge`: connects the container to a Linux bridge on the host through a veth pair.
+//!
+//! ADD    ensure the bridge; create the veth pair (container end created directly in the
+//!        container's namespace as CNI_IFNAME, host end a port of the bridge); port options and
+//!        VLANs; in L3 mode IPAM, addresses, routes and sysctls in the container, gateway
+//!        addresses on the bridge, forwarding, masquerade; wait for the port; result.
+//!        Any failure undoes what this ADD did (veth, IPAM lease) before it returns.
+//! DEL    delete the container's veth (both ends go), release the IPAM lease; also when the
+//!        namespace is gone. Never deletes the bridge.
+//! CHECK  bridge, veth pair, addresses and routes match prevResult; IPAM CHECK (L3 only).
+//! GC     forwarded to IPAM.  STATUS: the bridge can be managed; IPAM STATUS.
+
+mod config;
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use libcni::netlink::{Link, Netlink, VethSpec, block_on};
+use libcni::netns::Netns;
+use libcni::result::{CniResult, Interface, Route};
+use libcni::skel::{self, Plugin, Request};
+use libcni::{Error, Result, ipam, sysctl};
+
+use crate::config::Conf;
+
+struct Bridge;
+
+impl Plugin for Bridge {
+    fn add(&self, req: &Request) -> Result<CniResult> {
+        let conf = Conf::load(req)?;
+        let ns = req.netns()?;
+        block_on(async {
+            let host = Netlink::open(None)?;
+            let cont = Netlink::open(Some(&ns))?;
+            if cont.link_by_name(&req.ifname).await?.is_some() {
+                return Err(Error::internal(format!(
+                    "interface {:?} already exists in the container",
+                    req.ifname
+                )));
+            }
+            let bridge = ensure_bridge(&host, &conf).await?;
+            let mut done = Done::default();
+            let added = attach(&host, &cont, &ns, &bridge, &conf, req, &mut done).await;
+            if added.is_err() {
+                done.undo(&host, &conf, req).await;
+            }
+            added
+        })?
+    }
+
+    fn del(&self, req: &Request) -> Result<()> {
+        let conf = Conf::load(req)?;
+        if let Some(ns) = req.netns_if_present()? {
+            block_on(async {
+                let cont = Netlink::open(Some(&ns))?;
+                match cont.link_by_name(&req.ifname).await? {
+                    // Deleting one end of a veth deletes the pair.
+                    Some(link) => cont.delete_link(&link).await,
+                    None => Ok(()),
+                }
+            })??;
+        }
+        if let Some(ipam_type) = &conf.ipam {
+            ipam::del(req, ipam_type)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, req: &Request) -> Result<()> {
+        let conf = Conf::load(req)?;
+        let prev = req
+            .prev_result()?
+            .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
+        if let Some(ipam_type) = &conf.ipam {
+            ipam::check(req, ipam_type)?;
+        }
+        let ns = req.netns()?;
+        block_on(check_attachment(&ns, &conf, req, &prev))?
+    }
+
+    fn gc(&self, req: &Request) -> Result<()> {
+        let conf = Conf::load(req)?;
+        match &conf.ipam {
+            Some(ipam_type) => ipam::gc(req, ipam_type),
+            None => Ok(()),
+        }
+    }
+
+    fn status(&self, req: &Request) -> Result<()> {
+        let conf = Conf::load(req)?;
+        let existing =
+            block_on(async { Netlink::open(None)?.link_by_name(&conf.raw.bridge).await })??;
+        if let Some(link) = existing.filter(|l| l.kind != "bridge") {
+            return Err(Error::not_available(format!(
+                "{:?} exists and is not a bridge (it is a {:?} link)",
+                link.name, link.kind
+            )));
+        }
+        match &conf.ipam {
+            Some(ipam_type) => ipam::status(req, ipam_type),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What an ADD has changed so far, to undo on failure.
+#[derive(Default)]
+struct Done {
+    host_veth: Option<Link>,
+    ipam: bool,
+}
+
+impl Done {
+    async fn undo(self, host: &Netlink, conf: &Conf, req: &Request) {
+        if let Some(veth) = &self.host_veth
+            && let Err(e) = host.delete_link(veth).await
+        {
+            eprintln!("bridge: cleanup after failed ADD: {e}");
+        }
+        if self.ipam
+            && let Some(ipam_type) = &conf.ipam
+            && let Err(e) = ipam::del(req, ipam_type)
+        {
+            eprintln!("bridge: cleanup after failed ADD: IPAM DEL: {e}");
+        }
+    }
+}
+
+/// Creates the bridge, or checks that the existing link of that name is one; promisc, no
+/// router advertisements, up.
+async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
+    let name = &conf.raw.bridge;
+    host.add_bridge(name, conf.raw.mtu, conf.has_vlans())
+        .await?;
+    let bridge = host
+        .link_by_name(name)
+        .await?
+        .ok_or_else(|| Error::internal(format!("bridge {name:?} vanished after it was created")))?;
+    if bridge.kind != "bridge" {
+        return Err(Error::internal(format!(
+            "{name:?} already exists but is not a bridge"
+        )));
+    }
+    if conf.raw.promisc_mode && !bridge.promisc {
+        host.set_promisc(&bridge, true).await?;
+    }
+    let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    if !bridge.up {
+        host.set_up(&bridge, true).await?;
+    }
+    Ok(bridge)
+}
+
+async fn attach(
+    host: &Netlink,
+    cont: &Netlink,
+    ns: &Netns,
+    bridge: &Link,
+    conf: &Conf,
+    req: &Request,
+    done: &mut Done,
+) -> Result<CniResult> {
+    let (host_veth, cont_veth) = create_veth(host, cont, ns, bridge, conf, req, done).await?;
+    let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
+    host.set_bridge_port(&host_veth, conf.raw.hairpin_mode, conf.raw.port_isolation)
+        .await?;
+    if conf.has_vlans() {
+        set_port_vlans(host, &host_veth, conf).await?;
+    }
+
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface {
+                name: bridge.name.clone(),
+                ..Default::default()
+            },
+            Interface {
+                name: host_veth.name.clone(),
+                ..Default::default()
+            },
+            Interface {
+                name: cont_veth.name.clone(),
+                mac: cont_veth.mac_string(),
+                sandbox: ns.path().display().to_string(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+
+    if let Some(ipam_type) = &conf.ipam {
+        let lease = ipam::add(req, ipam_type)?;
+        done.ipam = true;
+        if lease.ips.is_empty() {
+            return Err(Error::internal("IPAM plugin returned missing IP config"));
+        }
+        result.ips = lease.ips;
+        result.routes = lease.routes;
+        result.dns = lease.dns;
+        let gateways = calc_gateways(&mut result, conf);
+        set_container_sysctls(ns, &req.ifname, conf.raw.enabledad)?;
+        libcni::ipam::configure_iface(cont, ns, &cont_veth, &result.ips, &result.routes).await?;
+        if conf.is_gateway {
+            ensure_gateway_addresses(host, bridge, &gateways, conf.raw.force_address).await?;
+            enable_forwarding(&gateways)?;
+        }
+        if conf.raw.ip_masq {
+            return Err(Error::unsupported_field(
+                "ipMasq is not supported by this build yet",
+            ));
+        }
+    } else if !conf.raw.disable_container_interface {
+        cont.set_up(&cont_veth, true).await?;
+    }
+
+    if !conf.raw.disable_container_interface {
+        wait_port_up(host, &host_veth).await?;
+    }
+    // The bridge's MAC may have changed when the port joined; report what it is now.
+    let bridge_now = host
+        .link_by_index(bridge.index)
+        .await?
+        .unwrap_or_else(|| bridge.clone());
+    let veth_now = host
+        .link_by_index(host_veth.index)
+        .await?
+        .unwrap_or(host_veth);
+    result.interfaces[0].mac = bridge_now.mac_string();
+    result.interfaces[1].mac = veth_now.mac_string();
+    if let Some(dns) = req.conf.dns.clone().filter(|d| !d.is_empty()) {
+        result.dns = dns;
+    }
+    Ok(result)
+}
+
+async fn create_veth(
+    host: &Netlink,
+    cont: &Netlink,
+    ns: &Netns,
+    bridge: &Link,
+    conf: &Conf,
+    req: &Request,
+    done: &mut Done,
+) -> Result<(Link, Link)> {
+    for _ in 0..10 {
+        let host_name = random_veth_name()?;
+        let spec = VethSpec {
+            host: &host_name,
+            peer: &req.ifname,
+            peer_ns: ns,
+            mtu: conf.raw.mtu,
+            peer_mac: conf.mac,
+            controller: bridge.index,
+        };
+        if !host.add_veth(&spec).await? {
+            // The container name was free a moment ago, so the random host name clashed.
+            if cont.link_by_name(&req.ifname).await?.is_some() {
+                return Err(Error::internal(format!(
+                    "interface {:?} already exists in the container",
+                    req.ifname
+                )));
+            }
+            continue;
+        }
+        let host_veth = host.link_by_name(&host_name).await?;
+        done.host_veth = host_veth.clone();
+        let host_veth =
+            host_veth.ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")))?;
+        let cont_veth = cont.link_by_name(&req.ifname).await?.ok_or_else(|| {
+            Error::internal(format!("container interface {:?} vanished", req.ifname))
+        })?;
+        return Ok((host_veth, cont_veth));
+    }
+    Err(Error::internal(
+        "cannot find a free host veth name after 10 tries",
+    ))
+}
+
+/// `veth` + 8 random hex digits, as the reference names host ends.
+fn random_veth_name() -> Result<String> {
+    let mut bytes = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| Error::internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(format!(
+        "veth{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+async fn set_port_vlans(host: &Netlink, port: &Link, conf: &Conf) -> Result<()> {
+    if !conf.raw.preserve_default_vlan {
+        host.bridge_vlan_del(port, 1).await?;
+    }
+    if conf.vlan != 0 {
+        host.bridge_vlan_add(port, conf.vlan, true).await?;
+    }
+    for vid in &conf.trunk {
+        host.bridge_vlan_add(port, *vid, false).await?;
+    }
+    if conf.vlan == 0 && !conf.trunk.is_empty() {
+        host.bridge_vlan_add(port, 1, true).await?;
+    }
+    Ok(())
+}
+
+/// Every IP belongs to the container interface (index 2); a missing gateway is the subnet's
+/// first address when the bridge is the gateway; `isDefaultGateway` adds a default route per
+/// family unless IPAM returned one with a gateway. Returns the gateway addresses per family.
+fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
+    let mut gateways = Vec::new();
+    let mut default_found = [false, false];
+    for i in 0..result.ips.len() {
+        let ip = &mut result.ips[i];
+        ip.interface = Some(2);
+        let v4 = ip.address.is_ipv4();
+        if ip.gateway.is_none() && conf.is_gateway {
+            ip.gateway = first_host(ip.address);
+        }
+        let gateway = ip.gateway;
+        let prefix = ip.address.prefix();
+        let fam = usize::from(!v4);
+        if conf.raw.is_default_gateway && !default_found[fam] {
+            let default = default_route(v4);
+            if !result
+                .routes
+                .iter()
+                .any(|r| r.gw.is_some() && r.dst == default)
+            {
+                result.routes.push(Route::new(default, gateway));
+            }
+            default_found[fam] = true;
+        }
+        if conf.is_gateway
+            && let Some(gw) = gateway
+            && let Ok(net) = IpNetwork::new(gw, prefix)
+        {
+            gateways.push(net);
+        }
+    }
+    gateways
+}
+
+fn default_route(v4: bool) -> IpNetwork {
+    let any = if v4 {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    IpNetwork::new(any, 0)
+        .unwrap_or_else(|_| unreachable!("a /0 prefix is valid for both families"))
+}
+
+fn first_host(address: IpNetwork) -> Option<IpAddr> {
+    Some(match address.network() {
+        IpAddr::V4(n) => IpAddr::V4((u32::from(n).checked_add(1)?).into()),
+        IpAddr::V6(n) => IpAddr::V6((u128::from(n).checked_add(1)?).into()),
+    })
+}
+
+fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()> {
+    ns.run(|| -> Result<()> {
+        if enabledad {
+            sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1")?;
+            sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1")?;
+        } else {
+            sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+        }
+        sysctl::set_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
+    })
+    .map_err(|e| Error::internal(format!("cannot enter the container namespace: {e}")))?
+}
+
+/// Puts each gateway address on the bridge. An address of the same family that is not one of
+/// this network's gateways conflicts (IPv4: any; IPv6: an overlapping one) unless
+/// `forceAddress`, which replaces it. Then pins the bridge's MAC so it stops following ports.
+async fn ensure_gateway_addresses(
+    host: &Netlink,
+    bridge: &Link,
+    gateways: &[IpNetwork],
+    force: bool,
+) -> Result<()> {
+    let existing = host.addresses(bridge).await?;
+    for gw in gateways {
+        if existing.contains(gw) {
+            continue;
+        }
+        for old in existing
+            .iter()
+            .filter(|a| a.is_ipv4() == gw.is_ipv4() && !gateways.contains(a))
+        {
+            let conflicts = gw.is_ipv4() || old.contains(gw.ip()) || gw.contains(old.ip());
+            if !conflicts || (old.is_ipv6() && old.ip().is_unicast_link_local_v6()) {
+                continue;
+            }
+            if !force {
+                return Err(Error::internal(format!(
+                    "{:?} already has an IP address different from {gw} ({old}); set \"forceAddress\" to replace it",
+                    bridge.name
+                )));
+            }
+            host.del_address(bridge, *old).await?;
+        }
+        host.add_address(bridge, *gw).await?;
+    }
+    if let Some(now) = host.link_by_index(bridge.index).await? {
+        host.set_mac(&now, &now.mac).await?;
+    }
+    Ok(())
+}
+
+trait LinkLocal {
+    fn is_unicast_link_local_v6(&self) -> bool;
+}
+
+impl LinkLocal for IpAddr {
+    fn is_unicast_link_local_v6(&self) -> bool {
+        matches!(self, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+    }
+}
+
+fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {
+    if gateways.iter().any(|g| g.is_ipv4()) {
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+    }
+    if gateways.iter().any(|g| g.is_ipv6()) {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Waits until the host end of the veth is operationally up, as the reference does.
+async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
+    let mut state = String::from("unknown");
+    for pause_ms in [0u64, 50, 500, 1000, 1000] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        match host.link_by_index(veth.index).await? {
+            Some(l) if l.oper_up => return Ok(()),
+            Some(l) => {
+                state = if l.up {
+                    "down (lower layer)".into()
+                } else {
+                    "down".into()
+                }
+            }
+            None => state = "gone".into(),
+        }
+    }
+    Err(Error::internal(format!(
+        "bridge port in error state: {state}"
+    )))
+}
+
+async fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) -> Result<()> {
+    let host = Netlink::open(None)?;
+    let cont = Netlink::open(Some(ns))?;
+    let fail = |msg: String| Error::internal(format!("CHECK: {msg}"));
+
+    let bridge_if = prev.interfaces.iter().find(|i| i.name == conf.raw.bridge);
+    let bridge = host
+        .link_by_name(&conf.raw.bridge)
+        .await?
+        .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.raw.bridge)))?;
+    if bridge.kind != "bridge" {
+        return Err(fail(format!("{:?} is not a bridge", bridge.name)));
+    }
+    if let Some(i) = bridge_if
+        && !i.mac.is_empty()
+        && !i.mac.eq_ignore_ascii_case(&bridge.mac_string())
+    {
+        return Err(fail(format!(
+            "bridge {:?} has MAC {}, expected {}",
+            bridge.name,
+            bridge.mac_string(),
+            i.mac
+        )));
+    }
+    if bridge.promisc != conf.raw.promisc_mode {
+        return Err(fail(format!(
+            "bridge {:?} promiscuous mode is {}, expected {}",
+            bridge.name, bridge.promisc, conf.raw.promisc_mode
+        )));
+    }
+
+    let sandbox = req
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let cont_if = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == req.ifname && i.sandbox == sandbox)
+        .ok_or_else(|| {
+            fail(format!(
+                "prevResult has no interface {:?} in {sandbox:?}",
+                req.ifname
+            ))
+        })?;
+    let expected_mac = &prev.interfaces[cont_if].mac;
+    let cont_veth = cont.link_by_name(&req.ifname).await?.ok_or_else(|| {
+        fail(format!(
+            "interface {:?} is missing in the container",
+            req.ifname
+        ))
+    })?;
+    if cont_veth.kind != "veth" {
+        return Err(fail(format!(
+            "container interface {:?} is not a veth",
+            req.ifname
+        )));
+    }
+    if !expected_mac.is_empty() && !expected_mac.eq_ignore_ascii_case(&cont_veth.mac_string()) {
+        return Err(fail(format!(
+            "container interface has MAC {}, expected {expected_mac}",
+            cont_veth.mac_string()
+        )));
+    }
+    let peer = cont_veth
+        .peer
+        .ok_or_else(|| fail("container veth has no peer".into()))?;
+    let host_veth = host
+        .link_by_index(peer)
+        .await?
+        .filter(|l| l.kind == "veth" && l.peer == Some(cont_veth.index))
+        .ok_or_else(|| fail(format!("the host end of {:?} is missing", req.ifname)))?;
+    if host_veth.controller != Some(bridge.index) {
+        return Err(fail(format!(
+            "{:?} is not a port of bridge {:?}",
+            host_veth.name, bridge.name
+        )));
+    }
+
+    let addresses = cont.addresses(&cont_veth).await?;
+    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(cont_if)) {
+        if !addresses.contains(&ip.address) {
+            return Err(fail(format!(
+                "address {} is missing on {:?}",
+                ip.address, req.ifname
+            )));
+        }
+    }
+    for v4 in [true, false] {
+        let wanted: Vec<&Route> = prev
+            .routes
+            .iter()
+            .filter(|r| r.dst.is_ipv4() == v4)
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let present = cont.routes(v4).await?;
+        for route in wanted {
+            if !present
+                .iter()
+                .any(|m| libcni::netlink::route_matches(m, route))
+            {
+                return Err(fail(format!(
+                    "route to {} is missing in the container",
+                    route.dst
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    skel::run(
+        &Bridge,
+        &format!("CNI bridge plugin {} (Rust)", env!("CARGO_PKG_VERSION")),
+    )
+}
