@@ -177,6 +177,48 @@ fn gc_deletes_attachments_whose_namespace_is_gone_and_status_works() {
 }
 
 #[test]
+fn a_damaged_cache_entry_does_not_block_del() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let ctr = Netns::new("c");
+    let ns = ctr.path.to_str().unwrap();
+    work.write_conf("lo.conflist", &loopback_list("lo-dmg", "1.0.0"));
+    cnitool(&host, &work, &["add", "lo-dmg", ns]).ok();
+    let entry = work.cache_dir().join(format!(
+        "results/lo-dmg-{}-eth0",
+        cnitool_container_id(&ctr.path)
+    ));
+    std::fs::write(&entry, r#"{"kind":"cniCa"#).unwrap();
+    let del = cnitool(&host, &work, &["del", "lo-dmg", ns]);
+    del.ok();
+    assert!(
+        del.stderr.contains("ignoring the cached result"),
+        "{}",
+        del.stderr
+    );
+    assert!(!ctr.is_up("lo"));
+    assert!(!entry.exists());
+}
+
+#[test]
+fn results_a_list_version_cannot_express_are_kept_as_printed() {
+    // The reference loopback prints an IP-less 1.x-shaped result under 0.2.0; the Go tools
+    // accept it, so ours must too.
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let ctr = Netns::new("c");
+    let ns = ctr.path.to_str().unwrap();
+    work.write_conf("lo.conflist", &loopback_list("lo-ref", "0.2.0"));
+    let mut cmd = host.command(bin("cnitool"));
+    cmd.args(["add", "lo-ref", ns])
+        .env("NETCONFPATH", work.net_dir())
+        .env("CNI_PATH", conformance::REFERENCE_DIR)
+        .env("CNI_CACHE_DIR", work.cache_dir());
+    assert_eq!(outcome(&mut cmd, "").ok()["cniVersion"], "0.2.0");
+    assert!(ctr.is_up("lo"));
+}
+
+#[test]
 fn reports_unknown_networks_and_bad_arguments() {
     let host = Netns::new("h");
     let work = Workdir::new();

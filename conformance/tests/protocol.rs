@@ -164,23 +164,33 @@ fn error_carries_the_requested_version() {
 
 #[test]
 fn own_netns_is_refused_before_anything_changes() {
-    // The plugin runs in `host`; pointing CNI_NETNS at `host` itself must not set its lo down.
+    // The plugin runs in `host`; pointing CNI_NETNS at `host` itself must not change it.
     let host = Netns::new("h");
-    host.ip(&["link", "set", "lo", "up"]);
-    let out = Call::new(&host, bin("loopback"), "DEL", &host.path).run(GOOD);
-    out.err(8, "own network namespace");
-    assert!(host.is_up("lo"), "the plugin's own lo was set down");
-    // ADD must be refused too, and /proc paths to the same namespace are recognised.
     host.ip(&["link", "set", "lo", "down"]);
+    let out = Call::new(&host, bin("loopback"), "ADD", &host.path).run(GOOD);
+    out.err(8, "own network namespace");
+    assert!(!host.is_up("lo"), "the plugin's own lo was set up");
+    // /proc paths to the same namespace are recognised too.
     let out = Call::new(&host, bin("loopback"), "ADD", "/proc/self/ns/net".as_ref()).run(GOOD);
     out.err(8, "own network namespace");
-    assert!(!host.is_up("lo"));
+    // DEL succeeds (state outside the namespace must still be released) without touching it:
+    // a recycled /proc/<pid>/ns/net path means the container's namespace is gone (plugins#714).
+    host.ip(&["link", "set", "lo", "up"]);
+    let out = Call::new(&host, bin("loopback"), "DEL", &host.path).run(GOOD);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("treating the container's namespace as gone"),
+        "{}",
+        out.stderr
+    );
+    assert!(host.is_up("lo"), "the plugin's own lo was set down");
     // The override is honoured, as in the Go skel.
-    Call::new(&host, bin("loopback"), "ADD", &host.path)
+    Call::new(&host, bin("loopback"), "DEL", &host.path)
         .env("CNI_NETNS_OVERRIDE", "1")
         .run(GOOD)
         .ok();
-    assert!(host.is_up("lo"));
+    assert!(!host.is_up("lo"));
 }
 
 #[test]

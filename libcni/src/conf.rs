@@ -2,7 +2,7 @@
 //! whole object kept as JSON so a plugin can read its own keys and delegates get it unchanged.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::result::{CniResult, Dns};
@@ -21,8 +21,9 @@ pub struct NetConf {
     pub args: Option<Value>,
     #[serde(rename = "prevResult")]
     pub prev_result: Option<Value>,
+    /// Kept loose: Go's NetConf has no such field, so a malformed one must not fail every command.
     #[serde(rename = "runtimeConfig")]
-    pub runtime_config: Option<Map<String, Value>>,
+    pub runtime_config: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// What libcni before 1.2 sent, and still sends beside the new key.
@@ -37,7 +38,8 @@ pub struct IpamRef {
     pub plugin_type: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(default)]
 pub struct Attachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
@@ -65,7 +67,7 @@ impl NetConf {
 
     /// A capability argument the runtime passed in `runtimeConfig`.
     pub fn runtime(&self, capability: &str) -> Option<&Value> {
-        self.runtime_config.as_ref()?.get(capability)
+        self.runtime_config.as_ref()?.as_object()?.get(capability)
     }
 
     /// The attachments a GC must keep (`cni.dev/valid-attachments`, else the legacy key).

@@ -5,6 +5,10 @@
 //! written for the Go plugins rely on that, so [`from_value`] does the same for any serde type:
 //! it wraps the `serde_json::Value` deserializer and, whenever serde asks for a struct (which
 //! tells it the field names), renames keys to the field they fold to and drops `null` members.
+//!
+//! Config types read through it use plain structs, `Option`, `Vec` and string-like enums only:
+//! `#[serde(flatten)]` and untagged or internally tagged enums do not tell serde's deserializer
+//! their field names, so their keys would not fold.
 
 use serde::Serialize;
 use serde::de::{

@@ -138,7 +138,10 @@ impl Netlink {
     /// Opens a socket in `ns` (the caller's namespace when `None`). Must run inside the runtime
     /// of [`block_on`]; the thread enters `ns` only for the `socket()` call.
     pub fn open(ns: Option<&Netns>) -> Result<Netlink> {
-        let connect = rtnetlink::new_connection_with_strict_check;
+        // Strict checking (kernel dump filters) needs Linux 4.20; older kernels get the plain socket.
+        let connect = || {
+            rtnetlink::new_connection_with_strict_check().or_else(|_| rtnetlink::new_connection())
+        };
         let opened = match ns {
             Some(ns) => ns
                 .run(connect)
@@ -336,7 +339,7 @@ impl Netlink {
             .address_messages(link)
             .await?
             .iter()
-            .filter_map(|m| address_of(m))
+            .filter_map(address_of)
             .collect())
     }
 

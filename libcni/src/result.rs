@@ -181,6 +181,17 @@ impl CniResult {
                 crate::json::from_value(value.clone()).map_err(decode)?
             }
         };
+        if let Some((i, ip)) = result
+            .ips
+            .iter()
+            .enumerate()
+            .find(|(_, ip)| ip.interface.is_some_and(|n| n >= result.interfaces.len()))
+        {
+            return Err(Error::decode(format!(
+                "{version} result: ips[{i}].interface {} names no entry of interfaces",
+                ip.interface.unwrap_or_default()
+            )));
+        }
         Ok((version, result))
     }
 
@@ -410,6 +421,11 @@ mod tests {
         assert_eq!(r.ips[0].gateway, None);
         let err = CniResult::parse(&json!({"cniVersion": "7.0.0"}), Version::V1_0_0).unwrap_err();
         assert_eq!(err.code, 1);
+        let dangling =
+            json!({"cniVersion": "1.0.0", "ips": [{"interface": 0, "address": "10.0.0.2/24"}]});
+        let err = CniResult::parse(&dangling, Version::V1_0_0).unwrap_err();
+        assert!(err.msg.contains("ips[0].interface 0"), "{}", err.msg);
+        assert_eq!(err.code, 6);
         let err = CniResult::parse(
             &json!({"cniVersion": "1.0.0", "ips": [{"address": "nope"}]}),
             Version::V1_0_0,

@@ -308,12 +308,19 @@ fn request(
         _ => {}
     }
 
-    let netns = var("CNI_NETNS").map(PathBuf::from);
+    let mut netns = var("CNI_NETNS").map(PathBuf::from);
     if let Some(path) = &netns
         && matches!(command, Command::Add | Command::Check | Command::Del)
         && !netns_override(env)
+        && let Err(e) = refuse_own_netns(path)
     {
-        refuse_own_netns(path)?;
+        if command != Command::Del || e.code != Code::InvalidNetns as u32 {
+            return Err(e);
+        }
+        // A DEL must still release what lives outside the namespace (IPAM leases, rules); the
+        // path was recycled (plugins#714), so the container's namespace is gone.
+        eprintln!("{}; treating the container's namespace as gone", e.msg);
+        netns = None;
     }
     let path = var("CNI_PATH")
         .map(|p| {
@@ -575,7 +582,7 @@ mod tests {
     fn own_netns_refused_before_the_plugin_runs() {
         let me = "/proc/thread-self/ns/net";
         let conf = r#"{"cniVersion":"1.0.0","name":"n"}"#;
-        let (code, out, calls) = call(&with("DEL", &[("CNI_NETNS", me)]), conf);
+        let (code, out, calls) = call(&with("ADD", &[("CNI_NETNS", me)]), conf);
         assert_eq!((code, out["code"].as_u64()), (1, Some(8)));
         assert!(calls.is_empty());
         let (code, _, calls) = call(

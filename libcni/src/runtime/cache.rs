@@ -88,9 +88,13 @@ impl Cache {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp{}", entry.container_id, std::process::id()));
+        let tmp = self.dir.join(format!(
+            ".{}-{}-{}.tmp{}",
+            entry.network,
+            entry.container_id,
+            entry.ifname,
+            std::process::id()
+        ));
         let data = serde_json::to_vec(&Entry {
             kind: KIND.into(),
             ..entry.clone()

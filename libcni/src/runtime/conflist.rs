@@ -36,6 +36,9 @@ impl ConfList {
         let flag = |key: &str| match list.get(key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
+            // libcni also reads the strings "true" and "false", in any case.
+            Some(Value::String(b)) if b.eq_ignore_ascii_case("true") => Ok(true),
+            Some(Value::String(b)) if b.eq_ignore_ascii_case("false") => Ok(false),
             Some(other) => Err(Error::invalid_config(format!(
                 "{key:?} must be a boolean, not {other}"
             ))),
@@ -227,7 +230,7 @@ mod tests {
                 "5.0.0",
             ),
             (
-                r#"{"name":"n","disableCheck":"yes","plugins":[{"type":"t"}]}"#,
+                r#"{"name":"n","disableCheck":"maybe","plugins":[{"type":"t"}]}"#,
                 "disableCheck",
             ),
         ] {

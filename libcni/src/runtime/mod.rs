@@ -72,7 +72,7 @@ impl Runtime {
                             plugin_type(plugin)
                         ))
                     })?;
-                    CniResult::convert(&value, list.version, list.version)
+                    Ok(as_list_version(value, list.version))
                 });
             match ran {
                 Ok(result) => prev = Some(result),
@@ -131,9 +131,13 @@ impl Runtime {
 
     /// DEL every plugin in reverse order with the cached result, then drop the cache entry.
     /// Every plugin is called even when one fails; the entry stays until a DEL fully succeeds.
+    /// An unusable cache entry does not block the DEL: it is reported and ignored.
     pub fn del(&self, list: &ConfList, rt: &RuntimeConf) -> Result<()> {
         let cached = if list.version.has_check() {
-            self.cached_result(list, rt)?
+            self.cached_result(list, rt).unwrap_or_else(|e| {
+                eprintln!("ignoring the cached result: {e}");
+                None
+            })
         } else {
             None
         };
@@ -154,14 +158,11 @@ impl Runtime {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// GC (1.1.0): DEL the cached attachments that are not valid, then let every plugin drop
-    /// whatever belongs to no valid attachment.
+    /// GC: DEL the cached attachments that are not valid, then (1.1.0) let every plugin drop
+    /// whatever belongs to no valid attachment. Nothing at all when the list sets `disableGC`.
     pub fn gc(&self, list: &ConfList, valid: &[Attachment]) -> Result<()> {
-        if !list.version.has_gc_and_status() {
-            return Err(Error::incompatible(format!(
-                "configuration version {} does not support GC",
-                list.version
-            )));
+        if list.disable_gc {
+            return Ok(());
         }
         let mut first_err = None;
         for entry in self.cache.entries(&list.name) {
@@ -183,7 +184,7 @@ impl Runtime {
                 first_err.get_or_insert(e);
             }
         }
-        if !list.disable_gc {
+        if list.version.has_gc_and_status() {
             let rt = RuntimeConf::default();
             for plugin in &list.plugins {
                 let mut conf = plugin.clone();
@@ -238,6 +239,15 @@ impl Runtime {
         let stdin = plugin_stdin(list, plugin, rt, prev);
         invoke::exec(&binary, command, &rt.env(&self.path), &stdin)
     }
+}
+
+/// A plugin's result as the next plugin and the cache get it: in the list's version when it can
+/// be expressed there, else as the plugin printed it (as the Go library passes every result).
+fn as_list_version(value: Value, version: crate::Version) -> Value {
+    if value.get("cniVersion").and_then(Value::as_str) == Some(version.as_str()) {
+        return value;
+    }
+    CniResult::convert(&value, version, version).unwrap_or(value)
 }
 
 fn plugin_type(plugin: &Map<String, Value>) -> &str {

@@ -10,6 +10,8 @@
 //! CHECK  bridge, veth pair, addresses and routes match prevResult; IPAM CHECK (L3 only).
 //! GC     forwarded to IPAM.  STATUS: the bridge can be managed; IPAM STATUS.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod config;
 
 use std::net::IpAddr;
