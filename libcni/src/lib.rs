@@ -7,6 +7,7 @@
 pub mod args;
 pub mod conf;
 pub mod error;
+pub mod firewall;
 pub mod invoke;
 pub mod ipam;
 pub mod json;

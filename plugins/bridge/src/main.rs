@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use libcni::firewall::{Backend, masquerade, nft};
 use libcni::netlink::{Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -84,10 +85,18 @@ impl Plugin for Bridge {
 
     fn gc(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        match &conf.ipam {
+        // Masquerade is per network: its rules go when the network has no attachment left.
+        let unused = req.conf.gc_attachments().is_none_or(<[_]>::is_empty);
+        let masq = if unused && nft::installed() {
+            masquerade::remove_network(&req.conf.name)
+        } else {
+            Ok(())
+        };
+        let ipam = match &conf.ipam {
             Some(ipam_type) => ipam::gc(req, ipam_type),
             None => Ok(()),
-        }
+        };
+        masq.and(ipam)
     }
 
     fn status(&self, req: &Request) -> Result<()> {
@@ -209,9 +218,19 @@ async fn attach(
             enable_forwarding(&gateways)?;
         }
         if conf.raw.ip_masq {
-            return Err(Error::unsupported_field(
-                "ipMasq is not supported by this build yet",
-            ));
+            let subnets: Vec<IpNetwork> = result
+                .ips
+                .iter()
+                .filter_map(|ip| IpNetwork::new(ip.address.network(), ip.address.prefix()).ok())
+                .collect();
+            match Backend::choose(conf.raw.ip_masq_backend.as_deref()) {
+                Backend::Nftables => masquerade::ensure(&req.conf.name, &subnets)?,
+                Backend::Iptables => {
+                    return Err(Error::unsupported_field(
+                        "ipMasqBackend \"iptables\" is not available in this build; use \"nftables\"",
+                    ));
+                }
+            }
         }
     } else if !conf.raw.disable_container_interface {
         cont.set_up(&cont_veth, true).await?;
