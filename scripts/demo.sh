@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Sets everything up on a fresh Debian 12 machine (root) and runs the main job: builds the
-# release binaries and attaches a fresh network namespace through a network configuration,
-# with our cnitool, exactly as a runtime would. Nothing outside the demo's own namespaces and
-# temporary directory is changed.
+# release binaries and attaches a fresh container namespace to a bridge network
+# (loopback + bridge + host-local, with masquerade) through our cnitool, exactly as a runtime
+# would; then shows the container reaching its gateway and an "outside" host.
+#
+# The demo runs inside a private "node" namespace (rcni-demo-node-*), so the machine's own
+# network is never touched; everything is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,29 +13,50 @@ scripts/deps.sh
 cargo build --release --workspace --locked
 bin=$PWD/target/release
 
+id=$$
+node=rcni-demo-node-$id ctr=rcni-demo-ctr-$id outside=rcni-demo-out-$id
 work=$(mktemp -d)
-ns=rcni-demo-$$
-cleanup() { ip netns del "$ns" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+    for ns in "$ctr" "$outside" "$node"; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
+# The node, its uplink to an outside host (192.168.77.0/24), and an empty container namespace.
+ip netns add "$node"; ip netns add "$outside"; ip netns add "$ctr"
+ip -n "$node" link set lo up
+ip -n "$node" link add uplink type veth peer name eth0 netns "$outside"
+ip -n "$node" addr add 192.168.77.1/24 dev uplink && ip -n "$node" link set uplink up
+ip -n "$outside" addr add 192.168.77.2/24 dev eth0 && ip -n "$outside" link set eth0 up
+
 mkdir -p "$work/net.d"
-cat >"$work/net.d/10-demo.conflist" <<'JSON'
+cat >"$work/net.d/10-demo.conflist" <<JSON
 {
   "cniVersion": "1.1.0",
   "name": "demo",
-  "plugins": [ { "type": "loopback" } ]
+  "plugins": [
+    { "type": "loopback" },
+    { "type": "bridge", "bridge": "cni0", "isDefaultGateway": true, "ipMasq": true,
+      "ipam": { "type": "host-local", "dataDir": "$work/leases",
+                "ranges": [[{ "subnet": "10.88.0.0/16" }]] } }
+  ]
 }
 JSON
 export NETCONFPATH=$work/net.d CNI_PATH=$bin CNI_CACHE_DIR=$work/cache
+in_node() { ip netns exec "$node" "$@"; }
 
-ip netns add "$ns"
-echo "== ADD: attach /run/netns/$ns to network 'demo'"
-"$bin/cnitool" add demo "/run/netns/$ns"
+echo "== ADD: attach /run/netns/$ctr to network 'demo'"
+in_node "$bin/cnitool" add demo "/run/netns/$ctr"
 echo
-echo "== the namespace now:"
-ip -n "$ns" addr show dev lo
-ip netns exec "$ns" ping -c 1 -W 1 127.0.0.1 | tail -2
+echo "== the container:"
+ip -n "$ctr" -br addr
+ip -n "$ctr" route
+echo "== the container pings its gateway, then the outside host (masqueraded: it has no route back)"
+ip netns exec "$ctr" ping -c 1 -W 2 10.88.0.1 | tail -2
+ip netns exec "$ctr" ping -c 1 -W 2 192.168.77.2 | tail -2
 echo "== CHECK"
-"$bin/cnitool" check demo "/run/netns/$ns" && echo ok
+in_node "$bin/cnitool" check demo "/run/netns/$ctr" && echo ok
 echo "== DEL"
-"$bin/cnitool" del demo "/run/netns/$ns" && ip -n "$ns" link show dev lo | head -1
+in_node "$bin/cnitool" del demo "/run/netns/$ctr"
+ip -n "$ctr" -br link
+echo "leases left: $(find "$work/leases/demo" -name '10.*' | wc -l)"

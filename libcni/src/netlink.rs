@@ -415,15 +415,16 @@ impl Netlink {
 
     /// Routes of one family in every table (for CHECK).
     pub async fn routes(&self, v4: bool) -> Result<Vec<RouteMessage>> {
-        let filter = if v4 {
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .table_id(0)
-                .build()
+        let mut filter = if v4 {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         } else {
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .table_id(0)
-                .build()
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
         };
+        // With strict checking the kernel filters dumps by these header fields: zero = any.
+        filter.header.table = 0;
+        filter.header.protocol = RouteProtocol::Unspec;
+        filter.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
+        filter.header.scope = RouteScope::Universe;
         let mut stream = self.handle.route().get(filter).execute();
         let mut out = Vec::new();
         while let Some(msg) = stream
