@@ -298,3 +298,316 @@ pub fn cnitool_container_id(netns: &Path) -> String {
 pub const VERSIONS: [&str; 7] = [
     "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
 ];
+
+/// One invocation of a plugin that needs no namespace (an IPAM plugin such as host-local, which
+/// ignores `CNI_NETNS`), run from the test process with a clean environment.
+#[derive(Clone)]
+pub struct Exec {
+    plugin: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Exec {
+    /// `command` with a full valid environment: container `ctr1`, `eth0`, `CNI_NETNS=/dev/null`.
+    pub fn new(plugin: impl Into<PathBuf>, command: &str) -> Exec {
+        let env = [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", "ctr1".to_string()),
+            ("CNI_NETNS", "/dev/null".to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", bin_dir().display().to_string()),
+        ];
+        Exec {
+            plugin: plugin.into(),
+            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn unset(mut self, key: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// The process, not yet started (for tests that signal it).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.plugin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub fn run(&self, stdin: &str) -> Outcome {
+        outcome(&mut self.command(), stdin)
+    }
+}
+
+/// A host-local network for black-box tests: the config (`name`, `type`, `ipam.type` filled in)
+/// with its own temporary `ipam.dataDir`, which goes away with the value.
+pub struct HostLocalNet {
+    pub data: tempfile::TempDir,
+    /// The whole stdin config; tests may change it.
+    pub conf: Value,
+}
+
+impl HostLocalNet {
+    pub const NAME: &'static str = "hl-net";
+
+    pub fn new(version: &str, mut ipam: Value) -> HostLocalNet {
+        let data = tempfile::tempdir().unwrap();
+        ipam["type"] = "host-local".into();
+        ipam["dataDir"] = data.path().display().to_string().into();
+        let conf = serde_json::json!({
+            "cniVersion": version, "name": Self::NAME, "type": "host-local", "ipam": ipam,
+        });
+        HostLocalNet { data, conf }
+    }
+
+    /// Sets a top-level key of the config (`runtimeConfig`, `args`, …).
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.conf[key] = value;
+        self
+    }
+
+    pub fn stdin(&self) -> String {
+        self.conf.to_string()
+    }
+
+    /// The config with one more top-level key (`prevResult`, `cni.dev/valid-attachments`, …).
+    pub fn stdin_with(&self, key: &str, value: Value) -> String {
+        let mut conf = self.conf.clone();
+        conf[key] = value;
+        conf.to_string()
+    }
+
+    /// The network's lease directory, `<dataDir>/<name>`.
+    pub fn dir(&self) -> PathBuf {
+        self.data.path().join(Self::NAME)
+    }
+
+    /// Our host-local, for container `id` and interface `ifname`.
+    pub fn exec(&self, command: &str, id: &str, ifname: &str) -> Exec {
+        self.exec_as(&bin("host-local"), command, id, ifname)
+    }
+
+    /// Another host-local binary (the reference) on the same config.
+    pub fn exec_as(&self, plugin: &Path, command: &str, id: &str, ifname: &str) -> Exec {
+        Exec::new(plugin, command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_IFNAME", ifname)
+    }
+
+    pub fn run(&self, command: &str, id: &str, ifname: &str) -> Outcome {
+        self.exec(command, id, ifname).run(&self.stdin())
+    }
+
+    /// A successful ADD for (`id`, eth0); its result.
+    pub fn add(&self, id: &str) -> Value {
+        self.run("ADD", id, "eth0").ok().clone()
+    }
+
+    /// A successful DEL for (`id`, eth0).
+    pub fn del(&self, id: &str) {
+        let out = self.run("DEL", id, "eth0");
+        out.ok();
+        assert!(out.stdout.is_empty(), "DEL prints nothing: {out:?}");
+    }
+
+    /// Lease files: address (file name) → content.
+    pub fn leases(&self) -> std::collections::BTreeMap<String, String> {
+        dir_files(&self.dir())
+            .into_iter()
+            .filter(|(name, _)| name.parse::<std::net::IpAddr>().is_ok())
+            .map(|(name, f)| (name, String::from_utf8_lossy(&f.content).into_owned()))
+            .collect()
+    }
+
+    /// The content of `last_reserved_ip.<set>`, if the file exists.
+    pub fn last_reserved(&self, set: usize) -> Option<String> {
+        std::fs::read_to_string(self.dir().join(format!("last_reserved_ip.{set}"))).ok()
+    }
+}
+
+/// One directory entry as `dir_files` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    pub content: Vec<u8>,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub is_dir: bool,
+}
+
+/// Every entry of `dir` (not recursive) by name; empty when `dir` does not exist. An entry
+/// removed while we read (another process at work) is left out.
+pub fn dir_files(dir: &Path) -> std::collections::BTreeMap<String, FileState> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            let content = if meta.is_file() {
+                std::fs::read(e.path()).ok()?
+            } else {
+                Vec::new()
+            };
+            let state = FileState {
+                content,
+                mode: meta.permissions().mode() & 0o7777,
+                is_dir: meta.is_dir(),
+            };
+            Some((e.file_name().to_string_lossy().into_owned(), state))
+        })
+        .collect()
+}
+
+/// This process's umask, read without changing it (`Umask:` in /proc/self/status).
+pub fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+/// The addresses of a result in any version (`ip4`/`ip6` for 0.1.0/0.2.0, else `ips`), without
+/// their prefix length.
+pub fn result_ips(result: &Value) -> Vec<String> {
+    let with_prefix: Vec<&str> = match result.get("ips") {
+        Some(ips) => ips
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| ip["address"].as_str().unwrap())
+            .collect(),
+        None => ["ip4", "ip6"]
+            .iter()
+            .filter_map(|k| result.get(*k)?["ip"].as_str())
+            .collect(),
+    };
+    with_prefix
+        .iter()
+        .map(|a| a.split_once('/').map_or(*a, |(ip, _)| ip).to_string())
+        .collect()
+}
+
+// ---- Kernel-state helpers for the bridge suites (bridge.rs, bridge_differential.rs) ----------
+
+impl Netns {
+    /// `ip -d -j link show dev <name>` in this namespace: the link's object, `None` when there
+    /// is no such link.
+    pub fn link(&self, name: &str) -> Option<Value> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-d", "-j", "link", "show", "dev", name])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        links.get(0).cloned()
+    }
+
+    /// The names of every link in this namespace.
+    pub fn link_names(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .map(|links| {
+                links
+                    .iter()
+                    .filter_map(|l| l["ifname"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The addresses on `dev` as `address/prefix`, link-local (`scope link`) ones left out.
+    pub fn global_addrs(&self, dev: &str) -> Vec<String> {
+        self.addr_info(dev)
+            .iter()
+            .filter(|a| a["scope"] != "link")
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    }
+
+    /// The `addr_info` objects of `dev` (every family and scope).
+    pub fn addr_info(&self, dev: &str) -> Vec<Value> {
+        let v = self.ip_json(&["addr", "show", "dev", dev]);
+        v[0]["addr_info"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `/proc/sys/<key>` (slash-separated) as read from inside this namespace.
+    pub fn sysctl(&self, key: &str) -> String {
+        let out = run_ok(self.command("cat").arg(format!("/proc/sys/{key}")));
+        String::from_utf8_lossy(&out).trim().to_string()
+    }
+
+    /// Waits (up to 5 s) until no global address on `dev` is tentative (IPv6 duplicate address
+    /// detection is over), so that traffic to it is answered.
+    pub fn wait_dad(&self, dev: &str) {
+        for _ in 0..100 {
+            let info = self.addr_info(dev);
+            if !info
+                .iter()
+                .any(|a| a["tentative"] == true && a["scope"] != "link")
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{dev} in {} still has tentative addresses", self.name);
+    }
+
+    /// Whether one of up to `tries` single pings from this namespace to `addr` is answered.
+    pub fn ping(&self, addr: &str, tries: u32) -> bool {
+        (0..tries).any(|_| {
+            self.command("ping")
+                .args(["-n", "-q", "-c", "1", "-W", "1", addr])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        })
+    }
+
+    /// `nft -j list ruleset` in this namespace: the `nftables` array.
+    pub fn nft_ruleset(&self) -> Vec<Value> {
+        let out = run_ok(self.command("nft").args(["-j", "list", "ruleset"]));
+        let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+        v["nftables"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Whether this kernel has bridge VLAN filtering (`CONFIG_BRIDGE_VLAN_FILTERING`): probed once
+/// by creating a filtering bridge in a throwaway namespace.
+pub fn bridge_vlan_filtering_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let ns = Netns::new("v");
+        Command::new("ip")
+            .args(["-n", &ns.name, "link", "add", "probe0", "type", "bridge"])
+            .args(["vlan_filtering", "1"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    })
+}
+
+/// The lease files (file names that are IP addresses) in a host-local network directory.
+pub fn lease_files(network_dir: &Path) -> Vec<String> {
+    dir_files(network_dir)
+        .into_keys()
+        .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+        .collect()
+}
+
+// ---- end of the bridge suites' helpers ---------------------------------------------------------

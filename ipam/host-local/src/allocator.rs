@@ -33,12 +33,17 @@ pub fn allocate(
     let mut out = Vec::new();
     let mut used_requests = Vec::new();
     for (s, set) in cfg.sets.iter().enumerate() {
-        if let Some(ip) = cfg.requested.iter().copied().find(|ip| set.contains(*ip)) {
+        if let Some((ip, from)) = cfg
+            .requested
+            .iter()
+            .copied()
+            .find(|(ip, _)| set.contains(*ip))
+        {
             used_requests.push(ip);
             let range = set.find(ip).unwrap_or_default();
             if ip == set.ranges[range].gateway {
                 return Err(Error::invalid_config(format!(
-                    "requested IP {ip} is the gateway of range set {}",
+                    "{from}: requested IP {ip} is the gateway of range set {}",
                     set.key
                 )));
             }
@@ -92,10 +97,20 @@ pub fn allocate(
             }
         }
     }
-    if let Some(stray) = cfg.requested.iter().find(|ip| !used_requests.contains(ip)) {
-        return Err(Error::invalid_config(format!(
-            "requested IP {stray} is not in any range set"
-        )));
+    if let Some((stray, from)) = cfg
+        .requested
+        .iter()
+        .find(|(ip, _)| !used_requests.contains(ip))
+    {
+        return Err(Error::invalid_config(
+            match cfg.sets.iter().find(|s| s.contains(*stray)) {
+                Some(set) => format!(
+                    "{from}: requested IP {stray} is a second address for range set {}, which gives one address",
+                    set.key
+                ),
+                None => format!("{from}: requested IP {stray} is not in any range set"),
+            },
+        ));
     }
     Ok(out)
 }
@@ -190,7 +205,7 @@ mod tests {
                     ranges,
                 })
                 .collect(),
-            requested: requested.iter().map(|s| ip(s)).collect(),
+            requested: requested.iter().map(|s| (ip(s), "args.cni.ips")).collect(),
             routes: vec![],
             data_dir: PathBuf::new(),
             resolv_conf: None,
@@ -359,7 +374,10 @@ mod tests {
             &["10.9.0.1"],
         );
         let e = allocate(&outside, &HashMap::new(), &HashMap::new(), "c1", "eth0").unwrap_err();
-        assert_eq!(e.msg, "requested IP 10.9.0.1 is not in any range set");
+        assert_eq!(
+            e.msg,
+            "args.cni.ips: requested IP 10.9.0.1 is not in any range set"
+        );
     }
 
     #[test]

@@ -155,8 +155,9 @@ impl RangeSet {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub sets: Vec<RangeSet>,
-    /// Addresses the runtime asked for, each to be given out by the set that contains it.
-    pub requested: Vec<IpAddr>,
+    /// Addresses the runtime asked for, each to be given out by the set that contains it, with
+    /// the key it came from (for messages).
+    pub requested: Vec<(IpAddr, &'static str)>,
     pub routes: Vec<Route>,
     pub data_dir: PathBuf,
     pub resolv_conf: Option<PathBuf>,
@@ -236,7 +237,7 @@ fn requested_ips(
     req: &Request,
     runtime: Vec<String>,
     args: Option<Vec<String>>,
-) -> Result<Vec<IpAddr>> {
+) -> Result<Vec<(IpAddr, &'static str)>> {
     let cni_args = CniArgs::parse(&req.raw_args)?;
     cni_args.check_known(&["IP"])?;
     let mut out = Vec::new();
@@ -246,7 +247,7 @@ fn requested_ips(
         let parsed = parse_ip_maybe_cidr(ip).ok_or_else(|| {
             Error::invalid_env(format!("CNI_ARGS IP={ip:?} is not an IP address"))
         })?;
-        out.push(parsed);
+        out.push((parsed, "CNI_ARGS IP"));
     }
     for (key, list) in [
         ("args.cni.ips", args.unwrap_or_default()),
@@ -256,8 +257,8 @@ fn requested_ips(
             let ip = parse_ip_maybe_cidr(&s).ok_or_else(|| {
                 Error::invalid_config(format!("{key}: {s:?} is not an IP address"))
             })?;
-            if !out.contains(&ip) {
-                out.push(ip);
+            if !out.iter().any(|(seen, _)| *seen == ip) {
+                out.push((ip, key));
             }
         }
     }

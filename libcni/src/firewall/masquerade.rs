@@ -1,6 +1,6 @@
-//! Masquerade for bridge networks (`ipMasq`), on nftables.
+//! Masquerade for bridge networks (`ipMasq`), on nftables (or iptables when a config asks).
 //!
-//! One rule per network and subnet, in our own table: traffic from the subnet to anywhere but
+//! One rule per network and subnet, in our own table (iptables: in nat POSTROUTING): traffic from the subnet to anywhere but
 //! the subnet (and but multicast) leaves with the host's address — the traffic the reference
 //! masquerades per container IP. The rule comes with the network's first container and stays
 //! while the network is in use, so DEL has no firewall work; GC removes the rules of a network
@@ -13,9 +13,14 @@
 //!   }
 //! }
 //! ```
+//!
+//! [`remove_reference`] deletes what the Go bridge plugin created for one container, so DEL
+//! on an upgraded node cleans up pods the reference set up.
 
 use std::borrow::Cow;
 use std::fs::File;
+
+use sha2::Digest;
 
 use ipnetwork::IpNetwork;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
@@ -23,7 +28,8 @@ use nftables::schema::{Chain, NfCmd, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::{hash16, nft};
+use super::iptables::{self, Family, quote, split_rule};
+use super::{Backend, hash16, nft};
 use crate::error::{Error, Result};
 
 pub const TABLE: &str = "rcni_masquerade";
@@ -62,8 +68,15 @@ fn lock() -> Result<File> {
 }
 
 /// Makes sure traffic from each of `subnets` is masqueraded for `network`.
-pub fn ensure(network: &str, subnets: &[IpNetwork]) -> Result<()> {
+pub fn ensure(backend: Backend, network: &str, subnets: &[IpNetwork]) -> Result<()> {
     let _lock = lock()?;
+    match backend {
+        Backend::Nftables => ensure_nft(network, subnets),
+        Backend::Iptables => ensure_iptables(network, subnets),
+    }
+}
+
+fn ensure_nft(network: &str, subnets: &[IpNetwork]) -> Result<()> {
     let rules = nft::list_chain("inet", TABLE, CHAIN)?;
     let present: Vec<String> = rules
         .iter()
@@ -97,13 +110,96 @@ pub fn ensure(network: &str, subnets: &[IpNetwork]) -> Result<()> {
     nft::apply(batch)
 }
 
-/// Removes every masquerade rule of `network` (one deleting transaction, only if there are any).
+/// The iptables layout: a chain of our own, jumped to from nat POSTROUTING, holding per
+/// network and subnet a RETURN for traffic within the subnet and a MASQUERADE for the rest
+/// (iptables takes one `-d` per rule).
+const IPT_CHAIN: &str = "RCNI-MASQUERADE";
+
+fn iptables_rules(network: &str, subnet: IpNetwork) -> [String; 2] {
+    let multicast = if subnet.is_ipv4() {
+        "224.0.0.0/4"
+    } else {
+        "ff00::/8"
+    };
+    let comment = quote(&comment(network, &subnet));
+    [
+        format!("-A {IPT_CHAIN} -s {subnet} -d {subnet} -m comment --comment {comment} -j RETURN"),
+        format!(
+            "-A {IPT_CHAIN} -s {subnet} ! -d {multicast} -m comment --comment {comment} -j MASQUERADE"
+        ),
+    ]
+}
+
+fn family(subnet: &IpNetwork) -> Family {
+    if subnet.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+fn ensure_iptables(network: &str, subnets: &[IpNetwork]) -> Result<()> {
+    for fam in Family::BOTH {
+        let wanted: Vec<IpNetwork> = dedup(subnets)
+            .into_iter()
+            .filter(|s| family(s) == fam)
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let existing = iptables::list_chain(fam, "nat", IPT_CHAIN)?;
+        let mut lines = Vec::new();
+        if existing.is_none() {
+            lines.push(format!(":{IPT_CHAIN} - [0:0]"));
+            lines.push(format!("-A POSTROUTING -j {IPT_CHAIN}"));
+        }
+        let present: Vec<String> = existing
+            .iter()
+            .flatten()
+            .filter_map(|r| comment_arg(&split_rule(r)).map(str::to_string))
+            .collect();
+        for subnet in wanted {
+            if !present.contains(&comment(network, &subnet)) {
+                lines.extend(iptables_rules(network, subnet));
+            }
+        }
+        iptables::restore(fam, "nat", &lines)?;
+    }
+    Ok(())
+}
+
+/// Removes every masquerade rule of `network`, in both backends (one deleting transaction
+/// each, only where there is something to delete).
 pub fn remove_network(network: &str) -> Result<()> {
     let _lock = lock()?;
+    let key = network_key(network);
+    for fam in Family::BOTH {
+        let Some(rules) = iptables::list_chain(fam, "nat", IPT_CHAIN)? else {
+            continue;
+        };
+        let lines: Vec<String> = rules
+            .iter()
+            .map(|r| split_rule(r))
+            .filter(|args| comment_arg(args).is_some_and(|c| c.starts_with(&key)))
+            .map(|args| {
+                format!(
+                    "-D {}",
+                    args[1..]
+                        .iter()
+                        .map(|a| quote(a))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            })
+            .collect();
+        iptables::restore(fam, "nat", &lines)?;
+    }
+    if !nft::installed() {
+        return Ok(());
+    }
     let Some(rules) = nft::list_chain("inet", TABLE, CHAIN)? else {
         return Ok(());
     };
-    let key = network_key(network);
     let batch = rules
         .iter()
         .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&key)))
@@ -113,6 +209,85 @@ pub fn remove_network(network: &str) -> Result<()> {
                 family: NfFamily::INet,
                 table: TABLE.into(),
                 chain: CHAIN.into(),
+                handle: Some(handle),
+                ..Default::default()
+            }))
+        })
+        .collect();
+    nft::apply(batch)
+}
+
+fn comment_arg(args: &[String]) -> Option<&str> {
+    args.iter()
+        .position(|a| a == "--comment")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The Go bridge's iptables chain of a container: `CNI-` + 24 hex digits of
+/// SHA-512(network + containerID).
+pub fn reference_chain(network: &str, container_id: &str) -> String {
+    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("CNI-{}", &hex[..24])
+}
+
+/// The prefix of the Go bridge's nftables masquerade comments for one attachment.
+pub fn reference_comment_prefix(network: &str, container_id: &str, ifname: &str) -> String {
+    format!(
+        "{}-{}",
+        hash16(network),
+        hash16(&format!("{ifname}:{container_id}"))
+    )
+}
+
+/// Deletes the masquerade state the Go bridge plugin made for (`network`, `container_id`,
+/// `ifname`): the `CNI-…` chain and its POSTROUTING jumps (iptables), the rules of
+/// `inet cni_plugins_masquerade` (nftables). Keyed by names alone, so it works without the
+/// container's addresses.
+pub fn remove_reference(network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    let chain = reference_chain(network, container_id);
+    let jump = format!("-j {chain}");
+    for fam in Family::BOTH {
+        let Some(rules) = iptables::list_chain(fam, "nat", "POSTROUTING")? else {
+            continue;
+        };
+        let mut lines: Vec<String> = rules
+            .iter()
+            .filter(|r| r.ends_with(&jump))
+            .map(|r| {
+                format!(
+                    "-D {}",
+                    split_rule(r)[1..]
+                        .iter()
+                        .map(|a| quote(a))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            })
+            .collect();
+        if !lines.is_empty() {
+            lines.push(format!("-F {chain}"));
+            lines.push(format!("-X {chain}"));
+        }
+        iptables::restore(fam, "nat", &lines)?;
+    }
+    if !nft::installed() {
+        return Ok(());
+    }
+    let Some(rules) = nft::list_chain("inet", "cni_plugins_masquerade", "masq_checks")? else {
+        return Ok(());
+    };
+    let prefix = reference_comment_prefix(network, container_id, ifname);
+    let batch = rules
+        .iter()
+        .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&prefix)))
+        .filter_map(nft::handle)
+        .map(|handle| {
+            NfCmd::Delete(NfListObject::Rule(Rule {
+                family: NfFamily::INet,
+                table: "cni_plugins_masquerade".into(),
+                chain: "masq_checks".into(),
                 handle: Some(handle),
                 ..Default::default()
             }))
@@ -173,5 +348,23 @@ fn rule(subnet: IpNetwork, comment: String) -> Rule<'static> {
         ]),
         comment: Some(comment.into()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_names() {
+        // The reference's own test vectors.
+        assert_eq!(
+            reference_chain("test", "1234"),
+            "CNI-2bbe0c48b91a7d1b8a6753a8"
+        );
+        assert_eq!(
+            reference_comment_prefix("unit-test", "one", "eth0"),
+            "6fd94d501e58f0aa-287fc69eff0574a2"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! nftables first, through the `nft` JSON interface; each invocation lists at most our own
 //! chain and applies at most one batch.
 
+pub mod iptables;
 pub mod masquerade;
 pub mod nft;
 

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, masquerade, nft};
+use libcni::firewall::{Backend, masquerade};
 use libcni::netlink::{Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -55,20 +55,31 @@ impl Plugin for Bridge {
 
     fn del(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        if let Some(ns) = req.netns_if_present()? {
-            block_on(async {
+        // Best effort: every step runs, the first failure is reported.
+        let link = match req.netns_if_present() {
+            Ok(Some(ns)) => block_on(async {
                 let cont = Netlink::open(Some(&ns))?;
                 match cont.link_by_name(&req.ifname).await? {
                     // Deleting one end of a veth deletes the pair.
                     Some(link) => cont.delete_link(&link).await,
                     None => Ok(()),
                 }
-            })??;
-        }
-        if let Some(ipam_type) = &conf.ipam {
-            ipam::del(req, ipam_type)?;
-        }
-        Ok(())
+            })
+            .and_then(|r| r),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let lease = match &conf.ipam {
+            Some(ipam_type) => ipam::del(req, ipam_type),
+            None => Ok(()),
+        };
+        // Our masquerade is per network and stays; a pod the Go plugin set up has its own.
+        let masq = if conf.raw.ip_masq {
+            masquerade::remove_reference(&req.conf.name, &req.container_id, &req.ifname)
+        } else {
+            Ok(())
+        };
+        link.and(lease).and(masq)
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -87,7 +98,7 @@ impl Plugin for Bridge {
         let conf = Conf::load(req)?;
         // Masquerade is per network: its rules go when the network has no attachment left.
         let unused = req.conf.gc_attachments().is_none_or(<[_]>::is_empty);
-        let masq = if unused && nft::installed() {
+        let masq = if unused {
             masquerade::remove_network(&req.conf.name)
         } else {
             Ok(())
@@ -223,14 +234,11 @@ async fn attach(
                 .iter()
                 .filter_map(|ip| IpNetwork::new(ip.address.network(), ip.address.prefix()).ok())
                 .collect();
-            match Backend::choose(conf.raw.ip_masq_backend.as_deref()) {
-                Backend::Nftables => masquerade::ensure(&req.conf.name, &subnets)?,
-                Backend::Iptables => {
-                    return Err(Error::unsupported_field(
-                        "ipMasqBackend \"iptables\" is not available in this build; use \"nftables\"",
-                    ));
-                }
-            }
+            masquerade::ensure(
+                Backend::choose(conf.raw.ip_masq_backend.as_deref()),
+                &req.conf.name,
+                &subnets,
+            )?;
         }
     } else if !conf.raw.disable_container_interface {
         cont.set_up(&cont_veth, true).await?;

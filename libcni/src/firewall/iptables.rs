@@ -1,0 +1,185 @@
+//! iptables, for configs that ask for it and for cleaning up what the Go plugins created:
+//! list one chain with `-S`, change anything with one `iptables-restore --noflush` per family.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    fn program(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn restore_program(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
+
+/// The rules of `chain` in `table` as `-A …` lines, or `None` when the chain (or iptables)
+/// does not exist.
+pub fn list_chain(family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>> {
+    let out = match Command::new(family.program())
+        .args(["-w", "-t", table, "-S", chain])
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot run {}: {e}",
+                family.program()
+            )));
+        }
+    };
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_string)
+            .collect(),
+    ))
+}
+
+/// Whether `rule` (a `-A CHAIN …` line, or its spec) is in `table`.
+pub fn exists(family: Family, table: &str, chain: &str, spec: &[String]) -> Result<bool> {
+    let status = Command::new(family.program())
+        .args(["-w", "-t", table, "-C", chain])
+        .args(spec)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| Error::internal(format!("cannot run {}: {e}", family.program())))?;
+    Ok(status.success())
+}
+
+/// Applies `lines` to `table` in one `iptables-restore --noflush` transaction.
+pub fn restore(family: Family, table: &str, lines: &[String]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut script = format!("*{table}\n");
+    for line in lines {
+        script.push_str(line);
+        script.push('\n');
+    }
+    script.push_str("COMMIT\n");
+    let program = family.restore_program();
+    let mut child = Command::new(program)
+        .args(["--noflush", "-w"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::internal(format!("cannot run {program}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::internal(format!("{program}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::internal(format!(
+            "{program} failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Splits an `iptables -S` line into arguments, honouring the double quotes iptables prints
+/// around comments (with `\"` inside).
+pub fn split_rule(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    let mut in_arg = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => {
+                quoted = !quoted;
+                in_arg = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_arg {
+                    args.push(std::mem::take(&mut cur));
+                    in_arg = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_arg = true;
+            }
+        }
+    }
+    if in_arg {
+        args.push(cur);
+    }
+    args
+}
+
+/// Quotes one argument for an iptables-restore line.
+pub fn quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:!=,".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("\"{}\"", arg.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_quoted_comments() {
+        let line = r#"-A POSTROUTING -s 10.1.0.2/32 -m comment --comment "name: \"n\" id: \"c\"" -j CNI-abc"#;
+        assert_eq!(
+            split_rule(line),
+            [
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "10.1.0.2/32",
+                "-m",
+                "comment",
+                "--comment",
+                r#"name: "n" id: "c""#,
+                "-j",
+                "CNI-abc"
+            ]
+        );
+        assert_eq!(quote(r#"name: "n""#), r#""name: \"n\"""#);
+        assert_eq!(quote("10.0.0.0/8"), "10.0.0.0/8");
+        let round: Vec<String> = split_rule(line).iter().map(|a| quote(a)).collect();
+        assert_eq!(split_rule(&round.join(" ")), split_rule(line));
+    }
+}
