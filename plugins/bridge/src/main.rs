@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, masquerade};
+use libcni::firewall::{Backend, masquerade, nft, spoofcheck};
 use libcni::netlink::{Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -55,31 +55,20 @@ impl Plugin for Bridge {
 
     fn del(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        // Best effort: every step runs, the first failure is reported.
-        let link = match req.netns_if_present() {
-            Ok(Some(ns)) => block_on(async {
-                let cont = Netlink::open(Some(&ns))?;
-                match cont.link_by_name(&req.ifname).await? {
-                    // Deleting one end of a veth deletes the pair.
-                    Some(link) => cont.delete_link(&link).await,
-                    None => Ok(()),
-                }
-            })
-            .and_then(|r| r),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        let lease = match &conf.ipam {
-            Some(ipam_type) => ipam::del(req, ipam_type),
-            None => Ok(()),
-        };
-        // Our masquerade is per network and stays; a pod the Go plugin set up has its own.
-        let masq = if conf.raw.ip_masq {
-            masquerade::remove_reference(&req.conf.name, &req.container_id, &req.ifname)
-        } else {
-            Ok(())
-        };
-        link.and(lease).and(masq)
+        // Best effort: every step runs, the first failure is reported. The firewall work runs
+        // beside the veth removal, so the two kernel waits overlap.
+        std::thread::scope(|scope| {
+            let firewall = scope.spawn(|| remove_firewall_state(&conf, req));
+            let link = delete_container_veth(req);
+            let lease = match &conf.ipam {
+                Some(ipam_type) => ipam::del(req, ipam_type),
+                None => Ok(()),
+            };
+            let firewall = firewall
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("firewall cleanup panicked")));
+            link.and(lease).and(firewall)
+        })
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -96,10 +85,15 @@ impl Plugin for Bridge {
 
     fn gc(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
+        let valid = req.conf.gc_attachments().unwrap_or_default();
         // Masquerade is per network: its rules go when the network has no attachment left.
-        let unused = req.conf.gc_attachments().is_none_or(<[_]>::is_empty);
-        let masq = if unused {
+        let masq = if valid.is_empty() {
             masquerade::remove_network(&req.conf.name)
+        } else {
+            Ok(())
+        };
+        let spoof = if nft::installed() {
+            spoofcheck::retain(&req.conf.name, valid)
         } else {
             Ok(())
         };
@@ -107,7 +101,7 @@ impl Plugin for Bridge {
             Some(ipam_type) => ipam::gc(req, ipam_type),
             None => Ok(()),
         };
-        masq.and(ipam)
+        masq.and(spoof).and(ipam)
     }
 
     fn status(&self, req: &Request) -> Result<()> {
@@ -127,15 +121,52 @@ impl Plugin for Bridge {
     }
 }
 
+fn delete_container_veth(req: &Request) -> Result<()> {
+    let Some(ns) = req.netns_if_present()? else {
+        return Ok(());
+    };
+    block_on(async {
+        let cont = Netlink::open(Some(&ns))?;
+        match cont.link_by_name(&req.ifname).await? {
+            // Deleting one end of a veth deletes the pair.
+            Some(link) => cont.delete_link(&link).await,
+            None => Ok(()),
+        }
+    })?
+}
+
+/// This attachment's spoof check, and what the Go bridge made for it (our masquerade is per
+/// network and stays).
+fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<()> {
+    let spoof = if conf.raw.macspoofchk && nft::installed() {
+        spoofcheck::remove(&req.conf.name, &req.container_id, &req.ifname)
+            .and(spoofcheck::remove_reference(&req.container_id, &req.ifname))
+    } else {
+        Ok(())
+    };
+    let masq = if conf.raw.ip_masq {
+        masquerade::remove_reference(&req.conf.name, &req.container_id, &req.ifname)
+    } else {
+        Ok(())
+    };
+    spoof.and(masq)
+}
+
 /// What an ADD has changed so far, to undo on failure.
 #[derive(Default)]
 struct Done {
     host_veth: Option<Link>,
     ipam: bool,
+    spoofcheck: bool,
 }
 
 impl Done {
     async fn undo(self, host: &Netlink, conf: &Conf, req: &Request) {
+        if self.spoofcheck
+            && let Err(e) = spoofcheck::remove(&req.conf.name, &req.container_id, &req.ifname)
+        {
+            eprintln!("bridge: cleanup after failed ADD: {e}");
+        }
         if let Some(veth) = &self.host_veth
             && let Err(e) = host.delete_link(veth).await
         {
@@ -211,6 +242,16 @@ async fn attach(
         ],
         ..Default::default()
     };
+    if conf.raw.macspoofchk {
+        done.spoofcheck = true;
+        spoofcheck::add(
+            &req.conf.name,
+            &req.container_id,
+            &req.ifname,
+            &host_veth.name,
+            &cont_veth.mac_string(),
+        )?;
+    }
 
     if let Some(ipam_type) = &conf.ipam {
         let lease = ipam::add(req, ipam_type)?;
