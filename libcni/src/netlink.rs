@@ -243,6 +243,12 @@ impl Netlink {
         match self.handle.link().add(msg.build()).execute().await {
             Ok(()) => Ok(Created::New),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
+            Err(e) if vlan_filtering && is_errno(&e, libc::EOPNOTSUPP) => {
+                Err(Error::unsupported_field(format!(
+                    "cannot create bridge {name:?} with VLAN filtering: this kernel has no bridge VLAN support \
+                 (CONFIG_BRIDGE_VLAN_FILTERING)"
+                )))
+            }
             Err(e) => Err(kernel(format_args!("cannot create bridge {name:?}"), e)),
         }
     }
@@ -307,7 +313,13 @@ impl Netlink {
             .set(msg)
             .execute()
             .await
-            .map_err(|e| kernel(format_args!("cannot add vlan {vid} to {:?}", port.name), e))
+            .map_err(|e| match errno(&e) {
+                Some(libc::EOPNOTSUPP) => Error::unsupported_field(format!(
+                    "cannot add vlan {vid} to {:?}: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)",
+                    port.name
+                )),
+                _ => kernel(format_args!("cannot add vlan {vid} to {:?}", port.name), e),
+            })
     }
 
     /// `bridge vlan del dev <port> vid <vid> master`; absent VLANs are fine.
@@ -318,6 +330,10 @@ impl Netlink {
         match self.handle.link().del_with_message(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) if is_errno(&e, libc::EOPNOTSUPP) => Err(Error::unsupported_field(format!(
+                "cannot remove vlan {vid} from {:?}: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)",
+                port.name
+            ))),
             Err(e) => Err(kernel(
                 format_args!("cannot remove vlan {vid} from {:?}", port.name),
                 e,

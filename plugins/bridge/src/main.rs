@@ -266,7 +266,19 @@ async fn attach(
         set_container_sysctls(ns, &req.ifname, conf.raw.enabledad)?;
         libcni::ipam::configure_iface(cont, ns, &cont_veth, &result.ips, &result.routes).await?;
         if conf.is_gateway {
-            ensure_gateway_addresses(host, bridge, &gateways, conf.raw.force_address).await?;
+            // With a VLAN the gateway lives on `<bridge>.<vlan>`, a port in that VLAN.
+            let gateway_link = if conf.vlan != 0 {
+                let link = ensure_vlan_gateway_link(host, bridge, conf).await?;
+                result.interfaces.push(Interface {
+                    name: link.name.clone(),
+                    ..Default::default()
+                });
+                link
+            } else {
+                bridge.clone()
+            };
+            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.raw.force_address)
+                .await?;
             enable_forwarding(&gateways)?;
         }
         if conf.raw.ip_masq {
@@ -299,6 +311,11 @@ async fn attach(
         .unwrap_or(host_veth);
     result.interfaces[0].mac = bridge_now.mac_string();
     result.interfaces[1].mac = veth_now.mac_string();
+    if let Some(gateway_if) = result.interfaces.get_mut(3)
+        && let Some(link) = host.link_by_name(&gateway_if.name).await?
+    {
+        gateway_if.mac = link.mac_string();
+    }
     if let Some(dns) = req.conf.dns.clone().filter(|d| !d.is_empty()) {
         result.dns = dns;
     }
@@ -361,19 +378,85 @@ fn random_veth_name() -> Result<String> {
 }
 
 async fn set_port_vlans(host: &Netlink, port: &Link, conf: &Conf) -> Result<()> {
-    if !conf.raw.preserve_default_vlan {
+    port_vlans(
+        host,
+        port,
+        conf.vlan,
+        &conf.trunk,
+        conf.raw.preserve_default_vlan,
+    )
+    .await
+}
+
+/// The port's VLANs: `vlan` as PVID untagged, `trunk` tagged (VID 1 as PVID when there is a
+/// trunk and no `vlan`); the default VID 1 goes unless `preserve_default`.
+async fn port_vlans(
+    host: &Netlink,
+    port: &Link,
+    vlan: u16,
+    trunk: &[u16],
+    preserve_default: bool,
+) -> Result<()> {
+    if !preserve_default {
         host.bridge_vlan_del(port, 1).await?;
     }
-    if conf.vlan != 0 {
-        host.bridge_vlan_add(port, conf.vlan, true).await?;
+    if vlan != 0 {
+        host.bridge_vlan_add(port, vlan, true).await?;
     }
-    for vid in &conf.trunk {
+    for vid in trunk {
         host.bridge_vlan_add(port, *vid, false).await?;
     }
-    if conf.vlan == 0 && !conf.trunk.is_empty() {
+    if vlan == 0 && !trunk.is_empty() {
         host.bridge_vlan_add(port, 1, true).await?;
     }
     Ok(())
+}
+
+/// `<bridge>.<vlan>`: a veth in the host namespace whose peer is a bridge port in the VLAN,
+/// carrying the gateway addresses for that VLAN. Made once, shared by the VLAN's containers.
+async fn ensure_vlan_gateway_link(host: &Netlink, bridge: &Link, conf: &Conf) -> Result<Link> {
+    let name = format!("{}.{}", bridge.name, conf.vlan);
+    if name.len() > 15 {
+        return Err(Error::invalid_config(format!(
+            "the VLAN gateway interface name {name:?} is longer than 15 bytes; use a shorter \"bridge\" name"
+        )));
+    }
+    if let Some(link) = host.link_by_name(&name).await? {
+        return Ok(link);
+    }
+    let here = Netns::current().map_err(|e| Error::internal(e.to_string()))?;
+    for _ in 0..10 {
+        let port_name = random_veth_name()?;
+        let spec = VethSpec {
+            host: &port_name,
+            peer: &name,
+            peer_ns: &here,
+            mtu: bridge.mtu,
+            peer_mac: None,
+            controller: bridge.index,
+        };
+        if !host.add_veth(&spec).await? {
+            if let Some(link) = host.link_by_name(&name).await? {
+                // Another ADD made it meanwhile.
+                return Ok(link);
+            }
+            continue;
+        }
+        let port = host
+            .link_by_name(&port_name)
+            .await?
+            .ok_or_else(|| Error::internal(format!("veth {port_name:?} vanished")))?;
+        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
+        let link = host
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
+        host.set_up(&link, true).await?;
+        return Ok(link);
+    }
+    Err(Error::internal(
+        "cannot find a free veth name after 10 tries",
+    ))
 }
 
 /// Every IP belongs to the container interface (index 2); a missing gateway is the subnet's
