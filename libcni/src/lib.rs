@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod conf;
+pub mod conntrack;
 pub mod error;
 pub mod firewall;
 pub mod invoke;

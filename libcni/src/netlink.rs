@@ -429,6 +429,37 @@ impl Netlink {
         }
     }
 
+    /// The link the kernel would route `dst` through (`ip route get`).
+    pub async fn route_get(&self, dst: IpAddr) -> Result<Option<Link>> {
+        let prefix = if dst.is_ipv4() { 32 } else { 128 };
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, prefix)
+            .map_err(|e| Error::internal(format!("route lookup of {dst}: {e}")))?
+            .build();
+        // A route lookup must leave these header fields zero (strict checking rejects others).
+        let mut msg = msg;
+        msg.header.table = 0;
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
+        msg.header.scope = RouteScope::Universe;
+        let mut answers = self.handle.route().get(msg).execute();
+        let found = match answers.try_next().await {
+            Ok(found) => found,
+            Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => None,
+            Err(e) => return Err(kernel(format_args!("cannot look up the route to {dst}"), e)),
+        };
+        let oif = found.and_then(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        });
+        match oif {
+            Some(index) => self.link_by_index(index).await,
+            None => Ok(None),
+        }
+    }
+
     /// Routes of one family in every table (for CHECK).
     pub async fn routes(&self, v4: bool) -> Result<Vec<RouteMessage>> {
         let mut filter = if v4 {

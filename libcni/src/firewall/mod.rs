@@ -5,6 +5,7 @@
 pub mod iptables;
 pub mod masquerade;
 pub mod nft;
+pub mod portmap;
 pub mod spoofcheck;
 
 use sha2::{Digest, Sha512};

@@ -69,3 +69,90 @@ pub fn handle(rule: &Value) -> Option<u32> {
         .and_then(Value::as_u64)
         .and_then(|h| u32::try_from(h).ok())
 }
+
+/// Outcome of a text batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// A table or chain the batch refers to does not exist.
+    Missing,
+    /// A `create` found the object already there.
+    Exists,
+}
+
+/// Applies an nft script in text syntax as one transaction. Text, not JSON: user-supplied
+/// match conditions (`conditionsV4`) are nft text, and nft 1.0.6's JSON parser crashes on some
+/// NAT forms that its text parser accepts.
+pub fn apply_text(script: &str) -> Result<Applied> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::internal(format!("cannot run nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::internal(format!("nft: {e}")))?;
+    if out.status.success() {
+        return Ok(Applied::Done);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No such file or directory") {
+        Ok(Applied::Missing)
+    } else if stderr.contains("File exists") {
+        Ok(Applied::Exists)
+    } else {
+        Err(Error::internal(format!(
+            "nft failed: {}\n{script}",
+            stderr.trim()
+        )))
+    }
+}
+
+/// Every rule of a table, or `None` when the table does not exist.
+pub fn list_table(family: &str, table: &str) -> Result<Option<Vec<Value>>> {
+    let args = ["list", "table", family, table];
+    match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
+        Ok(out) => {
+            let doc: Value = serde_json::from_str(&out)
+                .map_err(|e| Error::internal(format!("nft printed invalid JSON: {e}")))?;
+            Ok(Some(
+                doc["nftables"]
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|o| o.get("rule").cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ))
+        }
+        Err(NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(failure(&format!("list table {family} {table}"), e)),
+    }
+}
+
+/// `delete rule <family> <table> <chain> handle <n>` for each listed rule.
+pub fn delete_rules_script(family: &str, table: &str, rules: &[&Value]) -> String {
+    rules
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "delete rule {family} {table} {} handle {}\n",
+                r.get("chain")?.as_str()?,
+                handle(r)?
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! The portmap plugin's keys, validated where the reference lets bad values through.
+
+use std::net::IpAddr;
+
+use libcni::firewall::Backend;
+use libcni::firewall::portmap::Mapping;
+use libcni::skel::Request;
+use libcni::{Error, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConf {
+    backend: Option<String>,
+    snat: Option<bool>,
+    #[serde(rename = "masqAll")]
+    masq_all: bool,
+    #[serde(rename = "markMasqBit")]
+    mark_masq_bit: Option<i64>,
+    #[serde(rename = "externalSetMarkChain")]
+    external_set_mark_chain: Option<String>,
+    #[serde(rename = "conditionsV4")]
+    conditions_v4: Option<Vec<String>>,
+    #[serde(rename = "conditionsV6")]
+    conditions_v6: Option<Vec<String>>,
+    #[serde(rename = "runtimeConfig")]
+    runtime_config: RawRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRuntime {
+    #[serde(rename = "portMappings")]
+    port_mappings: Option<Vec<RawMapping>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawMapping {
+    #[serde(rename = "hostPort")]
+    host_port: i64,
+    #[serde(rename = "containerPort")]
+    container_port: i64,
+    protocol: String,
+    #[serde(rename = "hostIP")]
+    host_ip: String,
+}
+
+#[derive(Debug)]
+pub struct Conf {
+    pub backend: Backend,
+    pub snat: bool,
+    pub masq_all: bool,
+    pub conditions_v4: Vec<String>,
+    pub conditions_v6: Vec<String>,
+    pub mappings: Vec<Mapping>,
+    /// Whether the runtime passed `portMappings` at all (DEL may come without it).
+    pub mappings_given: bool,
+}
+
+/// iptables conditions start with an option (`-i`, `! -d`); nftables ones with a keyword.
+fn looks_like_iptables(conditions: &[String]) -> bool {
+    conditions
+        .first()
+        .is_some_and(|c| c.starts_with('-') || c.starts_with('!'))
+}
+
+impl Conf {
+    pub fn load(req: &Request) -> Result<Conf> {
+        let raw: RawConf = req.plugin_conf()?;
+        let bad = |msg: String| Error::invalid_config(msg);
+        let conditions_v4 = raw.conditions_v4.unwrap_or_default();
+        let conditions_v6 = raw.conditions_v6.unwrap_or_default();
+        let iptables_conditions =
+            looks_like_iptables(&conditions_v4) || looks_like_iptables(&conditions_v6);
+        let backend = match raw.backend.as_deref() {
+            Some("nftables") => Backend::Nftables,
+            Some("iptables") => Backend::Iptables,
+            Some(other) => {
+                return Err(bad(format!(
+                    "unrecognized backend {other:?} (expected \"nftables\" or \"iptables\")"
+                )));
+            }
+            None if iptables_conditions || raw.external_set_mark_chain.is_some() => {
+                Backend::Iptables
+            }
+            None => Backend::choose(None),
+        };
+        for (key, conds) in [
+            ("conditionsV4", &conditions_v4),
+            ("conditionsV6", &conditions_v6),
+        ] {
+            match backend {
+                Backend::Nftables if looks_like_iptables(conds) => {
+                    return Err(bad(format!(
+                        "{key} {conds:?} are iptables options but the backend is nftables"
+                    )));
+                }
+                Backend::Iptables if !conds.is_empty() && !looks_like_iptables(conds) => {
+                    return Err(bad(format!(
+                        "{key} {conds:?} are nftables expressions but the backend is iptables"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if let Some(bit) = raw.mark_masq_bit {
+            if !(0..=31).contains(&bit) {
+                return Err(bad(format!("markMasqBit {bit} must be 0 to 31")));
+            }
+            if raw.external_set_mark_chain.is_some() {
+                return Err(bad(
+                    "cannot set both markMasqBit and externalSetMarkChain".into()
+                ));
+            }
+        }
+        if raw.external_set_mark_chain.is_some() && backend == Backend::Nftables {
+            return Err(bad("externalSetMarkChain needs the iptables backend".into()));
+        }
+        let mappings_given = raw.runtime_config.port_mappings.is_some();
+        let mappings = raw
+            .runtime_config
+            .port_mappings
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| mapping(i, m))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Conf {
+            backend,
+            snat: raw.snat.unwrap_or(true),
+            masq_all: raw.masq_all,
+            conditions_v4,
+            conditions_v6,
+            mappings,
+            mappings_given,
+        })
+    }
+}
+
+fn mapping(i: usize, raw: &RawMapping) -> Result<Mapping> {
+    let key = format!("runtimeConfig.portMappings[{i}]");
+    let port = |name: &str, v: i64| {
+        u16::try_from(v)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::invalid_config(format!("{key}.{name} {v} must be 1 to 65535")))
+    };
+    let protocol = raw.protocol.to_ascii_lowercase();
+    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(Error::invalid_config(format!(
+            "{key}.protocol {:?} must be tcp, udp or sctp",
+            raw.protocol
+        )));
+    }
+    let host_ip = match raw.host_ip.as_str() {
+        "" => None,
+        s => Some(s.parse::<IpAddr>().map_err(|_| {
+            Error::invalid_config(format!("{key}.hostIP {s:?} is not an IP address"))
+        })?),
+    };
+    Ok(Mapping {
+        host_port: port("hostPort", raw.host_port)?,
+        container_port: port("containerPort", raw.container_port)?,
+        protocol,
+        host_ip,
+    })
+}
