@@ -6,6 +6,7 @@ pub mod iptables;
 pub mod masquerade;
 pub mod nft;
 pub mod portmap;
+pub mod portmap_iptables;
 pub mod spoofcheck;
 
 use sha2::{Digest, Sha512};

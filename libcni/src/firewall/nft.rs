@@ -156,3 +156,24 @@ pub fn delete_rules_script(family: &str, table: &str, rules: &[&Value]) -> Strin
         })
         .collect()
 }
+
+/// Every table of the namespace as (family, name): one cheap listing that tells which tables
+/// are worth listing in full.
+pub fn tables() -> Result<Vec<(String, String)>> {
+    let out = helper::get_current_ruleset_raw(helper::DEFAULT_NFT, ["list", "tables"])
+        .map_err(|e| failure("list tables", e))?;
+    let doc: Value = serde_json::from_str(&out)
+        .map_err(|e| Error::internal(format!("nft printed invalid JSON: {e}")))?;
+    Ok(doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let t = o.get("table")?;
+            Some((
+                t.get("family")?.as_str()?.to_string(),
+                t.get("name")?.as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}

@@ -48,9 +48,12 @@ pub struct Attachment<'a> {
     pub masq_all: bool,
     pub conditions_v4: &'a [String],
     pub conditions_v6: &'a [String],
+    /// iptables only: the bit of the masquerade mark, or the chain that sets the mark.
+    pub mark_bit: u32,
+    pub external_set_mark_chain: Option<&'a str>,
 }
 
-fn network_key(network: &str) -> String {
+pub fn network_key(network: &str) -> String {
     format!("rcni:{}:", hash16(network))
 }
 
@@ -74,22 +77,25 @@ fn base_objects() -> String {
     )
 }
 
+pub fn comment(a: &Attachment<'_>) -> String {
+    let key = attachment_key(a.network, a.container_id, a.ifname);
+    format!(
+        "{key} net={} if={} id={}",
+        a.network, a.ifname, a.container_id
+    )
+    .replace(['"', '\\'], "")
+    .chars()
+    .take(128)
+    .collect()
+}
+
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace(['"', '\\'], ""))
+    format!("\"{s}\"")
 }
 
 /// The rules of one attachment, as `add rule` lines.
 pub fn rules(a: &Attachment<'_>) -> String {
-    let key = attachment_key(a.network, a.container_id, a.ifname);
-    let comment = quote(
-        &format!(
-            "{key} net={} if={} id={}",
-            a.network, a.ifname, a.container_id
-        )
-        .chars()
-        .take(128)
-        .collect::<String>(),
-    );
+    let comment = quote(&comment(a));
     let mut out = String::new();
     for ip in a.container_ips {
         let (fam, nfproto, conditions) = match ip {
@@ -211,14 +217,27 @@ pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
     })?)
 }
 
-/// Deletes the rules the Go portmap made for a container in its nftables tables
-/// (`ip`/`ip6 cni_hostport`, comment = container ID).
-pub fn remove_reference_nft(container_id: &str) -> Result<()> {
+/// Removes the attachment's rules and those the Go portmap made for its container
+/// (`ip`/`ip6 cni_hostport`, comment = container ID): one listing of the tables, one listing of
+/// each table that exists, one deleting transaction.
+pub fn remove_with_reference(network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    let tables = nft::tables()?;
+    let has = |family: &str, name: &str| tables.iter().any(|(f, n)| f == family && n == name);
     let mut script = String::new();
+    if has("inet", TABLE) {
+        let key = attachment_key(network, container_id, ifname);
+        let rules = rules_where(|c| c.starts_with(&key))?;
+        script.push_str(&nft::delete_rules_script(
+            "inet",
+            TABLE,
+            &rules.iter().collect::<Vec<_>>(),
+        ));
+    }
     for family in ["ip", "ip6"] {
-        let Some(rules) = nft::list_table(family, "cni_hostport")? else {
+        if !has(family, "cni_hostport") {
             continue;
-        };
+        }
+        let rules = nft::list_table(family, "cni_hostport")?.unwrap_or_default();
         let mine: Vec<&Value> = rules
             .iter()
             .filter(|r| nft::comment(r) == Some(container_id))
@@ -231,65 +250,8 @@ pub fn remove_reference_nft(container_id: &str) -> Result<()> {
     nft::apply_text(&script).map(drop)
 }
 
-/// The Go portmap's per-container iptables chain: `CNI-DN-` + hex(SHA-512(network + ID)), 28
-/// characters in all.
-pub fn reference_dnat_chain(network: &str, container_id: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-DN-{}", &hex[..21])
-}
-
-/// Deletes the Go portmap's iptables state for a container: the jumps to its `CNI-DN-…`
-/// chain in `CNI-HOSTPORT-DNAT`, then the chain (one restore per family).
-pub fn remove_reference_iptables(network: &str, container_id: &str) -> Result<()> {
-    use super::iptables::{self, Family, quote, split_rule};
-    let chain = reference_dnat_chain(network, container_id);
-    let jump = format!("-j {chain}");
-    for fam in Family::BOTH {
-        let Some(rules) = iptables::list_chain(fam, "nat", "CNI-HOSTPORT-DNAT")? else {
-            continue;
-        };
-        let mut lines: Vec<String> = rules
-            .iter()
-            .filter(|r| r.ends_with(&jump))
-            .map(|r| {
-                format!(
-                    "-D {}",
-                    split_rule(r)[1..]
-                        .iter()
-                        .map(|a| quote(a))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )
-            })
-            .collect();
-        if lines.is_empty() && iptables::list_chain(fam, "nat", &chain)?.is_none() {
-            continue;
-        }
-        lines.push(format!("-F {chain}"));
-        lines.push(format!("-X {chain}"));
-        iptables::restore(fam, "nat", &lines)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn reference_chain_names() {
-        // The reference's own test vectors.
-        let id = "icee6giejonei6sohng6ahngee7laquohquee9shiGo7fohferakah3Feiyoolu2pei7ciPhoh7shaoX6vai3vuf0ahfaeng8yohb9ceu0daez5hashee8ooYai5wa3y";
-        assert_eq!(
-            super::reference_dnat_chain("testNetName", id),
-            "CNI-DN-bfd599665540dd91d5d28"
-        );
-        assert_eq!(
-            super::reference_dnat_chain("test", id),
-            "CNI-DN-67e92b96e692a494b6b85"
-        );
-    }
-
     use super::*;
 
     #[test]
@@ -320,6 +282,8 @@ mod tests {
             masq_all: false,
             conditions_v4: &cond,
             conditions_v6: &[],
+            mark_bit: 13,
+            external_set_mark_chain: None,
         };
         let text = rules(&a);
         let key = attachment_key("net", "c1", "eth0");

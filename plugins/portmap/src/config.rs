@@ -56,6 +56,9 @@ pub struct Conf {
     pub mappings: Vec<Mapping>,
     /// Whether the runtime passed `portMappings` at all (DEL may come without it).
     pub mappings_given: bool,
+    /// iptables: the masquerade mark bit (default 13) or the chain that sets the mark.
+    pub mark_bit: u32,
+    pub external_set_mark_chain: Option<String>,
 }
 
 /// iptables conditions start with an option (`-i`, `! -d`); nftables ones with a keyword.
@@ -134,6 +137,8 @@ impl Conf {
             conditions_v6,
             mappings,
             mappings_given,
+            mark_bit: raw.mark_masq_bit.map_or(13, |b| b as u32),
+            external_set_mark_chain: raw.external_set_mark_chain.filter(|c| !c.is_empty()),
         })
     }
 }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment};
-use libcni::firewall::{Backend, nft};
+use libcni::firewall::{Backend, iptables, nft, portmap_iptables};
 use libcni::netlink::{Netlink, block_on};
 use libcni::result::CniResult;
 use libcni::skel::{self, Plugin, Request};
@@ -36,15 +36,18 @@ impl Plugin for Portmap {
         if conf.mappings.is_empty() {
             return Ok(prev);
         }
-        require_nftables(&conf)?;
+        require_backend(&conf)?;
         let ips = container_ips(&prev, req);
         if ips.is_empty() {
             return Ok(prev);
         }
         let attachment = attachment(&conf, req, &ips);
-        portmap::add(&attachment)?;
-        if let Err(e) = after_rules(&conf, &ips) {
-            if let Err(undo) = portmap::remove(&req.conf.name, &req.container_id, &req.ifname) {
+        let added = match conf.backend {
+            Backend::Nftables => portmap::add(&attachment),
+            Backend::Iptables => portmap_iptables::add(&attachment),
+        };
+        if let Err(e) = added.and_then(|()| after_rules(&conf, &ips)) {
+            if let Err(undo) = remove_rules(req) {
                 eprintln!("portmap: cleanup after failed ADD: {undo}");
             }
             return Err(e);
@@ -58,27 +61,9 @@ impl Plugin for Portmap {
         if conf.mappings_given && conf.mappings.is_empty() {
             return Ok(());
         }
-        std::thread::scope(|scope| {
-            let reference = scope.spawn(|| {
-                portmap::remove_reference_iptables(&req.conf.name, &req.container_id).and(
-                    if nft::installed() {
-                        portmap::remove_reference_nft(&req.container_id)
-                    } else {
-                        Ok(())
-                    },
-                )
-            });
-            let ours = if nft::installed() {
-                portmap::remove(&req.conf.name, &req.container_id, &req.ifname)
-            } else {
-                Ok(())
-            };
-            flush_udp(&conf, &[true, false]);
-            let reference = reference
-                .join()
-                .unwrap_or_else(|_| Err(Error::internal("cleanup panicked")));
-            ours.and(reference)
-        })
+        let removed = remove_rules(req);
+        flush_udp(&conf, &[true, false]);
+        removed
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -89,55 +74,97 @@ impl Plugin for Portmap {
         if conf.mappings.is_empty() {
             return Ok(());
         }
-        require_nftables(&conf)?;
+        require_backend(&conf)?;
         let ips = container_ips(&prev, req);
-        let expected = portmap::rules(&attachment(&conf, req, &ips));
-        let want = |chain: &str| {
-            expected
-                .lines()
-                .filter(|l| l.contains(&format!(" {chain} ")))
-                .count()
+        let a = attachment(&conf, req, &ips);
+        let missing = match conf.backend {
+            Backend::Nftables => {
+                let expected = portmap::rules(&a);
+                let want = |chain: &str| {
+                    expected
+                        .lines()
+                        .filter(|l| l.contains(&format!(" {chain} ")))
+                        .count()
+                };
+                let (hostports, postrouting) =
+                    portmap::count(&req.conf.name, &req.container_id, &req.ifname)?;
+                (hostports < want("hostports") || postrouting < want("postrouting")).then(|| {
+                    format!(
+                        "{hostports} of {} forwarding and {postrouting} of {} masquerade rules present",
+                        want("hostports"),
+                        want("postrouting")
+                    )
+                })
+            }
+            Backend::Iptables => {
+                let present =
+                    portmap_iptables::entry_count(&req.conf.name, &req.container_id, &req.ifname)?;
+                let want = portmap_iptables::expected_entries(&a);
+                (present < want).then(|| format!("{present} of {want} entry rules present"))
+            }
         };
-        let (hostports, postrouting) =
-            portmap::count(&req.conf.name, &req.container_id, &req.ifname)?;
-        if hostports < want("hostports") || postrouting < want("postrouting") {
-            return Err(Error::internal(format!(
-                "CHECK: port mapping rules of this container are missing ({hostports} of {} forwarding, {postrouting} of {} masquerade rules)",
-                want("hostports"),
-                want("postrouting")
-            )));
+        match missing {
+            Some(what) => Err(Error::internal(format!(
+                "CHECK: port mapping rules of this container are missing: {what}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        if !nft::installed() {
-            return Ok(());
-        }
-        portmap::retain(
-            &req.conf.name,
-            req.conf.gc_attachments().unwrap_or_default(),
-        )
+        let valid = req.conf.gc_attachments().unwrap_or_default();
+        let nft = if nft::installed() {
+            portmap::retain(&req.conf.name, valid)
+        } else {
+            Ok(())
+        };
+        nft.and(portmap_iptables::retain(&req.conf.name, valid))
     }
 
     fn status(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        require_nftables(&conf).map_err(|e| Error::not_available(e.msg))?;
-        nft::list_table("inet", portmap::TABLE)
-            .map(drop)
-            .map_err(|e| Error::not_available(format!("nftables is not usable: {}", e.msg)))
+        require_backend(&conf).map_err(|e| Error::not_available(e.msg))?;
+        let usable = match conf.backend {
+            Backend::Nftables => nft::tables().map(drop),
+            Backend::Iptables => iptables::list_chain(iptables::Family::V4, "nat", "POSTROUTING")
+                .and_then(|c| {
+                    c.map(drop)
+                        .ok_or_else(|| Error::internal("iptables -t nat does not work"))
+                }),
+        };
+        usable.map_err(|e| {
+            Error::not_available(format!(
+                "the {:?} backend is not usable: {}",
+                conf.backend, e.msg
+            ))
+        })
     }
 }
 
-fn require_nftables(conf: &Conf) -> Result<()> {
+/// This attachment's rules in both backends (a config may have switched between ADD and DEL),
+/// and the Go portmap's rules for the container; the two listings run side by side.
+fn remove_rules(req: &Request) -> Result<()> {
+    std::thread::scope(|scope| {
+        let iptables = scope
+            .spawn(|| portmap_iptables::remove(&req.conf.name, &req.container_id, &req.ifname));
+        let nft = if nft::installed() {
+            portmap::remove_with_reference(&req.conf.name, &req.container_id, &req.ifname)
+        } else {
+            Ok(())
+        };
+        let iptables = iptables
+            .join()
+            .unwrap_or_else(|_| Err(Error::internal("iptables cleanup panicked")));
+        nft.and(iptables)
+    })
+}
+
+fn require_backend(conf: &Conf) -> Result<()> {
     match conf.backend {
-        Backend::Nftables if nft::installed() => Ok(()),
-        Backend::Nftables => Err(Error::unsupported_field(
+        Backend::Nftables if !nft::installed() => Err(Error::unsupported_field(
             "backend \"nftables\": the nft tool is not installed",
         )),
-        Backend::Iptables => Err(Error::unsupported_field(
-            "backend \"iptables\" is not available in this build of portmap; use \"nftables\"",
-        )),
+        _ => Ok(()),
     }
 }
 
@@ -152,6 +179,8 @@ fn attachment<'a>(conf: &'a Conf, req: &'a Request, ips: &'a [IpAddr]) -> Attach
         masq_all: conf.masq_all,
         conditions_v4: &conf.conditions_v4,
         conditions_v6: &conf.conditions_v6,
+        mark_bit: conf.mark_bit,
+        external_set_mark_chain: conf.external_set_mark_chain.as_deref(),
     }
 }
 

@@ -1,0 +1,315 @@
+//! Host port forwarding on iptables (`backend: "iptables"`), and removal of what the Go portmap
+//! made. The shared chains are the reference's, so a node can run either plugin:
+//!
+//! ```text
+//! PREROUTING, OUTPUT:  -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+//! POSTROUTING:         -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+//! CNI-HOSTPORT-SETMARK: -j MARK --set-xmark <mark>/<mark>
+//! CNI-HOSTPORT-MASQ:    -m mark --mark <mark>/<mark> -j MASQUERADE
+//! CNI-HOSTPORT-DNAT:    -p tcp --dport 8080 [conditions] -m comment --comment <key> -j RCNI-DN-<hash>
+//! RCNI-DN-<hash>:       hairpin / localhost → SETMARK, then DNAT to the container
+//! ```
+//!
+//! Each attachment owns one `RCNI-DN-…` chain and its entry rules, written in one
+//! `iptables-restore --noflush` per family; DEL lists `CNI-HOSTPORT-DNAT` once per family and
+//! removes this attachment's chain and the Go portmap's `CNI-DN-…` chain of the container.
+
+use std::net::IpAddr;
+
+use sha2::Digest;
+
+use super::hash16;
+use super::iptables::{self, Family, quote, split_rule};
+use super::portmap::{Attachment, attachment_key, comment, network_key};
+use crate::error::Result;
+
+const DNAT: &str = "CNI-HOSTPORT-DNAT";
+const SETMARK: &str = "CNI-HOSTPORT-SETMARK";
+const MASQ: &str = "CNI-HOSTPORT-MASQ";
+
+/// `RCNI-DN-` + 20 hex digits keyed by (network, container ID, ifname): 28 characters.
+pub fn chain(network: &str, container_id: &str, ifname: &str) -> String {
+    format!(
+        "RCNI-DN-{}{}",
+        &hash16(network)[..8],
+        &hash16(&format!("{ifname}:{container_id}"))[..12]
+    )
+}
+
+/// The Go portmap's chain for a container: `CNI-DN-` + hex(SHA-512(network + ID)), 28 chars.
+pub fn reference_chain(network: &str, container_id: &str) -> String {
+    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("CNI-DN-{}", &hex[..21])
+}
+
+fn family_of(ip: &IpAddr) -> Family {
+    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+}
+
+/// The shared chains and their hooks, for a family that does not have them yet.
+fn base_lines(a: &Attachment<'_>) -> Vec<String> {
+    let mark = format!("{:#x}", 1u32 << a.mark_bit);
+    let mut lines = vec![
+        format!(":{DNAT} - [0:0]"),
+        format!("-A PREROUTING -m addrtype --dst-type LOCAL -j {DNAT}"),
+        format!("-A OUTPUT -m addrtype --dst-type LOCAL -j {DNAT}"),
+    ];
+    // Made with the shared chains even for configs that do not use them (no `snat`, an
+    // external mark chain): a later config that does must find them.
+    {
+        lines.extend([
+            format!(":{SETMARK} - [0:0]"),
+            format!(":{MASQ} - [0:0]"),
+            format!("-A {SETMARK} -m comment --comment \"CNI portfwd masquerade mark\" -j MARK --set-xmark {mark}/{mark}"),
+            format!("-A {MASQ} -m mark --mark {mark}/{mark} -j MASQUERADE"),
+            format!("-I POSTROUTING 1 -m comment --comment \"CNI portfwd requiring masquerade\" -j {MASQ}"),
+        ]);
+    }
+    lines
+}
+
+/// The attachment's chain and entry rules for the family of `ip`.
+fn attachment_lines(a: &Attachment<'_>, ip: &IpAddr) -> Vec<String> {
+    let chain = chain(a.network, a.container_id, a.ifname);
+    let set_mark = a.external_set_mark_chain.unwrap_or(SETMARK);
+    let conditions: Vec<String> = if ip.is_ipv4() {
+        a.conditions_v4
+    } else {
+        a.conditions_v6
+    }
+    .iter()
+    .map(|c| quote(c))
+    .collect();
+    let conditions = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", conditions.join(" "))
+    };
+    let key = quote(&comment(a));
+    let target = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let mut lines = vec![format!(":{chain} - [0:0]")];
+    let mut entries: Vec<(String, u16)> = Vec::new();
+    for m in a
+        .mappings
+        .iter()
+        .filter(|m| m.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
+    {
+        let dest = match m.host_ip {
+            Some(h) if !h.is_unspecified() => format!(" -d {h}"),
+            _ => String::new(),
+        };
+        let port = format!("-p {} --dport {}{dest}", m.protocol, m.host_port);
+        if a.snat {
+            let from = if a.masq_all {
+                String::new()
+            } else {
+                format!(" -s {ip}")
+            };
+            lines.push(format!("-A {chain} {port}{from} -j {set_mark}"));
+            if ip.is_ipv4() && !a.masq_all {
+                lines.push(format!("-A {chain} {port} -s 127.0.0.1 -j {set_mark}"));
+            }
+        }
+        lines.push(format!(
+            "-A {chain} {port} -j DNAT --to-destination {target}:{}",
+            m.container_port
+        ));
+        if !entries.contains(&(m.protocol.clone(), m.host_port)) {
+            entries.push((m.protocol.clone(), m.host_port));
+        }
+    }
+    for (proto, port) in entries {
+        lines.push(format!(
+            "-A {DNAT} -p {proto} --dport {port}{conditions} -m comment --comment {key} -j {chain}"
+        ));
+    }
+    lines
+}
+
+/// Adds the attachment's chain and entry rules (and, the first time, the shared chains): one
+/// listing and one restore per family.
+pub fn add(a: &Attachment<'_>) -> Result<()> {
+    for ip in a.container_ips {
+        let fam = family_of(ip);
+        let mut lines = Vec::new();
+        if iptables::list_chain(fam, "nat", DNAT)?.is_none() {
+            lines.extend(base_lines(a));
+        }
+        lines.extend(attachment_lines(a, ip));
+        iptables::restore(fam, "nat", &lines)?;
+    }
+    Ok(())
+}
+
+/// Lines that delete every entry rule jumping to one of `chains` and then the chains.
+fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut found = Vec::new();
+    for rule in entries {
+        let args = split_rule(rule);
+        if let Some(target) = args
+            .iter()
+            .position(|a| a == "-j")
+            .and_then(|i| args.get(i + 1))
+            && chains.contains(target)
+        {
+            lines.push(format!(
+                "-D {}",
+                args[1..]
+                    .iter()
+                    .map(|a| quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            if !found.contains(target) {
+                found.push(target.clone());
+            }
+        }
+    }
+    for chain in found {
+        lines.push(format!("-F {chain}"));
+        lines.push(format!("-X {chain}"));
+    }
+    lines
+}
+
+/// Removes the attachment's chain (ours) and the container's `CNI-DN-…` chain (the Go
+/// portmap's), with their entry rules.
+pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    let chains = [
+        chain(network, container_id, ifname),
+        reference_chain(network, container_id),
+    ];
+    for fam in Family::BOTH {
+        let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
+            continue;
+        };
+        iptables::restore(fam, "nat", &removal(&entries, &chains))?;
+    }
+    Ok(())
+}
+
+/// The attachment's entry rules per family present (for CHECK).
+pub fn entry_count(network: &str, container_id: &str, ifname: &str) -> Result<usize> {
+    let key = attachment_key(network, container_id, ifname);
+    let mut n = 0;
+    for fam in Family::BOTH {
+        n += iptables::list_chain(fam, "nat", DNAT)?
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.contains(&key))
+            .count();
+    }
+    Ok(n)
+}
+
+/// The entry rules an attachment should have (for CHECK).
+pub fn expected_entries(a: &Attachment<'_>) -> usize {
+    a.container_ips
+        .iter()
+        .map(|ip| {
+            attachment_lines(a, ip)
+                .iter()
+                .filter(|l| l.starts_with(&format!("-A {DNAT} ")))
+                .count()
+        })
+        .sum()
+}
+
+/// GC: removes the chains of `network`'s attachments that are not in `valid`.
+pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+    let keep: Vec<String> = valid
+        .iter()
+        .map(|v| chain(network, &v.container_id, &v.ifname))
+        .collect();
+    let net = network_key(network);
+    for fam in Family::BOTH {
+        let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
+            continue;
+        };
+        let stale: Vec<String> = entries
+            .iter()
+            .filter(|r| r.contains(&net))
+            .filter_map(|r| {
+                let args = split_rule(r);
+                args.iter()
+                    .position(|a| a == "-j")
+                    .and_then(|i| args.get(i + 1))
+                    .cloned()
+            })
+            .filter(|c| c.starts_with("RCNI-DN-") && !keep.contains(c))
+            .collect();
+        iptables::restore(fam, "nat", &removal(&entries, &stale))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::portmap::Mapping;
+
+    #[test]
+    fn reference_chain_names() {
+        // The reference's own test vectors.
+        let id = "icee6giejonei6sohng6ahngee7laquohquee9shiGo7fohferakah3Feiyoolu2pei7ciPhoh7shaoX6vai3vuf0ahfaeng8yohb9ceu0daez5hashee8ooYai5wa3y";
+        assert_eq!(
+            reference_chain("testNetName", id),
+            "CNI-DN-bfd599665540dd91d5d28"
+        );
+        assert_eq!(reference_chain("test", id), "CNI-DN-67e92b96e692a494b6b85");
+        assert_eq!(chain("net", "c1", "eth0").len(), 28);
+    }
+
+    #[test]
+    fn chain_rules_follow_the_reference_order() {
+        let mappings = [Mapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: None,
+        }];
+        let ips: [IpAddr; 1] = ["10.0.0.2".parse().unwrap()];
+        let a = Attachment {
+            network: "net",
+            container_id: "c1",
+            ifname: "eth0",
+            mappings: &mappings,
+            container_ips: &ips,
+            snat: true,
+            masq_all: false,
+            conditions_v4: &[],
+            conditions_v6: &[],
+            mark_bit: 5,
+            external_set_mark_chain: None,
+        };
+        let c = chain("net", "c1", "eth0");
+        let lines = attachment_lines(&a, &ips[0]);
+        assert_eq!(
+            lines[1],
+            format!("-A {c} -p tcp --dport 8080 -s 10.0.0.2 -j CNI-HOSTPORT-SETMARK")
+        );
+        assert_eq!(
+            lines[2],
+            format!("-A {c} -p tcp --dport 8080 -s 127.0.0.1 -j CNI-HOSTPORT-SETMARK")
+        );
+        assert_eq!(
+            lines[3],
+            format!("-A {c} -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:80")
+        );
+        assert!(
+            lines[4].starts_with("-A CNI-HOSTPORT-DNAT -p tcp --dport 8080 -m comment --comment "),
+            "{}",
+            lines[4]
+        );
+        assert!(
+            base_lines(&a)
+                .iter()
+                .any(|l| l.contains("--set-xmark 0x20/0x20"))
+        );
+    }
+}
