@@ -611,3 +611,106 @@ pub fn lease_files(network_dir: &Path) -> Vec<String> {
 }
 
 // ---- end of the bridge suites' helpers ---------------------------------------------------------
+
+// ---- Port-mapping suites' helpers (portmap.rs, portmap_differential.rs) ----------------------
+
+/// Our cnitool as `cnitool()` runs it, with extra environment (`CAP_ARGS`, `CNI_PATH`, …).
+pub fn cnitool_env(host: &Netns, work: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut cmd = host.command(bin("cnitool"));
+    cmd.args(args)
+        .env("NETCONFPATH", work.net_dir())
+        .env("CNI_PATH", bin_dir())
+        .env("CNI_CACHE_DIR", work.cache_dir())
+        .envs(env.iter().copied());
+    outcome(&mut cmd, "")
+}
+
+/// A background process, killed and reaped on drop.
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Netns {
+    /// `rcni-echo serve <proto> <addr> <reply>` in this namespace, until the guard is dropped.
+    pub fn serve(&self, proto: &str, addr: &str, reply: &str) -> Background {
+        let child = self
+            .command(bin("rcni-echo"))
+            .args(["serve", proto, addr, reply])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Background(child)
+    }
+
+    /// `rcni-echo ask <proto> <addr> <timeout_ms>` from this namespace: the reply, if any.
+    pub fn ask(&self, proto: &str, addr: &str, timeout_ms: u64) -> Option<String> {
+        let out = self
+            .command(bin("rcni-echo"))
+            .args(["ask", proto, addr, &timeout_ms.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    /// Asks until the reply is `want`, for at most `within` (servers starting up); whether it
+    /// came.
+    pub fn answers(
+        &self,
+        proto: &str,
+        addr: &str,
+        want: &str,
+        within: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.ask(proto, addr, 200).as_deref() == Some(want) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// A new namespace joined to this one by a veth pair: `local` addresses (`addr/prefix`) on
+    /// this end, `remote` on the new end, which gets a default route per family via the first
+    /// local address of that family. IPv6 addresses skip duplicate address detection.
+    pub fn veth_peer(&self, tag: &str, local: &[&str], remote: &[&str]) -> Netns {
+        let peer = Netns::new(tag);
+        let (here, there) = (unique("vp"), unique("vq"));
+        self.ip(&[
+            "link", "add", &here, "type", "veth", "peer", "name", &there, "netns", &peer.name,
+        ]);
+        let add = |ns: &Netns, dev: &str, addr: &str| {
+            if addr.contains(':') {
+                ns.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
+            } else {
+                ns.ip(&["addr", "add", addr, "dev", dev]);
+            }
+        };
+        local.iter().for_each(|a| add(self, &here, a));
+        remote.iter().for_each(|a| add(&peer, &there, a));
+        self.ip(&["link", "set", &here, "up"]);
+        peer.ip(&["link", "set", &there, "up"]);
+        for v6 in [false, true] {
+            if let Some(gw) = local.iter().find(|a| a.contains(':') == v6) {
+                let gw = gw.split('/').next().unwrap();
+                let fam = if v6 { "-6" } else { "-4" };
+                peer.ip(&[fam, "route", "add", "default", "via", gw]);
+            }
+        }
+        peer
+    }
+}
+
+// ---- end of the port-mapping suites' helpers ---------------------------------------------------

@@ -372,7 +372,17 @@ fn execute(plugin: &impl Plugin, req: &Request) -> Result<Option<Vec<u8>>> {
     match req.command {
         Command::Add => {
             let result = plugin.add(req)?;
-            Ok(Some(crate::json::to_pretty(&result.render(req.version)?)))
+            match result.render(req.version) {
+                Ok(rendered) => Ok(Some(crate::json::to_pretty(&rendered))),
+                Err(e) => {
+                    // The version cannot express what was set up (e.g. no IP for 0.2.0): the ADD
+                    // fails, so it must not leave anything behind.
+                    if let Err(undo) = plugin.del(req) {
+                        eprintln!("cleanup after an ADD whose result cannot be expressed: {undo}");
+                    }
+                    Err(e)
+                }
+            }
         }
         Command::Del => plugin.del(req).map(|()| None),
         Command::Check => plugin.check(req).map(|()| None),
@@ -457,6 +467,40 @@ mod tests {
         assert_eq!((code, calls), (0, vec![Command::Add]));
         assert_eq!(out["cniVersion"], "0.4.0");
         assert_eq!(out["ips"][0]["version"], "4");
+    }
+
+    struct NoIp;
+
+    impl Plugin for NoIp {
+        fn add(&self, _: &Request) -> Result<CniResult> {
+            Ok(CniResult::default())
+        }
+        fn del(&self, _: &Request) -> Result<()> {
+            Err(Error::internal("undone"))
+        }
+        fn check(&self, _: &Request) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_add_whose_result_the_version_cannot_express_is_undone() {
+        let env: HashMap<String, String> = with("ADD", &[])
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        let stdin = r#"{"cniVersion":"0.2.0","name":"n"}"#;
+        let code = dispatch(
+            &NoIp,
+            "about",
+            &|k| env.get(k).cloned(),
+            &mut stdin.as_bytes(),
+            &mut out,
+        );
+        assert_eq!(code, 1);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["code"], 1, "{v}");
     }
 
     #[test]

@@ -365,12 +365,24 @@ async fn create_veth(
     ))
 }
 
-/// `veth` + 8 random hex digits, as the reference names host ends.
-fn random_veth_name() -> Result<String> {
-    let mut bytes = [0u8; 4];
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(|e| Error::internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes)
+}
+
+/// A random unicast, locally administered MAC.
+fn random_mac() -> Result<[u8; 6]> {
+    let mut mac = random_bytes::<6>()?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
+/// `veth` + 8 random hex digits, as the reference names host ends.
+fn random_veth_name() -> Result<String> {
+    let bytes = random_bytes::<4>()?;
     Ok(format!(
         "veth{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
@@ -558,9 +570,15 @@ async fn ensure_gateway_addresses(
         }
         host.add_address(bridge, *gw).await?;
     }
-    if let Some(now) = host.link_by_index(bridge.index).await? {
-        host.set_mac(&now, &now.mac).await?;
-    }
+    // Pin the MAC the link had before this ADD's port joined, as the reference does, so it no
+    // longer follows the lowest port MAC. A bridge whose last port left has no MAC (all zeros):
+    // give it a random one of its own then.
+    let mac = if bridge.mac.len() == 6 && bridge.mac.iter().any(|b| *b != 0) {
+        bridge.mac.clone()
+    } else {
+        random_mac()?.to_vec()
+    };
+    host.set_mac(bridge, &mac).await?;
     Ok(())
 }
 
