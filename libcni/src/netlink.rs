@@ -155,26 +155,16 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-            Err(e) => Err(kernel(format_args!("cannot look up link {name:?}"), e)),
-        }
+        let request = self.handle.link().get().match_name(name.to_string());
+        first_link(request, &format!("{name:?}")).await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        match links.try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-            Err(e) => Err(kernel(format_args!("cannot look up link {index}"), e)),
-        }
+        first_link(
+            self.handle.link().get().match_index(index),
+            &index.to_string(),
+        )
+        .await
     }
 
     /// Every link of the namespace (for CHECK; not for the hot path).
@@ -482,6 +472,14 @@ impl Netlink {
             out.push(msg);
         }
         Ok(out)
+    }
+}
+
+async fn first_link(request: rtnetlink::LinkGetRequest, what: &str) -> Result<Option<Link>> {
+    match request.execute().try_next().await {
+        Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(kernel(format_args!("cannot look up link {what}"), e)),
     }
 }
 

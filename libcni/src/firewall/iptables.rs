@@ -142,6 +142,12 @@ pub fn split_rule(line: &str) -> Vec<String> {
     args
 }
 
+/// The restore line that deletes a rule listed by `-S` (split with [`split_rule`]).
+pub fn delete_line(args: &[String]) -> String {
+    let spec: Vec<String> = args.iter().skip(1).map(|a| quote(a)).collect();
+    format!("-D {}", spec.join(" "))
+}
+
 /// Quotes one argument for an iptables-restore line.
 pub fn quote(arg: &str) -> String {
     if !arg.is_empty()

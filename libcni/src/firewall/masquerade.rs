@@ -28,7 +28,7 @@ use nftables::schema::{Chain, NfCmd, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::iptables::{self, Family, quote, split_rule};
+use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::{Backend, hash16, nft};
 use crate::error::{Error, Result};
 
@@ -181,16 +181,7 @@ pub fn remove_network(network: &str) -> Result<()> {
             .iter()
             .map(|r| split_rule(r))
             .filter(|args| comment_arg(args).is_some_and(|c| c.starts_with(&key)))
-            .map(|args| {
-                format!(
-                    "-D {}",
-                    args[1..]
-                        .iter()
-                        .map(|a| quote(a))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )
-            })
+            .map(|args| delete_line(&args))
             .collect();
         iptables::restore(fam, "nat", &lines)?;
     }
@@ -200,20 +191,14 @@ pub fn remove_network(network: &str) -> Result<()> {
     let Some(rules) = nft::list_chain("inet", TABLE, CHAIN)? else {
         return Ok(());
     };
-    let batch = rules
-        .iter()
-        .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&key)))
-        .filter_map(nft::handle)
-        .map(|handle| {
-            NfCmd::Delete(NfListObject::Rule(Rule {
-                family: NfFamily::INet,
-                table: TABLE.into(),
-                chain: CHAIN.into(),
-                handle: Some(handle),
-                ..Default::default()
-            }))
-        })
-        .collect();
+    let batch = nft::delete_cmds(
+        NfFamily::INet,
+        TABLE,
+        &rules
+            .iter()
+            .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&key)))
+            .collect::<Vec<_>>(),
+    );
     nft::apply(batch)
 }
 
@@ -255,16 +240,7 @@ pub fn remove_reference(network: &str, container_id: &str, ifname: &str) -> Resu
         let mut lines: Vec<String> = rules
             .iter()
             .filter(|r| r.ends_with(&jump))
-            .map(|r| {
-                format!(
-                    "-D {}",
-                    split_rule(r)[1..]
-                        .iter()
-                        .map(|a| quote(a))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )
-            })
+            .map(|r| delete_line(&split_rule(r)))
             .collect();
         if !lines.is_empty() {
             lines.push(format!("-F {chain}"));
@@ -279,20 +255,14 @@ pub fn remove_reference(network: &str, container_id: &str, ifname: &str) -> Resu
         return Ok(());
     };
     let prefix = reference_comment_prefix(network, container_id, ifname);
-    let batch = rules
-        .iter()
-        .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&prefix)))
-        .filter_map(nft::handle)
-        .map(|handle| {
-            NfCmd::Delete(NfListObject::Rule(Rule {
-                family: NfFamily::INet,
-                table: "cni_plugins_masquerade".into(),
-                chain: "masq_checks".into(),
-                handle: Some(handle),
-                ..Default::default()
-            }))
-        })
-        .collect();
+    let batch = nft::delete_cmds(
+        NfFamily::INet,
+        "cni_plugins_masquerade",
+        &rules
+            .iter()
+            .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&prefix)))
+            .collect::<Vec<_>>(),
+    );
     nft::apply(batch)
 }
 

@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 
 use nftables::helper::{self, NftablesError};
-use nftables::schema::{NfCmd, NfObject, Nftables};
+use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Rule};
+use nftables::types::NfFamily;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -22,29 +23,50 @@ fn failure(what: &str, e: NftablesError) -> Error {
 /// The rules of one chain as `nft -j` prints them, or `None` when the table or chain does not
 /// exist (yet).
 pub fn list_chain(family: &str, table: &str, chain: &str) -> Result<Option<Vec<Value>>> {
-    let args = ["list", "chain", family, table, chain];
-    match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
+    list_rules(&["list", "chain", family, table, chain])
+}
+
+/// Every rule of a table, or `None` when the table does not exist.
+pub fn list_table(family: &str, table: &str) -> Result<Option<Vec<Value>>> {
+    list_rules(&["list", "table", family, table])
+}
+
+fn list_rules(args: &[&str]) -> Result<Option<Vec<Value>>> {
+    match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args.iter().copied()) {
         Ok(out) => {
             let doc: Value = serde_json::from_str(&out)
                 .map_err(|e| Error::internal(format!("nft printed invalid JSON: {e}")))?;
-            let rules = doc["nftables"]
-                .as_array()
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|o| o.get("rule").cloned())
-                        .collect()
-                })
-                .unwrap_or_default();
-            Ok(Some(rules))
+            let items = doc["nftables"].as_array().cloned().unwrap_or_default();
+            Ok(Some(
+                items
+                    .into_iter()
+                    .filter_map(|o| o.get("rule").cloned())
+                    .collect(),
+            ))
         }
         Err(NftablesError::NftFailed { stderr, .. })
             if stderr.contains("No such file or directory") =>
         {
             Ok(None)
         }
-        Err(e) => Err(failure(&format!("list chain {family} {table} {chain}"), e)),
+        Err(e) => Err(failure(&args.join(" "), e)),
     }
+}
+
+/// `delete` commands for listed rules (each names its own chain), by handle.
+pub fn delete_cmds(family: NfFamily, table: &str, rules: &[&Value]) -> Vec<NfCmd<'static>> {
+    rules
+        .iter()
+        .filter_map(|r| {
+            Some(NfCmd::Delete(NfListObject::Rule(Rule {
+                family,
+                table: table.to_string().into(),
+                chain: r.get("chain")?.as_str()?.to_string().into(),
+                handle: Some(handle(r)?),
+                ..Default::default()
+            })))
+        })
+        .collect()
 }
 
 /// Applies `commands` as one transaction.
@@ -112,34 +134,6 @@ pub fn apply_text(script: &str) -> Result<Applied> {
             "nft failed: {}\n{script}",
             stderr.trim()
         )))
-    }
-}
-
-/// Every rule of a table, or `None` when the table does not exist.
-pub fn list_table(family: &str, table: &str) -> Result<Option<Vec<Value>>> {
-    let args = ["list", "table", family, table];
-    match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
-        Ok(out) => {
-            let doc: Value = serde_json::from_str(&out)
-                .map_err(|e| Error::internal(format!("nft printed invalid JSON: {e}")))?;
-            Ok(Some(
-                doc["nftables"]
-                    .as_array()
-                    .map(|items| {
-                        items
-                            .iter()
-                            .filter_map(|o| o.get("rule").cloned())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ))
-        }
-        Err(NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(failure(&format!("list table {family} {table}"), e)),
     }
 }
 

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use sha2::Digest;
 
 use super::hash16;
-use super::iptables::{self, Family, quote, split_rule};
+use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::portmap::{Attachment, attachment_key, comment, network_key};
 use crate::error::Result;
 
@@ -157,14 +157,7 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
             .and_then(|i| args.get(i + 1))
             && chains.contains(target)
         {
-            lines.push(format!(
-                "-D {}",
-                args[1..]
-                    .iter()
-                    .map(|a| quote(a))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
+            lines.push(delete_line(&args));
             if !found.contains(target) {
                 found.push(target.clone());
             }

@@ -113,20 +113,14 @@ fn remove_where(network: &str, drop: impl Fn(&str) -> bool) -> Result<()> {
         return Ok(());
     };
     let key = network_key(network);
-    let batch = rules
-        .iter()
-        .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&key) && drop(c)))
-        .filter_map(nft::handle)
-        .map(|handle| {
-            NfCmd::Delete(NfListObject::Rule(Rule {
-                family: NfFamily::Bridge,
-                table: TABLE.into(),
-                chain: CHAIN.into(),
-                handle: Some(handle),
-                ..Default::default()
-            }))
-        })
-        .collect();
+    let batch = nft::delete_cmds(
+        NfFamily::Bridge,
+        TABLE,
+        &rules
+            .iter()
+            .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&key) && drop(c)))
+            .collect::<Vec<_>>(),
+    );
     nft::apply(batch)
 }
 
@@ -152,20 +146,14 @@ pub fn remove_reference(container_id: &str, ifname: &str) -> Result<()> {
         return Ok(());
     };
     let comment = format!("macspoofchk-{container_id}-{ifname}");
-    let mut batch: Vec<NfCmd> = rules
-        .iter()
-        .filter(|r| nft::comment(r) == Some(comment.as_str()))
-        .filter_map(nft::handle)
-        .map(|handle| {
-            NfCmd::Delete(NfListObject::Rule(Rule {
-                family: NfFamily::Bridge,
-                table: "nat".into(),
-                chain: "PREROUTING".into(),
-                handle: Some(handle),
-                ..Default::default()
-            }))
-        })
-        .collect();
+    let mut batch: Vec<NfCmd> = nft::delete_cmds(
+        NfFamily::Bridge,
+        "nat",
+        &rules
+            .iter()
+            .filter(|r| nft::comment(r) == Some(comment.as_str()))
+            .collect::<Vec<_>>(),
+    );
     if batch.is_empty() {
         return Ok(());
     }
