@@ -29,7 +29,7 @@ use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
-use super::{Backend, hash16, nft};
+use super::{Backend, Inventory, hash16, nft};
 use crate::error::{Error, Result};
 
 pub const TABLE: &str = "rcni_masquerade";
@@ -230,10 +230,18 @@ pub fn reference_comment_prefix(network: &str, container_id: &str, ifname: &str)
 /// `ifname`): the `CNI-…` chain and its POSTROUTING jumps (iptables), the rules of
 /// `inet cni_plugins_masquerade` (nftables). Keyed by names alone, so it works without the
 /// container's addresses.
-pub fn remove_reference(network: &str, container_id: &str, ifname: &str) -> Result<()> {
+pub fn remove_reference(
+    inv: &Inventory,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<()> {
     let chain = reference_chain(network, container_id);
     let jump = format!("-j {chain}");
-    for fam in Family::BOTH {
+    for fam in Family::BOTH
+        .into_iter()
+        .filter(|f| inv.has_iptables_nat(*f))
+    {
         let Some(rules) = iptables::list_chain(fam, "nat", "POSTROUTING")? else {
             continue;
         };
@@ -248,7 +256,7 @@ pub fn remove_reference(network: &str, container_id: &str, ifname: &str) -> Resu
         }
         iptables::restore(fam, "nat", &lines)?;
     }
-    if !nft::installed() {
+    if !nft::installed() || !inv.has_nft("inet", "cni_plugins_masquerade") {
         return Ok(());
     }
     let Some(rules) = nft::list_chain("inet", "cni_plugins_masquerade", "masq_checks")? else {

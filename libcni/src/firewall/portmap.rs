@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::{hash16, nft};
+use super::{Inventory, hash16, nft};
 use crate::error::Result;
 
 pub const TABLE: &str = "rcni_portmap";
@@ -218,11 +218,15 @@ pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
 }
 
 /// Removes the attachment's rules and those the Go portmap made for its container
-/// (`ip`/`ip6 cni_hostport`, comment = container ID): one listing of the tables, one listing of
-/// each table that exists, one deleting transaction.
-pub fn remove_with_reference(network: &str, container_id: &str, ifname: &str) -> Result<()> {
-    let tables = nft::tables()?;
-    let has = |family: &str, name: &str| tables.iter().any(|(f, n)| f == family && n == name);
+/// (`ip`/`ip6 cni_hostport`, comment = container ID): one listing of each table that exists,
+/// one deleting transaction.
+pub fn remove_with_reference(
+    inv: &Inventory,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<()> {
+    let has = |family: &str, name: &str| inv.has_nft(family, name);
     let mut script = String::new();
     if has("inet", TABLE) {
         let key = attachment_key(network, container_id, ifname);

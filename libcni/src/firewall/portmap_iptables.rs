@@ -18,9 +18,9 @@ use std::net::IpAddr;
 
 use sha2::Digest;
 
-use super::hash16;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::portmap::{Attachment, attachment_key, comment, network_key};
+use super::{Inventory, hash16};
 use crate::error::Result;
 
 const DNAT: &str = "CNI-HOSTPORT-DNAT";
@@ -172,12 +172,15 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
 
 /// Removes the attachment's chain (ours) and the container's `CNI-DN-…` chain (the Go
 /// portmap's), with their entry rules.
-pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<()> {
+pub fn remove(inv: &Inventory, network: &str, container_id: &str, ifname: &str) -> Result<()> {
     let chains = [
         chain(network, container_id, ifname),
         reference_chain(network, container_id),
     ];
-    for fam in Family::BOTH {
+    for fam in Family::BOTH
+        .into_iter()
+        .filter(|f| inv.has_iptables_nat(*f))
+    {
         let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
             continue;
         };

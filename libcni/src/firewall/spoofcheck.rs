@@ -21,7 +21,7 @@ use nftables::schema::{Chain, NfCmd, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::{hash16, nft};
+use super::{Inventory, hash16, nft};
 use crate::error::Result;
 
 pub const TABLE: &str = "rcni_spoofcheck";
@@ -125,7 +125,10 @@ fn remove_where(network: &str, drop: impl Fn(&str) -> bool) -> Result<()> {
 }
 
 /// Removes the check of one attachment.
-pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<()> {
+pub fn remove(inv: &Inventory, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    if !inv.has_nft("bridge", TABLE) {
+        return Ok(());
+    }
     let key = attachment_key(network, container_id, ifname);
     remove_where(network, |c| c.starts_with(&key))
 }
@@ -141,7 +144,10 @@ pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
 
 /// Deletes what the Go bridge made for one attachment in `bridge nat`: the PREROUTING jump
 /// (comment `macspoofchk-<cid>-<ifname>`) and the chains `cni-br-iface-<cid>-<ifname>[-mac]`.
-pub fn remove_reference(container_id: &str, ifname: &str) -> Result<()> {
+pub fn remove_reference(inv: &Inventory, container_id: &str, ifname: &str) -> Result<()> {
+    if !inv.has_nft("bridge", "nat") {
+        return Ok(());
+    }
     let Some(rules) = nft::list_chain("bridge", "nat", "PREROUTING")? else {
         return Ok(());
     };

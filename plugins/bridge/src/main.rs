@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, masquerade, nft, spoofcheck};
+use libcni::firewall::{Backend, Inventory, masquerade, nft, spoofcheck};
 use libcni::netlink::{Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -138,14 +138,19 @@ fn delete_container_veth(req: &Request) -> Result<()> {
 /// This attachment's spoof check, and what the Go bridge made for it (our masquerade is per
 /// network and stays).
 fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<()> {
+    if !conf.raw.macspoofchk && !conf.raw.ip_masq {
+        return Ok(());
+    }
+    let inv = Inventory::read();
     let spoof = if conf.raw.macspoofchk && nft::installed() {
-        spoofcheck::remove(&req.conf.name, &req.container_id, &req.ifname)
-            .and(spoofcheck::remove_reference(&req.container_id, &req.ifname))
+        spoofcheck::remove(&inv, &req.conf.name, &req.container_id, &req.ifname).and(
+            spoofcheck::remove_reference(&inv, &req.container_id, &req.ifname),
+        )
     } else {
         Ok(())
     };
     let masq = if conf.raw.ip_masq {
-        masquerade::remove_reference(&req.conf.name, &req.container_id, &req.ifname)
+        masquerade::remove_reference(&inv, &req.conf.name, &req.container_id, &req.ifname)
     } else {
         Ok(())
     };
@@ -163,7 +168,12 @@ struct Done {
 impl Done {
     async fn undo(self, host: &Netlink, conf: &Conf, req: &Request) {
         if self.spoofcheck
-            && let Err(e) = spoofcheck::remove(&req.conf.name, &req.container_id, &req.ifname)
+            && let Err(e) = spoofcheck::remove(
+                &Inventory::read(),
+                &req.conf.name,
+                &req.container_id,
+                &req.ifname,
+            )
         {
             eprintln!("bridge: cleanup after failed ADD: {e}");
         }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment};
-use libcni::firewall::{Backend, iptables, nft, portmap_iptables};
+use libcni::firewall::{Backend, Inventory, iptables, nft, portmap_iptables};
 use libcni::netlink::{Netlink, block_on};
 use libcni::result::CniResult;
 use libcni::skel::{self, Plugin, Request};
@@ -144,11 +144,13 @@ impl Plugin for Portmap {
 /// This attachment's rules in both backends (a config may have switched between ADD and DEL),
 /// and the Go portmap's rules for the container; the two listings run side by side.
 fn remove_rules(req: &Request) -> Result<()> {
+    let inv = Inventory::read();
     std::thread::scope(|scope| {
-        let iptables = scope
-            .spawn(|| portmap_iptables::remove(&req.conf.name, &req.container_id, &req.ifname));
+        let iptables = scope.spawn(|| {
+            portmap_iptables::remove(&inv, &req.conf.name, &req.container_id, &req.ifname)
+        });
         let nft = if nft::installed() {
-            portmap::remove_with_reference(&req.conf.name, &req.container_id, &req.ifname)
+            portmap::remove_with_reference(&inv, &req.conf.name, &req.container_id, &req.ifname)
         } else {
             Ok(())
         };
