@@ -11,12 +11,14 @@
 //!   chain output      { type nat hook output priority -100;       fib daddr type local jump hostports }
 //!   chain hostports   { [conditions] [ip daddr <hostIP>] meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.5:80 comment "<key>" }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
-//!                       ct status dnat ip saddr 10.88.0.5 ip daddr 10.88.0.5 masquerade comment "<key>"   # hairpin
+//!                       ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade comment "<key>" # hairpin
 //!                       ct status dnat ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade comment "<key>" } # localhost
 //! }
 //! ```
 
 use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 
 use serde_json::Value;
 
@@ -42,8 +44,9 @@ pub struct Attachment<'a> {
     pub container_id: &'a str,
     pub ifname: &'a str,
     pub mappings: &'a [Mapping],
-    /// The container's first IPv4 and first IPv6 address.
-    pub container_ips: &'a [IpAddr],
+    /// The container's first IPv4 and first IPv6 address, with their prefix length: hairpin
+    /// masquerade covers the container's whole subnet, so a neighbour reaches its hostPort too.
+    pub container_ips: &'a [IpNetwork],
     pub snat: bool,
     pub masq_all: bool,
     pub conditions_v4: &'a [String],
@@ -93,11 +96,18 @@ fn quote(s: &str) -> String {
     format!("\"{s}\"")
 }
 
+/// The subnet an address with a prefix length is in.
+pub fn subnet_of(net: &IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).unwrap_or(*net)
+}
+
 /// The rules of one attachment, as `add rule` lines.
 pub fn rules(a: &Attachment<'_>) -> String {
     let comment = quote(&comment(a));
     let mut out = String::new();
-    for ip in a.container_ips {
+    for net in a.container_ips {
+        let ip = &net.ip();
+        let subnet = subnet_of(net);
         let (fam, nfproto, conditions) = match ip {
             IpAddr::V4(_) => ("ip", "ipv4", a.conditions_v4),
             IpAddr::V6(_) => ("ip6", "ipv6", a.conditions_v6),
@@ -129,7 +139,7 @@ pub fn rules(a: &Attachment<'_>) -> String {
             let from = if a.masq_all {
                 String::new()
             } else {
-                format!(" {fam} saddr {ip}")
+                format!(" {fam} saddr {subnet}")
             };
             out.push_str(&format!(
                 "add rule inet {TABLE} postrouting ct status dnat{from} {fam} daddr {ip} masquerade comment {comment}\n"
@@ -274,7 +284,10 @@ mod tests {
                 host_ip: Some("192.168.1.5".parse().unwrap()),
             },
         ];
-        let ips: [IpAddr; 2] = ["10.88.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let ips: [IpNetwork; 2] = [
+            "10.88.0.5/16".parse().unwrap(),
+            "fd00::5/64".parse().unwrap(),
+        ];
         let cond = ["iifname".to_string(), "\"eth0\"".to_string()];
         let a = Attachment {
             network: "net",
@@ -305,7 +318,7 @@ mod tests {
             lines[1]
         );
         assert!(
-            lines[2].contains("ct status dnat ip saddr 10.88.0.5 ip daddr 10.88.0.5 masquerade"),
+            lines[2].contains("ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade"),
             "{}",
             lines[2]
         );
@@ -321,7 +334,7 @@ mod tests {
             lines[4]
         );
         assert!(
-            lines[5].contains("ip6 saddr fd00::5 ip6 daddr fd00::5 masquerade"),
+            lines[5].contains("ip6 saddr fd00::/64 ip6 daddr fd00::5 masquerade"),
             "{}",
             lines[5]
         );

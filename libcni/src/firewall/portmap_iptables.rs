@@ -16,6 +16,8 @@
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
@@ -70,7 +72,8 @@ fn base_lines(a: &Attachment<'_>) -> Vec<String> {
 }
 
 /// The attachment's chain and entry rules for the family of `ip`.
-fn attachment_lines(a: &Attachment<'_>, ip: &IpAddr) -> Vec<String> {
+fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
+    let ip = &net.ip();
     let chain = chain(a.network, a.container_id, a.ifname);
     let set_mark = a.external_set_mark_chain.unwrap_or(SETMARK);
     let conditions: Vec<String> = if ip.is_ipv4() {
@@ -107,7 +110,7 @@ fn attachment_lines(a: &Attachment<'_>, ip: &IpAddr) -> Vec<String> {
             let from = if a.masq_all {
                 String::new()
             } else {
-                format!(" -s {ip}")
+                format!(" -s {}", super::portmap::subnet_of(net))
             };
             lines.push(format!("-A {chain} {port}{from} -j {set_mark}"));
             if ip.is_ipv4() && !a.masq_all {
@@ -133,13 +136,14 @@ fn attachment_lines(a: &Attachment<'_>, ip: &IpAddr) -> Vec<String> {
 /// Adds the attachment's chain and entry rules (and, the first time, the shared chains): one
 /// listing and one restore per family.
 pub fn add(a: &Attachment<'_>) -> Result<()> {
-    for ip in a.container_ips {
+    for net in a.container_ips {
+        let ip = &net.ip();
         let fam = family_of(ip);
         let mut lines = Vec::new();
         if iptables::list_chain(fam, "nat", DNAT)?.is_none() {
             lines.extend(base_lines(a));
         }
-        lines.extend(attachment_lines(a, ip));
+        lines.extend(attachment_lines(a, net));
         iptables::restore(fam, "nat", &lines)?;
     }
     Ok(())
@@ -189,31 +193,32 @@ pub fn remove(inv: &Inventory, network: &str, container_id: &str, ifname: &str) 
     Ok(())
 }
 
-/// The attachment's entry rules per family present (for CHECK).
-pub fn entry_count(network: &str, container_id: &str, ifname: &str) -> Result<usize> {
-    let key = attachment_key(network, container_id, ifname);
-    let mut n = 0;
-    for fam in Family::BOTH {
-        n += iptables::list_chain(fam, "nat", DNAT)?
+/// CHECK: every rule of the attachment's chain and every entry rule is there (counted per
+/// family); `Some(what is missing)` otherwise.
+pub fn missing(a: &Attachment<'_>) -> Result<Option<String>> {
+    let chain = chain(a.network, a.container_id, a.ifname);
+    let key = attachment_key(a.network, a.container_id, a.ifname);
+    for net in a.container_ips {
+        let fam = family_of(&net.ip());
+        let expected = attachment_lines(a, net);
+        let want = |prefix: &str| expected.iter().filter(|l| l.starts_with(prefix)).count();
+        let own = iptables::list_chain(fam, "nat", &chain)?
+            .unwrap_or_default()
+            .len();
+        let entries = iptables::list_chain(fam, "nat", DNAT)?
             .unwrap_or_default()
             .iter()
             .filter(|r| r.contains(&key))
             .count();
+        let (want_own, want_entries) =
+            (want(&format!("-A {chain} ")), want(&format!("-A {DNAT} ")));
+        if own < want_own || entries < want_entries {
+            return Ok(Some(format!(
+                "{net}: {own} of {want_own} rules in {chain}, {entries} of {want_entries} entry rules in {DNAT}"
+            )));
+        }
     }
-    Ok(n)
-}
-
-/// The entry rules an attachment should have (for CHECK).
-pub fn expected_entries(a: &Attachment<'_>) -> usize {
-    a.container_ips
-        .iter()
-        .map(|ip| {
-            attachment_lines(a, ip)
-                .iter()
-                .filter(|l| l.starts_with(&format!("-A {DNAT} ")))
-                .count()
-        })
-        .sum()
+    Ok(None)
 }
 
 /// GC: removes the chains of `network`'s attachments that are not in `valid`.
@@ -269,7 +274,7 @@ mod tests {
             protocol: "tcp".into(),
             host_ip: None,
         }];
-        let ips: [IpAddr; 1] = ["10.0.0.2".parse().unwrap()];
+        let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
         let a = Attachment {
             network: "net",
             container_id: "c1",
@@ -287,7 +292,7 @@ mod tests {
         let lines = attachment_lines(&a, &ips[0]);
         assert_eq!(
             lines[1],
-            format!("-A {c} -p tcp --dport 8080 -s 10.0.0.2 -j CNI-HOSTPORT-SETMARK")
+            format!("-A {c} -p tcp --dport 8080 -s 10.0.0.0/24 -j CNI-HOSTPORT-SETMARK")
         );
         assert_eq!(
             lines[2],

@@ -11,7 +11,7 @@
 
 mod config;
 
-use std::net::IpAddr;
+use ipnetwork::IpNetwork;
 use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment};
@@ -96,12 +96,7 @@ impl Plugin for Portmap {
                     )
                 })
             }
-            Backend::Iptables => {
-                let present =
-                    portmap_iptables::entry_count(&req.conf.name, &req.container_id, &req.ifname)?;
-                let want = portmap_iptables::expected_entries(&a);
-                (present < want).then(|| format!("{present} of {want} entry rules present"))
-            }
+            Backend::Iptables => portmap_iptables::missing(&a)?,
         };
         match missing {
             Some(what) => Err(Error::internal(format!(
@@ -170,7 +165,7 @@ fn require_backend(conf: &Conf) -> Result<()> {
     }
 }
 
-fn attachment<'a>(conf: &'a Conf, req: &'a Request, ips: &'a [IpAddr]) -> Attachment<'a> {
+fn attachment<'a>(conf: &'a Conf, req: &'a Request, ips: &'a [IpNetwork]) -> Attachment<'a> {
     Attachment {
         network: &req.conf.name,
         container_id: &req.container_id,
@@ -188,7 +183,7 @@ fn attachment<'a>(conf: &'a Conf, req: &'a Request, ips: &'a [IpAddr]) -> Attach
 
 /// The first IPv4 and first IPv6 address of the container interface: IPs that name another
 /// interface, or one outside a sandbox, are not the container's.
-fn container_ips(prev: &CniResult, req: &Request) -> Vec<IpAddr> {
+fn container_ips(prev: &CniResult, req: &Request) -> Vec<IpNetwork> {
     let ours = |i: Option<usize>| match i {
         None => true,
         Some(i) => prev
@@ -200,18 +195,18 @@ fn container_ips(prev: &CniResult, req: &Request) -> Vec<IpAddr> {
         prev.ips
             .iter()
             .find(|ip| ip.address.is_ipv4() == v4 && ours(ip.interface))
-            .map(|ip| ip.address.ip())
+            .map(|ip| ip.address)
     };
     [pick(true), pick(false)].into_iter().flatten().collect()
 }
 
 /// Lets 127.0.0.1:hostPort reach an IPv4 container (`route_localnet` on the interface that
 /// routes to it), and drops stale UDP conntrack entries for the mapped ports.
-fn after_rules(conf: &Conf, ips: &[IpAddr]) -> Result<()> {
+fn after_rules(conf: &Conf, ips: &[IpNetwork]) -> Result<()> {
     if conf.snat
         && let Some(v4) = ips.iter().find(|ip| ip.is_ipv4())
     {
-        let link = block_on(async { Netlink::open(None)?.route_get(*v4).await })??
+        let link = block_on(async { Netlink::open(None)?.route_get(v4.ip()).await })??
             .ok_or_else(|| Error::internal(format!("no route to the container address {v4}")))?;
         sysctl::set(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")?;
     }
