@@ -721,7 +721,45 @@ fn container_sysctls_for_dad_and_arp_notify() {
             assert_eq!(ctr.sysctl("net/ipv6/conf/eth0/enhanced_dad"), "1");
         }
         assert_eq!(ctr.sysctl("net/ipv4/conf/eth0/arp_notify"), "1");
+        assert_eq!(ctr.sysctl("net/ipv6/conf/eth0/ndisc_notify"), "1");
     }
+}
+
+/// A reused address is learnt at once: the host forgets a stale neighbour entry for it (the
+/// previous container's MAC) when the new container gets the address.
+#[test]
+fn a_stale_neighbour_entry_of_a_reused_address_is_forgotten() {
+    let host = Netns::new("h");
+    let net = Net::new("1.0.0", &["10.47.0.0/24"], json!({"isGateway": true}));
+    let first = Netns::new("c");
+    net.add(&host, &first, "ctr0");
+    net.del(&host, &first.path, "ctr0");
+    // The host still remembers the next address (.3) at a departed container's MAC.
+    host.ip(&[
+        "neigh",
+        "replace",
+        "10.47.0.3",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        &net.br,
+        "nud",
+        "reachable",
+    ]);
+    let stale = |host: &Netns| {
+        host.ip_json(&["neigh", "show", "dev", &net.br])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .any(|n| n["dst"] == "10.47.0.3" && n["lladdr"] == "02:00:00:00:00:99")
+    };
+    assert!(stale(&host));
+    let second = Netns::new("c");
+    let result = net.add(&host, &second, "ctr1");
+    assert_eq!(result["ips"][0]["address"], "10.47.0.3/24");
+    assert!(!stale(&host), "the stale entry survived the ADD");
+    assert!(second.ping("10.47.0.1", 3));
 }
 
 /// VLANs of a port: (vid, flags).

@@ -450,6 +450,35 @@ impl Netlink {
         }
     }
 
+    /// Forgets what this namespace knows about `ip`'s link-layer address on `link`, so a reused
+    /// address is resolved again at once instead of after the stale entry times out.
+    pub async fn forget_neighbour(&self, link: &Link, ip: IpAddr) -> Result<()> {
+        use rtnetlink::packet_route::AddressFamily;
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.ifindex = link.index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
+            Err(e) => Err(kernel(
+                format_args!(
+                    "cannot remove the neighbour entry of {ip} on {:?}",
+                    link.name
+                ),
+                e,
+            )),
+        }
+    }
+
     /// Routes of one family in every table (for CHECK).
     pub async fn routes(&self, v4: bool) -> Result<Vec<RouteMessage>> {
         let mut filter = if v4 {

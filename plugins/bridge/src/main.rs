@@ -275,6 +275,10 @@ async fn attach(
         let gateways = calc_gateways(&mut result, conf);
         set_container_sysctls(ns, &req.ifname, conf.raw.enabledad)?;
         libcni::ipam::configure_iface(cont, ns, &cont_veth, &result.ips, &result.routes).await?;
+        // The host may still know a previous owner of a reused address: forget it.
+        for ip in &result.ips {
+            host.forget_neighbour(bridge, ip.address.ip()).await?;
+        }
         if conf.is_gateway {
             // With a VLAN the gateway lives on `<bridge>.<vlan>`, a port in that VLAN.
             let gateway_link = if conf.vlan != 0 {
@@ -543,6 +547,8 @@ fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()
         } else {
             sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
         }
+        // Announce the addresses when the interface comes up (gratuitous ARP, unsolicited NA).
+        sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1")?;
         sysctl::set_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
     })
     .map_err(|e| Error::internal(format!("cannot enter the container namespace: {e}")))?
