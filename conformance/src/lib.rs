@@ -714,3 +714,28 @@ impl Netns {
 }
 
 // ---- end of the port-mapping suites' helpers ---------------------------------------------------
+
+/// A "node" for chain tests: a host namespace with `lo` up, IPv6 DAD off (gateway addresses
+/// usable at once), and an uplink to an "external" namespace: the host is 192.168.77.1 and .3,
+/// fd77::1 and ::3; the external side .2 and ::2.
+pub fn node_with_uplink() -> (Netns, Netns) {
+    let host = Netns::new("h");
+    host.ip(&["link", "set", "lo", "up"]);
+    let dad = host
+        .command("sysctl")
+        .args(["-qw", "net.ipv6.conf.default.accept_dad=0"])
+        .status()
+        .unwrap();
+    assert!(dad.success());
+    let ext = host.veth_peer(
+        "e",
+        &[
+            "192.168.77.1/24",
+            "192.168.77.3/24",
+            "fd77::1/64",
+            "fd77::3/64",
+        ],
+        &["192.168.77.2/24", "fd77::2/64"],
+    );
+    (host, ext)
+}

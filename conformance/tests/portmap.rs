@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conformance::{
-    Background, Call, Netns, Outcome, Workdir, bin, cnitool_container_id, cnitool_env, result_ips,
-    unique,
+    Background, Call, Netns, Outcome, Workdir, bin, cnitool_container_id, cnitool_env,
+    node_with_uplink, result_ips, unique,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -54,25 +54,7 @@ impl World {
 
     /// … and host-local the range sets `ranges`.
     fn build(extra: Value, ranges: Value) -> World {
-        let host = Netns::new("h");
-        host.ip(&["link", "set", "lo", "up"]);
-        // The bridge's IPv6 gateway address is usable at once (no second of DAD per test).
-        let dad = host
-            .command("sysctl")
-            .args(["-qw", "net.ipv6.conf.default.accept_dad=0"])
-            .status()
-            .unwrap();
-        assert!(dad.success());
-        let ext = host.veth_peer(
-            "e",
-            &[
-                "192.168.77.1/24",
-                "192.168.77.3/24",
-                "fd77::1/64",
-                "fd77::3/64",
-            ],
-            &["192.168.77.2/24", "fd77::2/64"],
-        );
+        let (host, ext) = node_with_uplink();
         let data = tempfile::tempdir().unwrap();
         let br = unique("pm");
         let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use conformance::{
     Background, Netns, Outcome, REFERENCE_DIR, Workdir, bin_dir, cnitool_container_id, cnitool_env,
-    lease_files, unique,
+    lease_files, node_with_uplink, unique,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -47,25 +47,7 @@ impl Side {
     }
 
     fn new(cni_path: PathBuf, extra: Value) -> Side {
-        let host = Netns::new("h");
-        host.ip(&["link", "set", "lo", "up"]);
-        // The bridge's IPv6 gateway address is usable at once.
-        let dad = host
-            .command("sysctl")
-            .args(["-qw", "net.ipv6.conf.default.accept_dad=0"])
-            .status()
-            .unwrap();
-        assert!(dad.success());
-        let ext = host.veth_peer(
-            "e",
-            &[
-                "192.168.77.1/24",
-                "192.168.77.3/24",
-                "fd77::1/64",
-                "fd77::3/64",
-            ],
-            &["192.168.77.2/24", "fd77::2/64"],
-        );
+        let (host, ext) = node_with_uplink();
         let far = host.veth_peer(
             "f",
             &["198.51.100.1/24", "fd78::1/64"],
