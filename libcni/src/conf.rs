@@ -70,11 +70,18 @@ impl NetConf {
         self.runtime_config.as_ref()?.as_object()?.get(capability)
     }
 
-    /// The attachments a GC must keep (`cni.dev/valid-attachments`, else the legacy key).
-    pub fn gc_attachments(&self) -> Option<&[Attachment]> {
+    /// The attachments a GC must keep (`cni.dev/valid-attachments`, else the legacy key). A GC
+    /// without either key is refused: read as "nothing is valid" it would free what running
+    /// containers hold. An explicit empty list does mean "nothing is valid".
+    pub fn gc_attachments(&self) -> Result<&[Attachment]> {
         self.valid_attachments
             .as_deref()
             .or(self.legacy_attachments.as_deref())
+            .ok_or_else(|| {
+                Error::invalid_config(
+                    "GC needs \"cni.dev/valid-attachments\" (it may be an empty list)",
+                )
+            })
     }
 
     /// `args.cni.<key>` (the args convention).
@@ -160,5 +167,7 @@ mod tests {
         assert_eq!(c.runtime("mac"), Some(&json!("aa:bb:cc:dd:ee:ff")));
         assert_eq!(c.cni_arg("ips"), Some(&json!(["10.0.0.9"])));
         assert_eq!(c.gc_attachments().unwrap()[0].container_id, "c1");
+        let none: NetConf = crate::json::from_value(json!({"name": "n"})).unwrap();
+        assert_eq!(none.gc_attachments().unwrap_err().code, 7);
     }
 }

@@ -222,8 +222,18 @@ impl Netlink {
 
     /// Creates bridge `name` (up, with `mtu` and `vlan_filtering` when given) or reports that a
     /// link of that name exists; the caller checks what it is.
-    pub async fn add_bridge(&self, name: &str, mtu: u32, vlan_filtering: bool) -> Result<Created> {
+    /// `mac`, when given, is the bridge's own address: it then never follows its ports'.
+    pub async fn add_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        vlan_filtering: bool,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Created> {
         let mut msg = LinkBridge::new(name).up();
+        if let Some(mac) = mac {
+            msg = msg.address(mac.to_vec());
+        }
         if mtu > 0 {
             msg = msg.mtu(mtu);
         }

@@ -139,15 +139,11 @@ pub trait Plugin {
 pub fn run(plugin: &impl Plugin, about: &str) -> ExitCode {
     install_panic_hook();
     let env = |k: &str| std::env::var(k).ok();
+    // Buffered, not the locked stdout: a panic hook in a helper thread must be able to write.
+    let mut out = Vec::new();
+    let code = dispatch(plugin, about, &env, &mut std::io::stdin().lock(), &mut out);
     let mut stdout = std::io::stdout().lock();
-    let code = dispatch(
-        plugin,
-        about,
-        &env,
-        &mut std::io::stdin().lock(),
-        &mut stdout,
-    );
-    let _ = stdout.flush();
+    let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
     ExitCode::from(code)
 }
 

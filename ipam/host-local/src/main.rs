@@ -152,7 +152,7 @@ impl Plugin for HostLocal {
         let Some(store) = existing_store(req)? else {
             return Ok(());
         };
-        let valid = req.conf.gc_attachments().unwrap_or_default();
+        let valid = req.conf.gc_attachments()?;
         let keep = |owner: &Owner| match owner {
             Owner::Attachment { id, ifname } => valid
                 .iter()

@@ -18,7 +18,6 @@
 //! on an upgraded node cleans up pods the reference set up.
 
 use std::borrow::Cow;
-use std::fs::File;
 
 use sha2::Digest;
 
@@ -30,46 +29,28 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::{Backend, Inventory, hash16, nft};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub const TABLE: &str = "rcni_masquerade";
 pub const CHAIN: &str = "postrouting";
-const LOCK: &str = "/run/cni-rs/masquerade.lock";
 
 fn network_key(network: &str) -> String {
     format!("rcni:{} ", hash16(network))
 }
 
 fn comment(network: &str, subnet: &IpNetwork) -> String {
-    let mut c = format!("{}net={network} subnet={subnet}", network_key(network));
-    if c.len() > 128 {
+    let c = format!("{}net={network} subnet={subnet}", network_key(network));
+    if c.len() <= 128 {
+        c
+    } else {
         // Keep the key and the subnet; the name is only for people reading the ruleset.
-        c = format!("{}subnet={subnet}", network_key(network));
+        format!("{}subnet={subnet}", network_key(network))
     }
-    c
-}
-
-/// Serialises check-then-add across concurrent ADDs, so a network's rule is added once.
-fn lock() -> Result<File> {
-    let dir = std::path::Path::new(LOCK)
-        .parent()
-        .unwrap_or(std::path::Path::new("/run"));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK)
-        .map_err(|e| Error::io(format!("cannot open {LOCK}: {e}")))?;
-    file.lock()
-        .map_err(|e| Error::io(format!("cannot lock {LOCK}: {e}")))?;
-    Ok(file)
 }
 
 /// Makes sure traffic from each of `subnets` is masqueraded for `network`.
 pub fn ensure(backend: Backend, network: &str, subnets: &[IpNetwork]) -> Result<()> {
-    let _lock = lock()?;
+    let _lock = super::node_lock("masquerade")?;
     match backend {
         Backend::Nftables => ensure_nft(network, subnets),
         Backend::Iptables => ensure_iptables(network, subnets),
@@ -171,7 +152,7 @@ fn ensure_iptables(network: &str, subnets: &[IpNetwork]) -> Result<()> {
 /// Removes every masquerade rule of `network`, in both backends (one deleting transaction
 /// each, only where there is something to delete).
 pub fn remove_network(network: &str) -> Result<()> {
-    let _lock = lock()?;
+    let _lock = super::node_lock("masquerade")?;
     let key = network_key(network);
     for fam in Family::BOTH {
         let Some(rules) = iptables::list_chain(fam, "nat", IPT_CHAIN)? else {

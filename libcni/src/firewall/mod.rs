@@ -73,6 +73,50 @@ impl Inventory {
     }
 }
 
+/// Serialises check-then-create of shared objects (a network's masquerade rule, the shared
+/// iptables chains, a bridge's MAC) across concurrent plugin runs on the node. Held only for
+/// those few milliseconds; fails with code 11 after `LOCK_WAIT`.
+pub fn node_lock(name: &str) -> crate::Result<std::fs::File> {
+    use std::time::{Duration, Instant};
+    const DIR: &str = "/run/cni-rs";
+    const LOCK_WAIT: Duration = Duration::from_secs(30);
+    std::fs::create_dir_all(DIR)
+        .map_err(|e| crate::Error::io(format!("cannot create {DIR}: {e}")))?;
+    let path = format!("{DIR}/{name}.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| crate::Error::io(format!("cannot open {path}: {e}")))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(crate::Error::try_again(format!(
+                    "{path} is held by another plugin run"
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(crate::Error::io(format!("cannot lock {path}: {e}")));
+            }
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary (nft limits comments in bytes).
+pub fn truncate_bytes(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// The first 16 hex digits of SHA-512 of `s`: short, stable keys for comments.
 pub fn hash16(s: &str) -> String {
     Sha512::digest(s.as_bytes())[..8]
@@ -84,6 +128,13 @@ pub fn hash16(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_bytes("abc", 128), "abc");
+        assert_eq!(truncate_bytes("ééé", 3), "é");
+        assert_eq!(truncate_bytes("ééé", 4), "éé");
+    }
 
     #[test]
     fn hash16_matches_the_reference_vector() {

@@ -69,15 +69,28 @@ pub fn delete_cmds(family: NfFamily, table: &str, rules: &[&Value]) -> Vec<NfCmd
         .collect()
 }
 
+/// Applies `commands` as one transaction; `Missing` when a table or chain they refer to does
+/// not exist (the caller then creates it: the hot path never lists to find out).
+pub fn apply_or_missing(commands: Vec<NfCmd<'_>>) -> Result<Applied> {
+    let batch = Nftables {
+        objects: Cow::Owned(commands.into_iter().map(NfObject::CmdObject).collect()),
+    };
+    let json = serde_json::to_string(&batch)
+        .map_err(|e| Error::internal(format!("cannot encode nft batch: {e}")))?;
+    run(&["-j", "-f", "-"], &json)
+}
+
 /// Applies `commands` as one transaction.
 pub fn apply(commands: Vec<NfCmd<'_>>) -> Result<()> {
     if commands.is_empty() {
         return Ok(());
     }
-    let batch = Nftables {
-        objects: Cow::Owned(commands.into_iter().map(NfObject::CmdObject).collect()),
-    };
-    helper::apply_ruleset(&batch).map_err(|e| failure("apply", e))
+    match apply_or_missing(commands)? {
+        Applied::Done => Ok(()),
+        other => Err(Error::internal(format!(
+            "nft batch failed: {other:?} object"
+        ))),
+    }
 }
 
 /// The `comment` of a listed rule.
@@ -106,17 +119,23 @@ pub enum Applied {
 /// match conditions (`conditionsV4`) are nft text, and nft 1.0.6's JSON parser crashes on some
 /// NAT forms that its text parser accepts.
 pub fn apply_text(script: &str) -> Result<Applied> {
+    run(&["-f", "-"], script)
+}
+
+/// Runs `nft <args>` with `input` on stdin; a missing or already existing object is an outcome,
+/// any other failure an error carrying what nft said.
+fn run(args: &[&str], input: &str) -> Result<Applied> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::internal(format!("cannot run nft: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes());
+        let _ = stdin.write_all(input.as_bytes());
     }
     let out = child
         .wait_with_output()
@@ -131,7 +150,7 @@ pub fn apply_text(script: &str) -> Result<Applied> {
         Ok(Applied::Exists)
     } else {
         Err(Error::internal(format!(
-            "nft failed: {}\n{script}",
+            "nft failed: {}\n{input}",
             stderr.trim()
         )))
     }

@@ -82,14 +82,12 @@ fn base_objects() -> String {
 
 pub fn comment(a: &Attachment<'_>) -> String {
     let key = attachment_key(a.network, a.container_id, a.ifname);
-    format!(
+    let text = format!(
         "{key} net={} if={} id={}",
         a.network, a.ifname, a.container_id
     )
-    .replace(['"', '\\'], "")
-    .chars()
-    .take(128)
-    .collect()
+    .replace(['"', '\\'], "");
+    super::truncate_bytes(&text, 128)
 }
 
 fn quote(s: &str) -> String {

@@ -140,8 +140,14 @@ pub fn add(a: &Attachment<'_>) -> Result<()> {
         let ip = &net.ip();
         let fam = family_of(ip);
         let mut lines = Vec::new();
+        // Declaring a chain in a restore flushes it if it exists: the shared chains are made
+        // once, under the node lock, after checking again that no one made them meanwhile.
+        let _lock;
         if iptables::list_chain(fam, "nat", DNAT)?.is_none() {
-            lines.extend(base_lines(a));
+            _lock = super::node_lock("iptables-hostport")?;
+            if iptables::list_chain(fam, "nat", DNAT)?.is_none() {
+                lines.extend(base_lines(a));
+            }
         }
         lines.extend(attachment_lines(a, net));
         iptables::restore(fam, "nat", &lines)?;

@@ -40,12 +40,11 @@ fn attachment_key(network: &str, container_id: &str, ifname: &str) -> String {
 }
 
 fn comment(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut c = format!(
+    let c = format!(
         "{} net={network} if={ifname} id={container_id}",
         attachment_key(network, container_id, ifname)
     );
-    c.truncate(128);
-    c
+    super::truncate_bytes(&c, 128)
 }
 
 /// Adds the check for the port `host_veth`, whose container end has `mac`.
@@ -56,25 +55,7 @@ pub fn add(
     host_veth: &str,
     mac: &str,
 ) -> Result<()> {
-    let exists = nft::list_chain("bridge", TABLE, CHAIN)?.is_some();
     let mut batch = Vec::new();
-    if !exists {
-        batch.push(NfCmd::Add(NfListObject::Table(Table {
-            family: NfFamily::Bridge,
-            name: TABLE.into(),
-            ..Default::default()
-        })));
-        batch.push(NfCmd::Add(NfListObject::Chain(Chain {
-            family: NfFamily::Bridge,
-            table: TABLE.into(),
-            name: CHAIN.into(),
-            _type: Some(NfChainType::Filter),
-            hook: Some(NfHook::Prerouting),
-            prio: Some(-300),
-            policy: Some(NfChainPolicy::Accept),
-            ..Default::default()
-        })));
-    }
     let iifname = Expression::Named(NamedExpression::Meta(Meta {
         key: MetaKey::Iifname,
     }));
@@ -104,7 +85,29 @@ pub fn add(
         comment: Some(comment(network, container_id, ifname).into()),
         ..Default::default()
     })));
-    nft::apply(batch)
+    // Hot path: just the rule; the table and its chain are made by the node's first check.
+    if nft::apply_or_missing(batch.clone())? == nft::Applied::Done {
+        return Ok(());
+    }
+    let mut with_base = vec![
+        NfCmd::Add(NfListObject::Table(Table {
+            family: NfFamily::Bridge,
+            name: TABLE.into(),
+            ..Default::default()
+        })),
+        NfCmd::Add(NfListObject::Chain(Chain {
+            family: NfFamily::Bridge,
+            table: TABLE.into(),
+            name: CHAIN.into(),
+            _type: Some(NfChainType::Filter),
+            hook: Some(NfHook::Prerouting),
+            prio: Some(-300),
+            policy: Some(NfChainPolicy::Accept),
+            ..Default::default()
+        })),
+    ];
+    with_base.extend(batch);
+    nft::apply(with_base)
 }
 
 /// Removes the rules whose attachment `keep` rejects, among `network`'s (one transaction).

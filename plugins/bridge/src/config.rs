@@ -147,6 +147,21 @@ impl Conf {
         })
     }
 
+    /// What DEL and GC need, read without the checks that only matter for setting up: a
+    /// config that fails them must still let its pods be torn down (a runtime stops a DEL
+    /// chain at the first plugin that fails).
+    pub fn load_for_teardown(req: &Request) -> Result<Conf> {
+        let raw: BridgeConf = req.plugin_conf()?;
+        Ok(Conf {
+            ipam: req.conf.ipam_type().map(str::to_string),
+            is_gateway: raw.is_gateway || raw.is_default_gateway,
+            vlan: 0,
+            trunk: Vec::new(),
+            mac: None,
+            raw,
+        })
+    }
+
     pub fn has_vlans(&self) -> bool {
         self.vlan != 0 || !self.trunk.is_empty()
     }

@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, Inventory, masquerade, nft, spoofcheck};
-use libcni::netlink::{Link, Netlink, VethSpec, block_on};
+use libcni::firewall::{Backend, Inventory, masquerade, nft, node_lock, spoofcheck};
+use libcni::netlink::{Created, Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
 use libcni::skel::{self, Plugin, Request};
@@ -54,7 +54,7 @@ impl Plugin for Bridge {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load(req)?;
+        let conf = Conf::load_for_teardown(req)?;
         // Best effort: every step runs, the first failure is reported. The firewall work runs
         // beside the veth removal, so the two kernel waits overlap.
         std::thread::scope(|scope| {
@@ -84,8 +84,8 @@ impl Plugin for Bridge {
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load(req)?;
-        let valid = req.conf.gc_attachments().unwrap_or_default();
+        let conf = Conf::load_for_teardown(req)?;
+        let valid = req.conf.gc_attachments()?;
         // Masquerade is per network: its rules go when the network has no attachment left.
         let masq = if valid.is_empty() {
             masquerade::remove_network(&req.conf.name)
@@ -193,18 +193,37 @@ impl Done {
 
 /// Creates the bridge, or checks that the existing link of that name is one; promisc, no
 /// router advertisements, up.
+/// Creates the bridge (with a MAC of its own, so it never follows its ports'), or checks that
+/// the existing link of that name is one; promisc, no router advertisements, up. A gateway
+/// bridge made elsewhere gets its current MAC pinned before our port joins, under the node
+/// lock so concurrent ADDs agree on it.
 async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
     let name = &conf.raw.bridge;
-    host.add_bridge(name, conf.raw.mtu, conf.has_vlans())
+    let created = host
+        .add_bridge(name, conf.raw.mtu, conf.has_vlans(), Some(random_mac()?))
         .await?;
-    let bridge = host
-        .link_by_name(name)
-        .await?
-        .ok_or_else(|| Error::internal(format!("bridge {name:?} vanished after it was created")))?;
+    let lookup = async || {
+        host.link_by_name(name).await?.ok_or_else(|| {
+            Error::internal(format!("bridge {name:?} vanished after it was created"))
+        })
+    };
+    let mut bridge = lookup().await?;
     if bridge.kind != "bridge" {
         return Err(Error::internal(format!(
             "{name:?} already exists but is not a bridge"
         )));
+    }
+    if conf.is_gateway && created == Created::Existed {
+        let _lock = node_lock(&format!("bridge-mac-{name}"))?;
+        bridge = lookup().await?;
+        // A bridge whose last port left has no address (all zeros).
+        let mac = if bridge.mac.iter().any(|b| *b != 0) {
+            bridge.mac.clone()
+        } else {
+            random_mac()?.to_vec()
+        };
+        host.set_mac(&bridge, &mac).await?;
+        bridge.mac = mac;
     }
     if conf.raw.promisc_mode && !bridge.promisc {
         host.set_promisc(&bridge, true).await?;
@@ -264,8 +283,9 @@ async fn attach(
     }
 
     if let Some(ipam_type) = &conf.ipam {
-        let lease = ipam::add(req, ipam_type)?;
+        // Set first: an IPAM that leased but printed garbage is still released (DEL is idempotent).
         done.ipam = true;
+        let lease = ipam::add(req, ipam_type)?;
         if lease.ips.is_empty() {
             return Err(Error::internal("IPAM plugin returned missing IP config"));
         }
@@ -556,7 +576,7 @@ fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()
 
 /// Puts each gateway address on the bridge. An address of the same family that is not one of
 /// this network's gateways conflicts (IPv4: any; IPv6: an overlapping one) unless
-/// `forceAddress`, which replaces it. Then pins the bridge's MAC so it stops following ports.
+/// `forceAddress`, which replaces it.
 async fn ensure_gateway_addresses(
     host: &Netlink,
     bridge: &Link,
@@ -586,15 +606,6 @@ async fn ensure_gateway_addresses(
         }
         host.add_address(bridge, *gw).await?;
     }
-    // Pin the MAC the link had before this ADD's port joined, as the reference does, so it no
-    // longer follows the lowest port MAC. A bridge whose last port left has no MAC (all zeros):
-    // give it a random one of its own then.
-    let mac = if bridge.mac.len() == 6 && bridge.mac.iter().any(|b| *b != 0) {
-        bridge.mac.clone()
-    } else {
-        random_mac()?.to_vec()
-    };
-    host.set_mac(bridge, &mac).await?;
     Ok(())
 }
 

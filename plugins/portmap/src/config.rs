@@ -143,6 +143,35 @@ impl Conf {
     }
 }
 
+impl Conf {
+    /// What DEL needs, without the checks that only matter for setting up: whether the runtime
+    /// passed mappings, and the valid ones (for the UDP conntrack flush). A config that fails
+    /// the checks must still let its pods be torn down.
+    pub fn load_for_teardown(req: &Request) -> Result<Conf> {
+        let raw: RawConf = req.plugin_conf()?;
+        let mappings_given = raw.runtime_config.port_mappings.is_some();
+        let mappings = raw
+            .runtime_config
+            .port_mappings
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| mapping(i, m).ok())
+            .collect();
+        Ok(Conf {
+            backend: Backend::Nftables,
+            snat: raw.snat.unwrap_or(true),
+            masq_all: raw.masq_all,
+            conditions_v4: Vec::new(),
+            conditions_v6: Vec::new(),
+            mappings,
+            mappings_given,
+            mark_bit: 13,
+            external_set_mark_chain: None,
+        })
+    }
+}
+
 fn mapping(i: usize, raw: &RawMapping) -> Result<Mapping> {
     let key = format!("runtimeConfig.portMappings[{i}]");
     let port = |name: &str, v: i64| {

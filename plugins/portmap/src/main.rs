@@ -56,7 +56,7 @@ impl Plugin for Portmap {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load(req)?;
+        let conf = Conf::load_for_teardown(req)?;
         // A runtime that says "no mappings" made no rules; one that says nothing may have.
         if conf.mappings_given && conf.mappings.is_empty() {
             return Ok(());
@@ -107,7 +107,7 @@ impl Plugin for Portmap {
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let valid = req.conf.gc_attachments().unwrap_or_default();
+        let valid = req.conf.gc_attachments()?;
         let nft = if nft::installed() {
             portmap::retain(&req.conf.name, valid)
         } else {
