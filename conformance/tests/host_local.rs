@@ -230,6 +230,7 @@ fn status_reports_a_full_range_set() {
     let out = status(&net);
     out.ok();
     assert!(out.stdout.is_empty());
+    assert!(!net.dir().exists(), "STATUS created the lease store");
     net.add("c1");
     status(&net).err(50, "ipam.ranges[1]");
     status(&net).err(50, "10.0.0.1-10.0.0.2");
@@ -243,6 +244,13 @@ fn status_reports_a_full_range_set() {
     net.exec("STATUS", "", "")
         .run(&old.to_string())
         .err(1, "STATUS");
+
+    // A data directory that cannot be made (under a file) is reported (code 50).
+    let mut unusable = net.conf.clone();
+    unusable["ipam"]["dataDir"] = "/etc/hostname/rcni-leases".into();
+    net.exec("STATUS", "", "")
+        .run(&unusable.to_string())
+        .err(50, "lease store unusable");
 }
 
 /// Requested addresses from every source: `args.cni.ips`, `runtimeConfig.ips` and CNI_ARGS

@@ -174,8 +174,17 @@ impl Plugin for HostLocal {
     fn status(&self, req: &Request) -> Result<()> {
         let cfg = Config::load(req)?;
         let unusable = |e: Error| Error::not_available(format!("lease store unusable: {}", e.msg));
-        let store = Store::open(&cfg.data_dir, &req.conf.name).map_err(unusable)?;
-        let snap = store.scan().map_err(unusable)?;
+        // STATUS leaves no trace: a store that does not exist yet holds no lease, and must only
+        // be creatable.
+        let dir = cfg.data_dir.join(&req.conf.name);
+        let snap = if dir.is_dir() {
+            Store::open(&cfg.data_dir, &req.conf.name)
+                .and_then(|s| s.scan())
+                .map_err(unusable)?
+        } else {
+            creatable(&dir).map_err(unusable)?;
+            store::Snapshot::default()
+        };
         match cfg
             .sets
             .iter()
@@ -188,6 +197,29 @@ impl Plugin for HostLocal {
             ))),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether `dir` could be made: its nearest existing ancestor is a directory we may write.
+fn creatable(dir: &std::path::Path) -> Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let writable = existing.is_dir()
+        && nix::unistd::access(
+            existing,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok();
+    if writable {
+        Ok(())
+    } else {
+        Err(Error::io(format!(
+            "cannot create {} ({} is not a writable directory)",
+            dir.display(),
+            existing.display()
+        )))
     }
 }
 

@@ -492,13 +492,21 @@ async fn ensure_vlan_gateway_link(host: &Netlink, bridge: &Link, conf: &Conf) ->
             .link_by_name(&port_name)
             .await?
             .ok_or_else(|| Error::internal(format!("veth {port_name:?} vanished")))?;
-        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
-        let link = host
-            .link_by_name(&name)
-            .await?
-            .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
-        host.set_up(&link, true).await?;
-        return Ok(link);
+        let configured = async {
+            port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
+            let link = host
+                .link_by_name(&name)
+                .await?
+                .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
+            host.set_up(&link, true).await?;
+            Ok(link)
+        }
+        .await;
+        if configured.is_err() {
+            // A half-made pair would be taken as ready by the next ADD.
+            let _ = host.delete_link(&port).await;
+        }
+        return configured;
     }
     Err(Error::internal(
         "cannot find a free veth name after 10 tries",
