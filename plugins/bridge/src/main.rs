@@ -214,7 +214,7 @@ async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
         )));
     }
     if conf.is_gateway && created == Created::Existed {
-        let _lock = node_lock(&format!("bridge-mac-{name}"))?;
+        let _lock = node_lock("bridge-mac")?;
         bridge = lookup().await?;
         // A bridge whose last port left has no address (all zeros).
         let mac = if bridge.mac.iter().any(|b| *b != 0) {
