@@ -200,24 +200,25 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(link.index)
             .promiscuous(on)
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, format_args!("cannot set promisc on {:?}", link.name))
             .await
-            .map_err(|e| kernel(format_args!("cannot set promisc on {:?}", link.name), e))
     }
 
     pub async fn set_mac(&self, link: &Link, mac: &[u8]) -> Result<()> {
         let msg = LinkUnspec::new_with_index(link.index)
             .address(mac.to_vec())
             .build();
+        self.set_link(msg, format_args!("cannot set the MAC of {:?}", link.name))
+            .await
+    }
+
+    async fn set_link(&self, msg: LinkMessage, what: std::fmt::Arguments<'_>) -> Result<()> {
         self.handle
             .link()
             .set(msg)
             .execute()
             .await
-            .map_err(|e| kernel(format_args!("cannot set the MAC of {:?}", link.name), e))
+            .map_err(|e| kernel(what, e))
     }
 
     /// Creates bridge `name` (up, with `mtu` and `vlan_filtering` when given) or reports that a

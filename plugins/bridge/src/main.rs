@@ -365,34 +365,64 @@ async fn create_veth(
     req: &Request,
     done: &mut Done,
 ) -> Result<(Link, Link)> {
+    let in_container = async || Ok(cont.link_by_name(&req.ifname).await?.is_some());
+    let host_veth = add_port_veth(
+        host,
+        bridge,
+        &req.ifname,
+        ns,
+        conf.raw.mtu,
+        conf.mac,
+        in_container,
+    )
+    .await?
+    .ok_or_else(|| {
+        Error::internal(format!(
+            "interface {:?} already exists in the container",
+            req.ifname
+        ))
+    })?;
+    done.host_veth = Some(host_veth.clone());
+    let cont_veth = cont
+        .link_by_name(&req.ifname)
+        .await?
+        .ok_or_else(|| Error::internal(format!("container interface {:?} vanished", req.ifname)))?;
+    Ok((host_veth, cont_veth))
+}
+
+/// A veth pair whose host end (named `veth` + random hex, as the reference does) is a port of
+/// `bridge` and whose other end is `peer` in `peer_ns`. `None` when `peer` turns out to exist
+/// already (`peer_exists` tells, after a clash); a clash of the random name is retried.
+async fn add_port_veth(
+    host: &Netlink,
+    bridge: &Link,
+    peer: &str,
+    peer_ns: &Netns,
+    mtu: u32,
+    peer_mac: Option<[u8; 6]>,
+    peer_exists: impl AsyncFn() -> Result<bool>,
+) -> Result<Option<Link>> {
     for _ in 0..10 {
         let host_name = random_veth_name()?;
         let spec = VethSpec {
             host: &host_name,
-            peer: &req.ifname,
-            peer_ns: ns,
-            mtu: conf.raw.mtu,
-            peer_mac: conf.mac,
+            peer,
+            peer_ns,
+            mtu,
+            peer_mac,
             controller: bridge.index,
         };
         if !host.add_veth(&spec).await? {
-            // The container name was free a moment ago, so the random host name clashed.
-            if cont.link_by_name(&req.ifname).await?.is_some() {
-                return Err(Error::internal(format!(
-                    "interface {:?} already exists in the container",
-                    req.ifname
-                )));
+            if peer_exists().await? {
+                return Ok(None);
             }
             continue;
         }
-        let host_veth = host.link_by_name(&host_name).await?;
-        done.host_veth = host_veth.clone();
-        let host_veth =
-            host_veth.ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")))?;
-        let cont_veth = cont.link_by_name(&req.ifname).await?.ok_or_else(|| {
-            Error::internal(format!("container interface {:?} vanished", req.ifname))
-        })?;
-        return Ok((host_veth, cont_veth));
+        return host
+            .link_by_name(&host_name)
+            .await?
+            .map(Some)
+            .ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")));
     }
     Err(Error::internal(
         "cannot find a free host veth name after 10 tries",
@@ -471,46 +501,31 @@ async fn ensure_vlan_gateway_link(host: &Netlink, bridge: &Link, conf: &Conf) ->
         return Ok(link);
     }
     let here = Netns::current().map_err(|e| Error::internal(e.to_string()))?;
-    for _ in 0..10 {
-        let port_name = random_veth_name()?;
-        let spec = VethSpec {
-            host: &port_name,
-            peer: &name,
-            peer_ns: &here,
-            mtu: bridge.mtu,
-            peer_mac: None,
-            controller: bridge.index,
-        };
-        if !host.add_veth(&spec).await? {
-            if let Some(link) = host.link_by_name(&name).await? {
-                // Another ADD made it meanwhile.
-                return Ok(link);
-            }
-            continue;
-        }
-        let port = host
-            .link_by_name(&port_name)
+    let made_meanwhile = async || Ok(host.link_by_name(&name).await?.is_some());
+    let Some(port) =
+        add_port_veth(host, bridge, &name, &here, bridge.mtu, None, made_meanwhile).await?
+    else {
+        // Another ADD made it meanwhile.
+        return host
+            .link_by_name(&name)
             .await?
-            .ok_or_else(|| Error::internal(format!("veth {port_name:?} vanished")))?;
-        let configured = async {
-            port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
-            let link = host
-                .link_by_name(&name)
-                .await?
-                .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
-            host.set_up(&link, true).await?;
-            Ok(link)
-        }
-        .await;
-        if configured.is_err() {
-            // A half-made pair would be taken as ready by the next ADD.
-            let _ = host.delete_link(&port).await;
-        }
-        return configured;
+            .ok_or_else(|| Error::internal(format!("{name:?} vanished")));
+    };
+    let configured = async {
+        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
+        let link = host
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
+        host.set_up(&link, true).await?;
+        Ok(link)
     }
-    Err(Error::internal(
-        "cannot find a free veth name after 10 tries",
-    ))
+    .await;
+    if configured.is_err() {
+        // A half-made pair would be taken as ready by the next ADD.
+        let _ = host.delete_link(&port).await;
+    }
+    configured
 }
 
 /// Every IP belongs to the container interface (index 2); a missing gateway is the subnet's

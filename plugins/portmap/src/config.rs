@@ -27,6 +27,17 @@ struct RawConf {
     runtime_config: RawRuntime,
 }
 
+impl RawRuntime {
+    /// Each given mapping, validated.
+    fn mappings(&self) -> impl Iterator<Item = Result<Mapping>> + '_ {
+        self.port_mappings
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, m)| mapping(i, m))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawRuntime {
@@ -121,14 +132,7 @@ impl Conf {
             return Err(bad("externalSetMarkChain needs the iptables backend".into()));
         }
         let mappings_given = raw.runtime_config.port_mappings.is_some();
-        let mappings = raw
-            .runtime_config
-            .port_mappings
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, m)| mapping(i, m))
-            .collect::<Result<Vec<_>>>()?;
+        let mappings = raw.runtime_config.mappings().collect::<Result<Vec<_>>>()?;
         Ok(Conf {
             backend,
             snat: raw.snat.unwrap_or(true),
@@ -141,9 +145,7 @@ impl Conf {
             external_set_mark_chain: raw.external_set_mark_chain.filter(|c| !c.is_empty()),
         })
     }
-}
 
-impl Conf {
     /// What DEL needs, without the checks that only matter for setting up: whether the runtime
     /// passed mappings, and the valid ones (for the UDP conntrack flush). A config that fails
     /// the checks must still let its pods be torn down.
@@ -152,11 +154,8 @@ impl Conf {
         let mappings_given = raw.runtime_config.port_mappings.is_some();
         let mappings = raw
             .runtime_config
-            .port_mappings
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| mapping(i, m).ok())
+            .mappings()
+            .filter_map(Result::ok)
             .collect();
         Ok(Conf {
             backend: Backend::Nftables,
