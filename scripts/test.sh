@@ -13,6 +13,25 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked
 cargo nextest run --workspace --locked --no-fail-fast
 
+# The benchmark's interface, once, as a smoke test (figures are not judged here).
+scripts/bench.sh --quick --pods 1,10 --out target/bench-smoke >/dev/null
+python3 - target/bench-smoke <<'PY'
+import json, os, sys
+out = sys.argv[1]
+for f in ("report.md", "report.json", "pods.svg"):
+    assert os.path.getsize(os.path.join(out, f)) > 0, f
+suites = json.load(open(os.path.join(out, "report.json")))["suites"]
+for key in ("ours", "reference", "floor"):
+    s = suites[key]
+    for k in ("chain_add_p50_ms", "chain_del_p50_ms", "chain_add_p95_ms", "chain_del_p95_ms",
+              "parallel", "pods", "peak_rss_mib", "forks"):
+        assert k in s, f"{key} lacks {k}"
+    assert [p["n"] for p in s["pods"]] == [1, 10], s["pods"]
+    for p in s["parallel"]:
+        assert p["duplicate_ips"] == 0 and p["leases_match"] and not p["leftovers"], (key, p)
+print("benchmark smoke test: ok")
+PY
+
 # Tests name everything they create rcni-*; nothing may be left behind.
 left=$(ip netns list | awk '$1 ~ /^rcni-/ {print $1}')
 if [[ -n $left ]]; then

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# fetch-reference.sh TARGETDIR
+#
+# Unpacks the newest reference plugins (containernetworking-plugins from Debian's unstable
+# suite, 1.9.1 at the time of writing) into TARGETDIR/reference-<version>/, for the benchmark
+# and differential tests beside Debian 12's 1.1.1 in /usr/lib/cni. The Go binaries are static
+# and run on Debian 12. Prints the directory.
+#
+# The package is fetched with a private, throw-away apt configuration for the mirror apt already
+# uses, so /etc/apt, the system's lists and the installed packages are untouched. Needs network
+# access to that mirror only. Idempotent: a directory that already holds the plugins is kept.
+set -euo pipefail
+
+[[ $# -eq 1 ]] || { echo "usage: $0 TARGETDIR" >&2; exit 2; }
+target=$1
+plugins=(bridge host-local loopback portmap)
+
+have() { for p in "${plugins[@]}"; do [[ -x $1/$p ]] || return 1; done; }
+for dir in "$target"/reference-*; do
+    have "$dir" && { echo "$dir"; exit 0; }
+done
+
+# The mirror of the installed Debian, e.g. http://deb.debian.org/debian.
+uri=$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' 2>/dev/null |
+    grep -v -- '-security' | head -n 1)
+uri=${uri:-http://deb.debian.org/debian/}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp"/{parts,lists/partial,cache/archives/partial,deb,x}
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+opt=""; [[ -f $keyring ]] && opt="[signed-by=$keyring] "
+echo "deb ${opt}${uri%/} unstable main" >"$tmp/sources.list"
+apt_private=(
+    -o Dir::Etc::SourceList="$tmp/sources.list"
+    -o Dir::Etc::SourceParts="$tmp/parts"
+    -o Dir::State::Lists="$tmp/lists"
+    -o Dir::State::Status=/dev/null
+    -o Dir::Cache="$tmp/cache"
+    -o APT::Sandbox::User=root
+)
+apt-get "${apt_private[@]}" update -q >/dev/null
+(cd "$tmp/deb" && apt-get "${apt_private[@]}" download -q containernetworking-plugins >/dev/null)
+deb=$(echo "$tmp"/deb/*.deb)
+version=$(dpkg-deb -f "$deb" Version)
+upstream=${version%%+*}
+upstream=${upstream%%-*}
+
+dpkg-deb -x "$deb" "$tmp/x"
+out=$target/reference-$upstream
+mkdir -p "$out"
+for p in "${plugins[@]}"; do
+    install -m 0755 "$tmp/x/usr/lib/cni/$p" "$out/$p"
+done
+echo "$version" >"$out/VERSION"
+echo "$out"
