@@ -199,8 +199,9 @@ impl Rule {
                     L3::V4 => ETH_P_IP,
                     L3::V6 => ETH_P_IPV6,
                 };
+                // nft's dependency here is `meta protocol`, not `ether type`.
                 let mut rule = self
-                    .push(expr::payload_load(PayloadBase::LinkLayer, 12, 2, R1))
+                    .push(expr::meta_load(MetaKey::EtherTypeProtocol, R1))
                     .push(expr::cmp(CmpOp::Eq, R1, ethertype.to_be_bytes().to_vec()));
                 rule.l3 = Some(l3);
                 rule
@@ -370,9 +371,10 @@ mod tests {
     }
 
     #[test]
-    fn bridge_family_depends_on_ethertype() {
+    fn bridge_family_depends_on_meta_protocol() {
         let v4: IpNetwork = "10.0.0.1/32".parse().unwrap();
         let got = exprs(Rule::new(Family::Bridge, "t", "c").match_saddr(v4));
+        assert_eq!(got[0], expr::meta_load(MetaKey::EtherTypeProtocol, R1));
         assert_eq!(got[1], expr::cmp(CmpOp::Eq, R1, vec![0x08, 0x00]));
     }
 

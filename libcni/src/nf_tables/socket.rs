@@ -18,6 +18,10 @@ const RECV_BUFFER: usize = 64 * 1024;
 const ACK_COST: usize = 1024;
 const MIN_RCVBUF: usize = 256 * 1024;
 const MAX_RCVBUF: usize = 16 * 1024 * 1024;
+/// Batches up to this size fit the default send buffer (net.core.wmem_default is 208 KiB).
+const DEFAULT_SNDBUF: usize = 128 * 1024;
+/// The kernel wants room for the skb's own overhead beside the datagram.
+const SEND_SLACK: usize = 4096;
 
 pub type Message = NetlinkMessage<NetfilterMessage>;
 
@@ -25,6 +29,7 @@ pub struct Socket {
     raw: RawSocket,
     next_seq: u32,
     rcvbuf: usize,
+    sndbuf: usize,
     buf: Vec<u8>,
 }
 
@@ -41,6 +46,7 @@ impl Socket {
             raw,
             next_seq: initial_seq(),
             rcvbuf: 0,
+            sndbuf: 0,
             buf: Vec::with_capacity(RECV_BUFFER),
         })
     }
@@ -60,12 +66,19 @@ impl Socket {
         if wanted <= self.rcvbuf {
             return Ok(());
         }
-        set_receive_buffer(&self.raw, wanted)?;
+        set_buffer(&self.raw, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, wanted)?;
         self.rcvbuf = wanted;
         Ok(())
     }
 
-    pub fn send(&self, bytes: &[u8]) -> Result<()> {
+    /// Sends `bytes` in one datagram: the kernel reads a batch from one message only, so the
+    /// send buffer grows to fit a large one.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        let wanted = bytes.len() + SEND_SLACK;
+        if wanted > DEFAULT_SNDBUF && wanted > self.sndbuf {
+            set_buffer(&self.raw, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, wanted)?;
+            self.sndbuf = wanted;
+        }
         let sent = self.raw.send(bytes, 0).map_err(Error::Socket)?;
         if sent != bytes.len() {
             return Err(Error::Socket(std::io::Error::other(format!(
@@ -130,11 +143,11 @@ fn set_receive_timeout(raw: &RawSocket, timeout: Duration) -> Result<()> {
     setsockopt(raw, libc::SO_RCVTIMEO, &tv)
 }
 
-fn set_receive_buffer(raw: &RawSocket, bytes: usize) -> Result<()> {
+/// Sets a socket buffer size; `force` (root) goes past the sysctl maximum, without the
+/// privilege it falls back to what `plain` allows.
+fn set_buffer(raw: &RawSocket, force: libc::c_int, plain: libc::c_int, bytes: usize) -> Result<()> {
     let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // FORCE (root) goes past rmem_max; without the privilege fall back to what is allowed.
-    setsockopt(raw, libc::SO_RCVBUFFORCE, &size)
-        .or_else(|_| setsockopt(raw, libc::SO_RCVBUF, &size))
+    setsockopt(raw, force, &size).or_else(|_| setsockopt(raw, plain, &size))
 }
 
 fn setsockopt<T>(raw: &RawSocket, option: libc::c_int, value: &T) -> Result<()> {
