@@ -4,13 +4,18 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NetlinkPayload
 use netlink_packet_netfilter::nftables::{
     ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, TableMessage,
 };
-use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner};
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage};
 
 use super::batch::{Acks, Batch, append};
 use super::error::{Errno, Error, Result};
 use super::objects::{Chain, Family, chain_key, checked_name, table_key};
 use super::rule::{ListedRule, Rule};
-use super::socket::Socket;
+use super::socket::{Message, Socket, frames};
+
+/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: a rule in a dump.
+const NEWRULE: u16 = (10 << 8) | 6;
+/// `struct nfgenmsg` before a netfilter message's attributes.
+const NFGENMSG_LEN: usize = 4;
 
 /// How often a dump is restarted when concurrent changes interrupt it.
 const DUMP_ATTEMPTS: usize = 3;
@@ -142,39 +147,40 @@ impl Client {
         Err(Error::Interrupted)
     }
 
-    /// The rules of a dump, or `None` when it was interrupted and must be restarted.
+    /// The rules of a dump, or `None` when it was interrupted and must be restarted. Rule
+    /// frames are read directly (see [`ListedRule`]); the rest goes through the crate.
     fn read_rule_dump(&mut self, seq: u32, op: &str) -> Result<Option<Vec<ListedRule>>> {
         let mut rules = Vec::new();
         let mut interrupted = false;
         loop {
-            for msg in self.socket.recv()? {
-                if msg.header.sequence_number != seq {
+            for frame in frames(self.socket.recv_raw()?) {
+                let frame = frame?;
+                if frame.sequence_number() != seq {
                     continue;
                 }
-                interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
-                match msg.payload {
-                    NetlinkPayload::Done(done) => {
-                        if done.code != 0 {
-                            return Err(Error::Request {
-                                op: op.to_string(),
-                                errno: Errno::from_code(done.code),
-                            });
-                        }
-                        return Ok((!interrupted).then_some(rules));
-                    }
-                    NetlinkPayload::Error(err) => {
-                        let Some(code) = err.code else { continue };
-                        return Err(Error::Request {
-                            op: op.to_string(),
-                            errno: Errno::from_code(code.get()),
-                        });
-                    }
-                    NetlinkPayload::InnerMessage(NetfilterMessage {
-                        inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(rule)),
-                        ..
-                    }) => rules.push(ListedRule::from_message(rule)?),
-                    _ => {}
+                interrupted |= frame.flags() & NLM_F_DUMP_INTR != 0;
+                if frame.message_type() == NEWRULE {
+                    let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
+                    rules.push(ListedRule::decode(attributes)?);
+                    continue;
                 }
+                let msg = Message::deserialize(frame.into_inner())
+                    .map_err(|e| Error::Decode(e.to_string()))?;
+                let code = match msg.payload {
+                    NetlinkPayload::Done(done) => done.code,
+                    NetlinkPayload::Error(err) => match err.code {
+                        Some(code) => code.get(),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                if code != 0 {
+                    return Err(Error::Request {
+                        op: op.to_string(),
+                        errno: Errno::from_code(code),
+                    });
+                }
+                return Ok((!interrupted).then_some(rules));
             }
         }
     }

@@ -91,6 +91,12 @@ impl Socket {
 
     /// Reads one datagram and returns the messages in it.
     pub fn recv(&mut self) -> Result<Vec<Message>> {
+        self.recv_raw()?;
+        split_datagram(&self.buf)
+    }
+
+    /// Reads one datagram and returns its bytes.
+    pub fn recv_raw(&mut self) -> Result<&[u8]> {
         self.buf.clear();
         let len = match self.raw.recv(&mut self.buf, libc::MSG_TRUNC) {
             Ok(len) => len,
@@ -101,7 +107,7 @@ impl Socket {
                 "datagram of {len} bytes exceeds the {RECV_BUFFER}-byte buffer"
             )));
         }
-        split_datagram(&self.buf)
+        Ok(&self.buf)
     }
 }
 
@@ -114,17 +120,31 @@ fn recv_error(e: std::io::Error) -> Error {
 }
 
 /// The netlink messages packed in one datagram.
-pub fn split_datagram(mut bytes: &[u8]) -> Result<Vec<Message>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let header = NetlinkBuffer::new_checked(bytes).map_err(|e| Error::Decode(e.to_string()))?;
-        let len = header.length() as usize;
-        let msg = Message::deserialize(&bytes[..len]).map_err(|e| Error::Decode(e.to_string()))?;
-        out.push(msg);
-        let aligned = len.next_multiple_of(4).min(bytes.len());
-        bytes = &bytes[aligned..];
-    }
-    Ok(out)
+pub fn split_datagram(bytes: &[u8]) -> Result<Vec<Message>> {
+    frames(bytes)
+        .map(|frame| {
+            Message::deserialize(frame?.into_inner()).map_err(|e| Error::Decode(e.to_string()))
+        })
+        .collect()
+}
+
+/// The netlink frames of one datagram, each checked to lie within it.
+pub fn frames(mut bytes: &[u8]) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let len = match NetlinkBuffer::new_checked(bytes) {
+            Ok(frame) => frame.length() as usize,
+            Err(e) => {
+                bytes = &[];
+                return Some(Err(Error::Decode(e.to_string())));
+            }
+        };
+        let (this, rest) = bytes.split_at(len);
+        bytes = rest.get(len.next_multiple_of(4) - len..).unwrap_or(&[]);
+        Some(Ok(NetlinkBuffer::new(this)))
+    })
 }
 
 fn initial_seq() -> u32 {
