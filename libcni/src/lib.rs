@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod json;
 pub mod netlink;
 pub mod netns;
+pub mod nf_tables;
 pub mod result;
 pub mod runtime;
 pub mod skel;

@@ -1,0 +1,196 @@
+//! The client: transactions, existence checks and the dump of one chain, over one socket.
+
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NetlinkPayload};
+use netlink_packet_netfilter::nftables::{
+    ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, TableMessage,
+};
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage};
+
+use super::batch::{Acks, Batch, append};
+use super::error::{Errno, Error, Result};
+use super::objects::{Chain, Family, chain_key, checked_name, table_key};
+use super::rule::{ListedRule, Rule};
+use super::socket::{Message, Socket, frames};
+
+/// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: a rule in a dump.
+const NEWRULE: u16 = (10 << 8) | 6;
+/// `struct nfgenmsg` before a netfilter message's attributes.
+const NFGENMSG_LEN: usize = 4;
+
+/// How often a dump is restarted when concurrent changes interrupt it.
+const DUMP_ATTEMPTS: usize = 3;
+
+/// nf_tables of the network namespace the calling thread was in when `open` ran.
+pub struct Client {
+    socket: Socket,
+}
+
+impl Client {
+    pub fn open() -> Result<Client> {
+        Ok(Client {
+            socket: Socket::open()?,
+        })
+    }
+
+    /// Applies `batch` as one transaction. On refusal nothing was changed, and the error
+    /// names the first refused message and the kernel's errno.
+    pub fn commit(&mut self, batch: &Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.socket.expect_replies(batch.len())?;
+        let first_seq = self.socket.reserve_seqs(batch.seq_count());
+        self.socket.send(&batch.encode(first_seq))?;
+        let mut acks = Acks::new(batch, first_seq);
+        while !acks.done() {
+            for msg in self.socket.recv()? {
+                acks.record(&msg)?;
+            }
+        }
+        acks.outcome()
+    }
+
+    pub fn add_table(&mut self, family: Family, name: &str) -> Result<()> {
+        self.commit(Batch::new().add_table(family, name)?)
+    }
+
+    pub fn create_table(&mut self, family: Family, name: &str) -> Result<()> {
+        self.commit(Batch::new().create_table(family, name)?)
+    }
+
+    pub fn delete_table(&mut self, family: Family, name: &str) -> Result<()> {
+        self.commit(Batch::new().delete_table(family, name)?)
+    }
+
+    pub fn add_chain(&mut self, chain: &Chain) -> Result<()> {
+        self.commit(Batch::new().add_chain(chain)?)
+    }
+
+    pub fn create_chain(&mut self, chain: &Chain) -> Result<()> {
+        self.commit(Batch::new().create_chain(chain)?)
+    }
+
+    pub fn flush_chain(&mut self, family: Family, table: &str, chain: &str) -> Result<()> {
+        self.commit(Batch::new().flush_chain(family, table, chain)?)
+    }
+
+    pub fn add_rule(&mut self, rule: &Rule) -> Result<()> {
+        self.commit(Batch::new().add_rule(rule)?)
+    }
+
+    pub fn delete_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        handle: u64,
+    ) -> Result<()> {
+        self.commit(Batch::new().delete_rule(family, table, chain, handle)?)
+    }
+
+    pub fn table_exists(&mut self, family: Family, name: &str) -> Result<bool> {
+        let body = NfTablesMessage::GetTable(TableMessage {
+            attributes: table_key(name)?,
+        });
+        self.exists(family, body, format!("get table {family} {name}"))
+    }
+
+    pub fn chain_exists(&mut self, family: Family, table: &str, chain: &str) -> Result<bool> {
+        let body = NfTablesMessage::GetChain(ChainMessage {
+            attributes: chain_key(table, chain)?,
+        });
+        self.exists(family, body, format!("get chain {family} {table} {chain}"))
+    }
+
+    /// Sends a get request; the kernel answers with the object and an ACK, or ENOENT.
+    fn exists(&mut self, family: Family, body: NfTablesMessage, op: String) -> Result<bool> {
+        let seq = self.send_request(family, body, NLM_F_ACK)?;
+        loop {
+            for msg in self.socket.recv()? {
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                if let NetlinkPayload::Error(err) = msg.payload {
+                    return match err.code.map(|c| Errno::from_code(c.get())) {
+                        None => Ok(true),
+                        Some(Errno::NotFound) => Ok(false),
+                        Some(errno) => Err(Error::Request { op, errno }),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The rules of one chain, in order, with handles and comments. The kernel filters the
+    /// dump by table and chain, so the cost does not grow with the rest of the ruleset; a
+    /// missing table or chain lists as empty.
+    pub fn list_rules(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+    ) -> Result<Vec<ListedRule>> {
+        let attributes = vec![
+            RuleAttribute::Table(checked_name(table)?),
+            RuleAttribute::Chain(checked_name(chain)?),
+        ];
+        let op = format!("list chain {family} {table} {chain}");
+        for _ in 0..DUMP_ATTEMPTS {
+            let body = NfTablesMessage::GetRule(RuleMessage {
+                attributes: attributes.clone(),
+            });
+            let seq = self.send_request(family, body, NLM_F_DUMP)?;
+            if let Some(rules) = self.read_rule_dump(seq, &op)? {
+                return Ok(rules);
+            }
+        }
+        Err(Error::Interrupted)
+    }
+
+    /// The rules of a dump, or `None` when it was interrupted and must be restarted. Rule
+    /// frames are read directly (see [`ListedRule`]); the rest goes through the crate.
+    fn read_rule_dump(&mut self, seq: u32, op: &str) -> Result<Option<Vec<ListedRule>>> {
+        let mut rules = Vec::new();
+        let mut interrupted = false;
+        loop {
+            for frame in frames(self.socket.recv_raw()?) {
+                let frame = frame?;
+                if frame.sequence_number() != seq {
+                    continue;
+                }
+                interrupted |= frame.flags() & NLM_F_DUMP_INTR != 0;
+                if frame.message_type() == NEWRULE {
+                    let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
+                    rules.push(ListedRule::decode(attributes)?);
+                    continue;
+                }
+                let msg = Message::deserialize(frame.into_inner())
+                    .map_err(|e| Error::Decode(e.to_string()))?;
+                let code = match msg.payload {
+                    NetlinkPayload::Done(done) => done.code,
+                    NetlinkPayload::Error(err) => match err.code {
+                        Some(code) => code.get(),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                if code != 0 {
+                    return Err(Error::Request {
+                        op: op.to_string(),
+                        errno: Errno::from_code(code),
+                    });
+                }
+                return Ok((!interrupted).then_some(rules));
+            }
+        }
+    }
+
+    fn send_request(&mut self, family: Family, body: NfTablesMessage, flags: u16) -> Result<u32> {
+        let seq = self.socket.reserve_seqs(1);
+        let msg = NetfilterMessage::new(NetfilterHeader::new(family.proto(), 0, 0), body);
+        let mut bytes = Vec::new();
+        append(&mut bytes, msg, seq, flags);
+        self.socket.send(&bytes)?;
+        Ok(seq)
+    }
+}

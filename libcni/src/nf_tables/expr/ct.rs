@@ -1,0 +1,87 @@
+//! `ct`: conntrack state of the packet (`ct status`), from `linux/netfilter/nf_tables.h`.
+
+use netlink_packet_netfilter::nftables::{Expressions, Register};
+
+use super::attrs;
+
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+
+/// `enum nft_ct_keys` (the ones we read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtKey {
+    State,
+    Direction,
+    /// `IPS_*` bits, 4 bytes in host byte order.
+    Status,
+    Mark,
+    Other(u32),
+}
+
+impl CtKey {
+    fn code(self) -> u32 {
+        match self {
+            CtKey::State => 0,
+            CtKey::Direction => 1,
+            CtKey::Status => 2,
+            CtKey::Mark => 3,
+            CtKey::Other(n) => n,
+        }
+    }
+
+    fn from_code(code: u32) -> CtKey {
+        match code {
+            0 => CtKey::State,
+            1 => CtKey::Direction,
+            2 => CtKey::Status,
+            3 => CtKey::Mark,
+            n => CtKey::Other(n),
+        }
+    }
+}
+
+/// `IPS_DST_NAT` from `linux/netfilter/nf_conntrack_common.h`: the connection was DNATed.
+pub const IPS_DST_NAT: u32 = 1 << 5;
+
+/// `ct load <key> => reg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ct {
+    pub key: CtKey,
+    pub dreg: Register,
+}
+
+impl From<Ct> for Expressions {
+    fn from(c: Ct) -> Expressions {
+        attrs::other(
+            "ct",
+            vec![
+                attrs::reg(NFTA_CT_DREG, c.dreg),
+                attrs::u32_be(NFTA_CT_KEY, c.key.code()),
+            ],
+        )
+    }
+}
+
+impl Ct {
+    pub fn parse(expr: &Expressions) -> Option<Ct> {
+        let a = attrs::of(expr, "ct")?;
+        Some(Ct {
+            key: CtKey::from_code(attrs::find_u32(a, NFTA_CT_KEY)?),
+            dreg: attrs::find_reg(a, NFTA_CT_DREG)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let c = Ct {
+            key: CtKey::Status,
+            dreg: Register::Reg1,
+        };
+        assert_eq!(Ct::parse(&c.into()), Some(c));
+    }
+}
