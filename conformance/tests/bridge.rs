@@ -479,9 +479,19 @@ fn external(host: &Netns) -> Netns {
     ext
 }
 
+/// The comment of our firewall rules for attachment (`network`, `id`, eth0).
+fn owner_comment(network: &str, id: &str) -> String {
+    libcni::firewall::Owner {
+        network,
+        container_id: id,
+        ifname: "eth0",
+    }
+    .comment()
+}
+
 /// With `ipMasq` the container reaches a network that has no route back to it: its traffic
-/// leaves masqueraded. After GC with no valid attachment removes the rule, the same ping gets
-/// no answer — the rule is what made it work.
+/// leaves masqueraded, by one rule for the container's address. After GC with no valid
+/// attachment removes the rule, the same ping gets no answer — the rule is what made it work.
 #[test]
 fn ip_masq_lets_the_container_reach_an_external_network() {
     let host = Netns::new("h");
@@ -495,11 +505,8 @@ fn ip_masq_lets_the_container_reach_an_external_network() {
     net.add(&host, &ctr, "ctr1");
     let rules = masquerade_rules(&host);
     assert_eq!(rules.len(), 1, "{rules:?}");
-    assert_eq!(
-        rules[0].0,
-        format!("rcni:{} net={NET} subnet=10.30.0.0/24", hash16(NET))
-    );
-    // From the subnet to anywhere but the subnet and multicast: masquerade.
+    assert_eq!(rules[0].0, owner_comment(NET, "ctr1"));
+    // From the container to anywhere but its subnet and multicast: masquerade.
     let prefix = |op: &str, field: &str, addr: &str, len: u32| {
         json!({"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": field}},
                          "right": {"prefix": {"addr": addr, "len": len}}}})
@@ -507,7 +514,8 @@ fn ip_masq_lets_the_container_reach_an_external_network() {
     assert_eq!(
         rules[0].1["expr"],
         json!([
-            prefix("==", "saddr", "10.30.0.0", 24),
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": "10.30.0.2"}},
             prefix("!=", "daddr", "10.30.0.0", 24),
             prefix("!=", "daddr", "224.0.0.0", 4),
             {"masquerade": null},
@@ -524,12 +532,12 @@ fn ip_masq_lets_the_container_reach_an_external_network() {
     drop(ext);
 }
 
-/// The nft table `inet rcni_masquerade` holds one rule per network and subnet, however many
-/// containers there are; DEL leaves it; GC of one network with an empty
-/// `cni.dev/valid-attachments` removes that network's rules and leases and nothing else; GC
-/// that lists the attachment keeps both.
+/// Every container address has its own masquerade rule in `inet rcni_masquerade`, a NAT
+/// postrouting base chain; DEL removes exactly that attachment's; GC of one network with an
+/// empty `cni.dev/valid-attachments` removes that network's and nothing else; GC that lists an
+/// attachment keeps it. Once every pod is gone nothing names their addresses or subnets.
 #[test]
-fn masquerade_rules_are_per_network_and_subnet_and_go_with_gc() {
+fn masquerade_rules_are_per_attachment_and_go_with_del_and_gc() {
     let host = Netns::new("h");
     let masq = json!({"isDefaultGateway": true, "ipMasq": true});
     let a = Net::named(
@@ -544,20 +552,30 @@ fn masquerade_rules_are_per_network_and_subnet_and_go_with_gc() {
     a.add(&host, &c2, "c2");
     b.add(&host, &c3, "c3");
     let comments = |host: &Netns| -> Vec<String> {
-        let mut c: Vec<String> = masquerade_rules(host)
-            .into_iter()
-            .map(|(c, _)| c.split_once(' ').unwrap().1.to_string())
-            .collect();
+        let mut c: Vec<String> = masquerade_rules(host).into_iter().map(|(c, _)| c).collect();
         c.sort();
         c
     };
-    let all = [
-        "net=net-a subnet=10.31.0.0/24",
-        "net=net-a subnet=fd31::/64",
-        "net=net-b subnet=10.32.0.0/24",
-    ];
-    assert_eq!(comments(&host), all);
-    // The chain is a NAT postrouting base chain.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let (a1, a2, b3) = (
+        owner_comment("net-a", "c1"),
+        owner_comment("net-a", "c2"),
+        owner_comment("net-b", "c3"),
+    );
+    // Two addresses (v4, v6) for each container of net-a.
+    assert_eq!(
+        comments(&host),
+        sorted(vec![
+            a1.clone(),
+            a1.clone(),
+            a2.clone(),
+            a2.clone(),
+            b3.clone()
+        ])
+    );
     let chain = host
         .nft_ruleset()
         .into_iter()
@@ -570,7 +588,11 @@ fn masquerade_rules_are_per_network_and_subnet_and_go_with_gc() {
     );
 
     a.del(&host, &c2.path, "c2");
-    assert_eq!(comments(&host), all, "DEL keeps the network's rules");
+    assert_eq!(
+        comments(&host),
+        sorted(vec![a1.clone(), a1.clone(), b3.clone()]),
+        "DEL removes exactly its attachment's rules"
+    );
 
     let gc = |net: &Net, keep: Value| {
         let out = net
@@ -585,15 +607,83 @@ fn masquerade_rules_are_per_network_and_subnet_and_go_with_gc() {
     gc(&a, json!([{"containerID": "c1", "ifname": "eth0"}]));
     assert_eq!(
         comments(&host),
-        all,
-        "GC with a valid attachment keeps the rules"
+        sorted(vec![a1.clone(), a1.clone(), b3.clone()]),
+        "GC with a valid attachment keeps its rules"
     );
     assert_eq!(a.leases(), ["10.31.0.2", "fd31::2"]);
 
     gc(&a, json!([]));
-    assert_eq!(comments(&host), [all[2]], "GC removes only net-a's rules");
+    assert_eq!(comments(&host), [b3], "GC removes only net-a's rules");
     assert!(a.leases().is_empty(), "{:?}", a.leases());
     assert_eq!(b.leases(), ["10.32.0.2"]);
+
+    b.del(&host, &c3.path, "c3");
+    a.del(&host, &c1.path, "c1");
+    let left = ruleset(&host);
+    for gone in ["10.31.0.", "fd31:", "10.32.0."] {
+        assert!(!left.contains(gone), "{gone} still named:\n{left}");
+    }
+}
+
+/// `nft list ruleset` in `host`.
+fn ruleset(host: &Netns) -> String {
+    let out = host
+        .command("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network whose subnet grows (an edited conflist, a node's new pod CIDR: /24 → /16) keeps
+/// pods on both, on one bridge and lease store: each pod's masquerade follows its own address
+/// and subnet, so a new pod whose address falls in the old subnet is not masqueraded towards
+/// the rest of the new one; once the old pod is gone nothing names the old subnet.
+#[test]
+fn masquerade_follows_each_pod_across_a_subnet_change() {
+    let host = Netns::new("h");
+    let old = Net::named(
+        "net-s",
+        "1.0.0",
+        &["10.33.0.0/24"],
+        json!({"isDefaultGateway": true, "ipMasq": true}),
+    );
+    let mut grown = old.conf.clone();
+    grown["ipam"]["ranges"] = json!([[{"subnet": "10.33.0.0/16"}]]);
+    grown["forceAddress"] = json!(true);
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    old.add(&host, &c1, "c1");
+    let added = old
+        .call(&host, "ADD", &c2.path, "c2")
+        .run(&grown.to_string());
+    assert_eq!(added.ok()["ips"][0]["address"], "10.33.0.3/16");
+    let rules = masquerade_rules(&host);
+    let excluded = |id: &str| {
+        let (_, rule) = rules
+            .iter()
+            .find(|(c, _)| *c == owner_comment("net-s", id))
+            .unwrap();
+        (
+            rule["expr"][0]["match"]["right"].clone(),
+            rule["expr"][1]["match"]["right"]["prefix"].clone(),
+        )
+    };
+    assert_eq!(
+        excluded("c1"),
+        (json!("10.33.0.2"), json!({"addr": "10.33.0.0", "len": 24}))
+    );
+    assert_eq!(
+        excluded("c2"),
+        (json!("10.33.0.3"), json!({"addr": "10.33.0.0", "len": 16}))
+    );
+    old.del(&host, &c1.path, "c1");
+    let left = ruleset(&host);
+    assert!(
+        !left.contains("10.33.0.0/24"),
+        "old subnet still named:\n{left}"
+    );
+    assert!(!left.contains("10.33.0.2 "), "old pod still named:\n{left}");
+    assert!(left.contains("10.33.0.0/16"));
 }
 
 /// The bridge-port flags of the host veth (`ip -d` `info_slave_data`).

@@ -30,6 +30,24 @@ impl Family {
     }
 }
 
+/// Whether `chain` of `table` may exist, without an iptables process: iptables-nft keeps its
+/// chains as nftables chains of table `ip <table>` / `ip6 <table>`, asked for over netlink;
+/// with the legacy backend loaded (its table listed in /proc) only a listing can tell.
+pub fn chain_may_exist(
+    nft: &mut crate::nf_tables::Client,
+    family: Family,
+    table: &str,
+    chain: &str,
+) -> Result<bool> {
+    let (nft_family, legacy) = match family {
+        Family::V4 => (crate::nf_tables::Family::Ip, "/proc/net/ip_tables_names"),
+        Family::V6 => (crate::nf_tables::Family::Ip6, "/proc/net/ip6_tables_names"),
+    };
+    let legacy_loaded =
+        std::fs::read_to_string(legacy).is_ok_and(|names| names.lines().any(|n| n == table));
+    Ok(legacy_loaded || nft.chain_exists(nft_family, table, chain)?)
+}
+
 /// The rules of `chain` in `table` as `-A …` lines, or `None` when the chain (or iptables)
 /// does not exist.
 pub fn list_chain(family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>> {

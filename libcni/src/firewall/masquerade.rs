@@ -1,186 +1,211 @@
-//! Masquerade for bridge networks (`ipMasq`), on nftables (or iptables when a config asks).
-//!
-//! One rule per network and subnet, in our own table (iptables: in nat POSTROUTING): traffic from the subnet to anywhere but
-//! the subnet (and but multicast) leaves with the host's address — the traffic the reference
-//! masquerades per container IP. The rule comes with the network's first container and stays
-//! while the network is in use, so DEL has no firewall work; GC removes the rules of a network
-//! that has no attachments left.
+//! Masquerade for bridge networks (`ipMasq`), per attachment as the reference does: traffic
+//! from each container address to anywhere but that address's subnet (and but multicast)
+//! leaves with the host's address. ADD adds the attachment's rules, DEL removes them, so once a
+//! network's last pod is gone nothing names its addresses or its subnet, and a subnet change
+//! applies to the next pod at once.
 //!
 //! ```text
 //! table inet rcni_masquerade {
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-//!     ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 ip daddr != 224.0.0.0/4 masquerade comment "rcni:<hash16(net)> net=<net> subnet=10.88.0.0/16"
+//!     ip saddr 10.88.0.5 ip daddr != 10.88.0.0/16 ip daddr != 224.0.0.0/4 masquerade comment "<owner>"
 //!   }
 //! }
 //! ```
 //!
-//! [`remove_reference`] deletes what the Go bridge plugin created for one container, so DEL
-//! on an upgraded node cleans up pods the reference set up.
-
-use std::borrow::Cow;
-
-use sha2::Digest;
+//! With `ipMasqBackend: "iptables"`: chain `RCNI-MASQUERADE`, jumped to from nat POSTROUTING,
+//! `-s <ip> -d <subnet> -j RETURN` then `-s <ip> ! -d <multicast> -j MASQUERADE`, both with
+//! the owner's comment.
+//!
+//! Earlier versions of this suite made one rule per network and subnet (comment
+//! `rcni:<hash16(net)> net=… subnet=…`); those go when their network's bridge has no port left
+//! ([`remove_network_rules`]) and by GC. [`remove_reference`] deletes what the Go bridge plugin
+//! made for a container, so DEL on an upgraded node cleans up pods the reference set up.
 
 use ipnetwork::IpNetwork;
-use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{Chain, NfCmd, NfListObject, Rule, Table};
-use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
-use super::{Backend, Inventory, hash16, nft};
+use super::owner::{Owner, stale};
+use super::{Backend, hash16, nftables};
 use crate::error::Result;
+use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
 
 pub const TABLE: &str = "rcni_masquerade";
 pub const CHAIN: &str = "postrouting";
-
-fn network_key(network: &str) -> String {
-    format!("rcni:{} ", hash16(network))
-}
-
-fn comment(network: &str, subnet: &IpNetwork) -> String {
-    let c = format!("{}net={network} subnet={subnet}", network_key(network));
-    if c.len() <= 128 {
-        c
-    } else {
-        // Keep the key and the subnet; the name is only for people reading the ruleset.
-        format!("{}subnet={subnet}", network_key(network))
-    }
-}
-
-/// Makes sure traffic from each of `subnets` is masqueraded for `network`.
-pub fn ensure(backend: Backend, network: &str, subnets: &[IpNetwork]) -> Result<()> {
-    let _lock = super::node_lock("masquerade")?;
-    match backend {
-        Backend::Nftables => ensure_nft(network, subnets),
-        Backend::Iptables => ensure_iptables(network, subnets),
-    }
-}
-
-fn ensure_nft(network: &str, subnets: &[IpNetwork]) -> Result<()> {
-    let rules = nft::list_chain("inet", TABLE, CHAIN)?;
-    let present: Vec<String> = rules
-        .iter()
-        .flatten()
-        .filter_map(|r| nft::comment(r).map(str::to_string))
-        .collect();
-    let mut batch = Vec::new();
-    if rules.is_none() {
-        batch.push(NfCmd::Add(NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: TABLE.into(),
-            ..Default::default()
-        })));
-        batch.push(NfCmd::Add(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: CHAIN.into(),
-            _type: Some(NfChainType::NAT),
-            hook: Some(NfHook::Postrouting),
-            prio: Some(100),
-            policy: Some(NfChainPolicy::Accept),
-            ..Default::default()
-        })));
-    }
-    for subnet in dedup(subnets) {
-        let comment = comment(network, &subnet);
-        if !present.contains(&comment) {
-            batch.push(NfCmd::Add(NfListObject::Rule(rule(subnet, comment))));
-        }
-    }
-    nft::apply(batch)
-}
-
-/// The iptables layout: a chain of our own, jumped to from nat POSTROUTING, holding per
-/// network and subnet a RETURN for traffic within the subnet and a MASQUERADE for the rest
-/// (iptables takes one `-d` per rule).
 const IPT_CHAIN: &str = "RCNI-MASQUERADE";
+const NFT: nf_tables::Family = nf_tables::Family::Inet;
 
-fn iptables_rules(network: &str, subnet: IpNetwork) -> [String; 2] {
-    let multicast = if subnet.is_ipv4() {
-        "224.0.0.0/4"
+fn multicast(v4: bool) -> IpNetwork {
+    let (addr, prefix) = if v4 {
+        (std::net::Ipv4Addr::new(224, 0, 0, 0).into(), 4)
     } else {
-        "ff00::/8"
+        (
+            std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into(),
+            8,
+        )
     };
-    let comment = quote(&comment(network, &subnet));
+    IpNetwork::new(addr, prefix).unwrap_or_else(|_| IpNetwork::from(addr))
+}
+
+fn subnet_of(ip: &IpNetwork) -> IpNetwork {
+    IpNetwork::new(ip.network(), ip.prefix()).unwrap_or(*ip)
+}
+
+fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
+    batch.create_table(NFT, TABLE)?;
+    batch.add_chain(&Chain::base(
+        NFT,
+        TABLE,
+        CHAIN,
+        BaseChain {
+            kind: ChainType::Nat,
+            hook: Hook::Postrouting,
+            priority: nf_tables::priority::SRCNAT,
+            policy: Policy::Accept,
+        },
+    ))?;
+    Ok(())
+}
+
+/// The attachment's nftables rules: one per container address.
+fn nft_rules(owner: &Owner<'_>, ips: &[IpNetwork]) -> Vec<Rule> {
+    let comment = owner.comment();
+    ips.iter()
+        .map(|ip| {
+            Rule::new(NFT, TABLE, CHAIN)
+                .match_saddr(ip.ip())
+                .match_daddr_not(subnet_of(ip))
+                .match_daddr_not(multicast(ip.is_ipv4()))
+                .masquerade()
+                .comment(&comment)
+        })
+        .collect()
+}
+
+fn ipt_rules(owner: &Owner<'_>, ip: &IpNetwork) -> [String; 2] {
+    let comment = quote(&owner.comment());
+    let host = IpNetwork::from(ip.ip());
     [
-        format!("-A {IPT_CHAIN} -s {subnet} -d {subnet} -m comment --comment {comment} -j RETURN"),
         format!(
-            "-A {IPT_CHAIN} -s {subnet} ! -d {multicast} -m comment --comment {comment} -j MASQUERADE"
+            "-A {IPT_CHAIN} -s {host} -d {} -m comment --comment {comment} -j RETURN",
+            subnet_of(ip)
+        ),
+        format!(
+            "-A {IPT_CHAIN} -s {host} ! -d {} -m comment --comment {comment} -j MASQUERADE",
+            multicast(ip.is_ipv4())
         ),
     ]
 }
 
-fn family(subnet: &IpNetwork) -> Family {
-    if subnet.is_ipv4() {
-        Family::V4
-    } else {
-        Family::V6
+fn family(ip: &IpNetwork) -> Family {
+    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+}
+
+/// Masquerades the traffic of `ips`, the attachment's addresses.
+pub fn add(backend: Backend, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
+    match backend {
+        Backend::Nftables => {
+            nftables::add_rules(&mut nftables::open()?, &nft_rules(owner, ips), base_objects)
+        }
+        Backend::Iptables => add_iptables(owner, ips),
     }
 }
 
-fn ensure_iptables(network: &str, subnets: &[IpNetwork]) -> Result<()> {
+fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
+    // Creating the chain and its jump is check-then-act: one ADD at a time.
+    let _lock = super::node_lock("masquerade")?;
     for fam in Family::BOTH {
-        let wanted: Vec<IpNetwork> = dedup(subnets)
-            .into_iter()
-            .filter(|s| family(s) == fam)
-            .collect();
-        if wanted.is_empty() {
+        let mine: Vec<&IpNetwork> = ips.iter().filter(|ip| family(ip) == fam).collect();
+        if mine.is_empty() {
             continue;
         }
-        let existing = iptables::list_chain(fam, "nat", IPT_CHAIN)?;
         let mut lines = Vec::new();
-        if existing.is_none() {
+        if iptables::list_chain(fam, "nat", IPT_CHAIN)?.is_none() {
             lines.push(format!(":{IPT_CHAIN} - [0:0]"));
             lines.push(format!("-A POSTROUTING -j {IPT_CHAIN}"));
         }
-        let present: Vec<String> = existing
-            .iter()
-            .flatten()
-            .filter_map(|r| comment_arg(&split_rule(r)).map(str::to_string))
-            .collect();
-        for subnet in wanted {
-            if !present.contains(&comment(network, &subnet)) {
-                lines.extend(iptables_rules(network, subnet));
-            }
-        }
+        lines.extend(mine.into_iter().flat_map(|ip| ipt_rules(owner, ip)));
         iptables::restore(fam, "nat", &lines)?;
     }
     Ok(())
 }
 
-/// Removes every masquerade rule of `network`, in both backends (one deleting transaction
-/// each, only where there is something to delete).
-pub fn remove_network(network: &str) -> Result<()> {
-    let _lock = super::node_lock("masquerade")?;
-    let key = network_key(network);
+/// Removes the attachment's masquerade in both backends (a config may have switched between
+/// ADD and DEL): one listing of our nftables chain and at most one deleting transaction; the
+/// iptables chain is listed only where it exists. Whether an earlier version's per-network
+/// rules of the attachment's network are still there.
+pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
+    let earlier = network_rule_key(owner.network);
+    let rules = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |_| true)?;
+    let mut network_rules = rules.iter().any(|r| {
+        r.comment
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&earlier))
+    });
+    let mine = rules
+        .into_iter()
+        .filter(|r| r.comment.as_deref().is_some_and(|c| owner.owns(c)))
+        .collect();
+    let relist =
+        |nft: &mut Client| nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c));
+    nftables::delete(nft, NFT, mine, relist)?;
+    network_rules |= sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
+    Ok(network_rules)
+}
+
+/// Deletes the rules of our iptables chain whose comment `pick` accepts; whether any rule's
+/// comment `notice` accepts.
+fn sweep_iptables(
+    nft: &mut Client,
+    pick: impl Fn(&str) -> bool,
+    notice: impl Fn(&str) -> bool,
+) -> Result<bool> {
+    let mut noticed = false;
     for fam in Family::BOTH {
+        if !iptables::chain_may_exist(nft, fam, "nat", IPT_CHAIN)? {
+            continue;
+        }
         let Some(rules) = iptables::list_chain(fam, "nat", IPT_CHAIN)? else {
             continue;
         };
-        let lines: Vec<String> = rules
-            .iter()
-            .map(|r| split_rule(r))
-            .filter(|args| comment_arg(args).is_some_and(|c| c.starts_with(&key)))
-            .map(|args| delete_line(&args))
-            .collect();
+        let mut lines = Vec::new();
+        for args in rules.iter().map(|r| split_rule(r)) {
+            let Some(comment) = comment_arg(&args) else {
+                continue;
+            };
+            noticed |= notice(comment);
+            if pick(comment) {
+                lines.push(delete_line(&args));
+            }
+        }
         iptables::restore(fam, "nat", &lines)?;
     }
-    if !nft::installed() {
-        return Ok(());
+    Ok(noticed)
+}
+
+/// The comment start of an earlier version's per-network rule.
+fn network_rule_key(network: &str) -> String {
+    format!("rcni:{} ", hash16(network))
+}
+
+/// Removes an earlier version's per-network rules of `network`, in both backends.
+pub fn remove_network_rules(nft: &mut Client, network: &str) -> Result<()> {
+    let key = network_rule_key(network);
+    nftables::remove_where(nft, NFT, TABLE, &[CHAIN], |c| c.starts_with(&key))?;
+    sweep_iptables(nft, |c| c.starts_with(&key), |_| false).map(drop)
+}
+
+/// GC: removes `network`'s masquerade of attachments not in `valid`, and the earlier
+/// per-network rules once no attachment is left.
+pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+    let mut nft = nftables::open()?;
+    let pick = |c: &str| stale(network, valid, c);
+    let removed = nftables::remove_where(&mut nft, NFT, TABLE, &[CHAIN], pick)
+        .and(sweep_iptables(&mut nft, pick, |_| false).map(drop));
+    if valid.is_empty() {
+        return removed.and(remove_network_rules(&mut nft, network));
     }
-    let Some(rules) = nft::list_chain("inet", TABLE, CHAIN)? else {
-        return Ok(());
-    };
-    let batch = nft::delete_cmds(
-        NfFamily::INet,
-        TABLE,
-        &rules
-            .iter()
-            .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&key)))
-            .collect::<Vec<_>>(),
-    );
-    nft::apply(batch)
+    removed
 }
 
 fn comment_arg(args: &[String]) -> Option<&str> {
@@ -207,22 +232,17 @@ pub fn reference_comment_prefix(network: &str, container_id: &str, ifname: &str)
     )
 }
 
-/// Deletes the masquerade state the Go bridge plugin made for (`network`, `container_id`,
-/// `ifname`): the `CNI-…` chain and its POSTROUTING jumps (iptables), the rules of
-/// `inet cni_plugins_masquerade` (nftables). Keyed by names alone, so it works without the
-/// container's addresses.
-pub fn remove_reference(
-    inv: &Inventory,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-) -> Result<()> {
-    let chain = reference_chain(network, container_id);
+/// Deletes the masquerade state the Go bridge plugin made for the attachment: the `CNI-…`
+/// chain and its POSTROUTING jumps (iptables), the rules of `inet cni_plugins_masquerade`
+/// (nftables). Keyed by names alone, so it works without the container's addresses; only what
+/// exists is listed.
+pub fn remove_reference(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
+    let chain = reference_chain(owner.network, owner.container_id);
     let jump = format!("-j {chain}");
-    for fam in Family::BOTH
-        .into_iter()
-        .filter(|f| inv.has_iptables_nat(*f))
-    {
+    for fam in Family::BOTH {
+        if !iptables::chain_may_exist(nft, fam, "nat", &chain)? {
+            continue;
+        }
         let Some(rules) = iptables::list_chain(fam, "nat", "POSTROUTING")? else {
             continue;
         };
@@ -231,83 +251,16 @@ pub fn remove_reference(
             .filter(|r| r.ends_with(&jump))
             .map(|r| delete_line(&split_rule(r)))
             .collect();
-        if !lines.is_empty() {
+        if iptables::list_chain(fam, "nat", &chain)?.is_some() {
             lines.push(format!("-F {chain}"));
             lines.push(format!("-X {chain}"));
         }
         iptables::restore(fam, "nat", &lines)?;
     }
-    if !nft::installed() || !inv.has_nft("inet", "cni_plugins_masquerade") {
-        return Ok(());
-    }
-    let Some(rules) = nft::list_chain("inet", "cni_plugins_masquerade", "masq_checks")? else {
-        return Ok(());
-    };
-    let prefix = reference_comment_prefix(network, container_id, ifname);
-    let batch = nft::delete_cmds(
-        NfFamily::INet,
-        "cni_plugins_masquerade",
-        &rules
-            .iter()
-            .filter(|r| nft::comment(r).is_some_and(|c| c.starts_with(&prefix)))
-            .collect::<Vec<_>>(),
-    );
-    nft::apply(batch)
-}
-
-fn dedup(subnets: &[IpNetwork]) -> Vec<IpNetwork> {
-    let mut out: Vec<IpNetwork> = Vec::new();
-    for s in subnets {
-        let net = IpNetwork::new(s.network(), s.prefix()).unwrap_or(*s);
-        if !out.contains(&net) {
-            out.push(net);
-        }
-    }
-    out
-}
-
-fn addr_field(v4: bool, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: if v4 { "ip" } else { "ip6" }.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn prefix(net: IpNetwork) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(net.network().to_string().into())),
-        len: u32::from(net.prefix()),
-    }))
-}
-
-fn matches(
-    left: Expression<'static>,
-    op: Operator,
-    right: Expression<'static>,
-) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn rule(subnet: IpNetwork, comment: String) -> Rule<'static> {
-    let v4 = subnet.is_ipv4();
-    let multicast: IpNetwork = if v4 { "224.0.0.0/4" } else { "ff00::/8" }
-        .parse()
-        .unwrap_or(subnet);
-    Rule {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        chain: CHAIN.into(),
-        expr: Cow::Owned(vec![
-            matches(addr_field(v4, "saddr"), Operator::EQ, prefix(subnet)),
-            matches(addr_field(v4, "daddr"), Operator::NEQ, prefix(subnet)),
-            matches(addr_field(v4, "daddr"), Operator::NEQ, prefix(multicast)),
-            Statement::Masquerade(None),
-        ]),
-        comment: Some(comment.into()),
-        ..Default::default()
-    }
+    let prefix = reference_comment_prefix(owner.network, owner.container_id, owner.ifname);
+    nftables::remove_where(nft, NFT, "cni_plugins_masquerade", &["masq_checks"], |c| {
+        c.starts_with(&prefix)
+    })
 }
 
 #[cfg(test)]
@@ -325,5 +278,23 @@ mod tests {
             reference_comment_prefix("unit-test", "one", "eth0"),
             "6fd94d501e58f0aa-287fc69eff0574a2"
         );
+    }
+
+    #[test]
+    fn iptables_rules_per_address() {
+        let owner = Owner {
+            network: "net",
+            container_id: "c1",
+            ifname: "eth0",
+        };
+        let ip: IpNetwork = "10.88.0.5/16".parse().unwrap();
+        let [ret, masq] = ipt_rules(&owner, &ip);
+        assert!(ret.starts_with("-A RCNI-MASQUERADE -s 10.88.0.5/32 -d 10.88.0.0/16 "));
+        assert!(ret.ends_with("-j RETURN"));
+        assert!(masq.contains("-s 10.88.0.5/32 ! -d 224.0.0.0/4 "));
+        let ip6: IpNetwork = "fd00::5/64".parse().unwrap();
+        let [ret, masq] = ipt_rules(&owner, &ip6);
+        assert!(ret.contains("-s fd00::5/128 -d fd00::/64 "));
+        assert!(masq.contains("! -d ff00::/8 "));
     }
 }

@@ -1,13 +1,17 @@
-//! Firewall state of the plugins: masquerade (bridge `ipMasq`) and, later, port forwarding.
-//! nftables first, through the `nft` JSON interface; each invocation lists at most our own
-//! chain and applies at most one batch.
+//! Firewall state of the plugins: masquerade (bridge `ipMasq`), MAC spoof checks and port
+//! forwarding. nftables first, over netlink in process (`nftables`, on `crate::nf_tables`);
+//! iptables for configs that ask for it. Every rule carries its owner's key (`owner`).
 
 pub mod iptables;
 pub mod masquerade;
 pub mod nft;
+pub mod nftables;
+pub mod owner;
 pub mod portmap;
 pub mod portmap_iptables;
 pub mod spoofcheck;
+
+pub use owner::Owner;
 
 use sha2::{Digest, Sha512};
 
@@ -19,13 +23,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The configured backend, or nftables when `nft` is installed, else iptables.
+    /// The configured backend; nftables unless iptables is asked for (nf_tables is spoken
+    /// over netlink, no tool needs to be installed).
     pub fn choose(configured: Option<&str>) -> Backend {
         match configured {
             Some("iptables") => Backend::Iptables,
-            Some(_) => Backend::Nftables,
-            None if nft::installed() => Backend::Nftables,
-            None => Backend::Iptables,
+            _ => Backend::Nftables,
         }
     }
 }

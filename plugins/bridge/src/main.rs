@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, Inventory, masquerade, nft, node_lock, spoofcheck};
+use libcni::firewall::{Backend, Owner, masquerade, nftables, node_lock, spoofcheck};
 use libcni::netlink::{Created, Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -57,7 +57,7 @@ impl Plugin for Bridge {
         let conf = Conf::load_for_teardown(req)?;
         // Best effort: every step runs, the first failure is reported. The firewall work runs
         // beside the veth removal, so the two kernel waits overlap.
-        std::thread::scope(|scope| {
+        let (link, lease, firewall) = std::thread::scope(|scope| {
             let firewall = scope.spawn(|| remove_firewall_state(&conf, req));
             let link = delete_container_veth(req);
             let lease = match &conf.ipam {
@@ -67,8 +67,14 @@ impl Plugin for Bridge {
             let firewall = firewall
                 .join()
                 .unwrap_or_else(|_| Err(Error::internal("firewall cleanup panicked")));
-            link.and(lease).and(firewall)
-        })
+            (link, lease, firewall)
+        });
+        let legacy = match firewall {
+            Ok(FirewallLeft::NetworkMasquerade) => remove_network_masquerade(&conf, req),
+            Ok(FirewallLeft::Nothing) => Ok(()),
+            Err(e) => Err(e),
+        };
+        link.and(lease).and(legacy)
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -86,17 +92,8 @@ impl Plugin for Bridge {
     fn gc(&self, req: &Request) -> Result<()> {
         let conf = Conf::load_for_teardown(req)?;
         let valid = req.conf.gc_attachments()?;
-        // Masquerade is per network: its rules go when the network has no attachment left.
-        let masq = if valid.is_empty() {
-            masquerade::remove_network(&req.conf.name)
-        } else {
-            Ok(())
-        };
-        let spoof = if nft::installed() {
-            spoofcheck::retain(&req.conf.name, valid)
-        } else {
-            Ok(())
-        };
+        let masq = masquerade::retain(&req.conf.name, valid);
+        let spoof = spoofcheck::retain(&req.conf.name, valid);
         let ipam = match &conf.ipam {
             Some(ipam_type) => ipam::gc(req, ipam_type),
             None => Ok(()),
@@ -135,26 +132,62 @@ fn delete_container_veth(req: &Request) -> Result<()> {
     })?
 }
 
-/// This attachment's spoof check, and what the Go bridge made for it (our masquerade is per
-/// network and stays).
-fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<()> {
+fn owner(req: &Request) -> Owner<'_> {
+    Owner {
+        network: &req.conf.name,
+        container_id: &req.container_id,
+        ifname: &req.ifname,
+    }
+}
+
+/// What DEL may still have to remove once the veth is gone.
+enum FirewallLeft {
+    Nothing,
+    /// An earlier version's per-network masquerade rules: they go with the network's last port.
+    NetworkMasquerade,
+}
+
+/// This attachment's spoof check and masquerade, and what the Go bridge made for it: one
+/// nf_tables socket, one listing of each of our chains, and iptables only where its chains
+/// exist.
+fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<FirewallLeft> {
     if !conf.raw.macspoofchk && !conf.raw.ip_masq {
+        return Ok(FirewallLeft::Nothing);
+    }
+    let owner = owner(req);
+    let mut nft = nftables::open()?;
+    let mut results = Vec::new();
+    if conf.raw.macspoofchk {
+        results.push(spoofcheck::remove(&mut nft, &owner));
+        results.push(spoofcheck::remove_reference(&mut nft, &owner));
+    }
+    let mut left = FirewallLeft::Nothing;
+    if conf.raw.ip_masq {
+        match masquerade::remove(&mut nft, &owner) {
+            Ok(true) => left = FirewallLeft::NetworkMasquerade,
+            Ok(false) => {}
+            Err(e) => results.push(Err(e)),
+        }
+        results.push(masquerade::remove_reference(&mut nft, &owner));
+    }
+    results.into_iter().collect::<Result<()>>().map(|()| left)
+}
+
+/// Removes an earlier version's per-network masquerade rules once the network's bridge has no
+/// port left (pods that version made rely on them until then).
+fn remove_network_masquerade(conf: &Conf, req: &Request) -> Result<()> {
+    let in_use = block_on(async {
+        let host = Netlink::open(None)?;
+        let Some(bridge) = host.link_by_name(&conf.raw.bridge).await? else {
+            return Ok(false);
+        };
+        let links = host.links().await?;
+        Ok::<_, Error>(links.iter().any(|l| l.controller == Some(bridge.index)))
+    })??;
+    if in_use {
         return Ok(());
     }
-    let inv = Inventory::read();
-    let spoof = if conf.raw.macspoofchk && nft::installed() {
-        spoofcheck::remove(&inv, &req.conf.name, &req.container_id, &req.ifname).and(
-            spoofcheck::remove_reference(&inv, &req.container_id, &req.ifname),
-        )
-    } else {
-        Ok(())
-    };
-    let masq = if conf.raw.ip_masq {
-        masquerade::remove_reference(&inv, &req.conf.name, &req.container_id, &req.ifname)
-    } else {
-        Ok(())
-    };
-    spoof.and(masq)
+    masquerade::remove_network_rules(&mut nftables::open()?, &req.conf.name)
 }
 
 /// What an ADD has changed so far, to undo on failure.
@@ -163,19 +196,27 @@ struct Done {
     host_veth: Option<Link>,
     ipam: bool,
     spoofcheck: bool,
+    masquerade: bool,
 }
 
 impl Done {
     async fn undo(self, host: &Netlink, conf: &Conf, req: &Request) {
-        if self.spoofcheck
-            && let Err(e) = spoofcheck::remove(
-                &Inventory::read(),
-                &req.conf.name,
-                &req.container_id,
-                &req.ifname,
-            )
-        {
-            eprintln!("bridge: cleanup after failed ADD: {e}");
+        let owner = owner(req);
+        if self.spoofcheck || self.masquerade {
+            let removed = nftables::open().and_then(|mut nft| {
+                let spoof = match self.spoofcheck {
+                    true => spoofcheck::remove(&mut nft, &owner),
+                    false => Ok(()),
+                };
+                let masq = match self.masquerade {
+                    true => masquerade::remove(&mut nft, &owner).map(drop),
+                    false => Ok(()),
+                };
+                spoof.and(masq)
+            });
+            if let Err(e) = removed {
+                eprintln!("bridge: cleanup after failed ADD: {e}");
+            }
         }
         if let Some(veth) = &self.host_veth
             && let Err(e) = host.delete_link(veth).await
@@ -274,9 +315,8 @@ async fn attach(
     if conf.raw.macspoofchk {
         done.spoofcheck = true;
         spoofcheck::add(
-            &req.conf.name,
-            &req.container_id,
-            &req.ifname,
+            &mut nftables::open()?,
+            &owner(req),
             &host_veth.name,
             &cont_veth.mac_string(),
         )?;
@@ -316,15 +356,12 @@ async fn attach(
             enable_forwarding(&gateways)?;
         }
         if conf.raw.ip_masq {
-            let subnets: Vec<IpNetwork> = result
-                .ips
-                .iter()
-                .filter_map(|ip| IpNetwork::new(ip.address.network(), ip.address.prefix()).ok())
-                .collect();
-            masquerade::ensure(
+            let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
+            done.masquerade = true;
+            masquerade::add(
                 Backend::choose(conf.raw.ip_masq_backend.as_deref()),
-                &req.conf.name,
-                &subnets,
+                &owner(req),
+                &ips,
             )?;
         }
     } else if !conf.raw.disable_container_interface {
