@@ -455,15 +455,6 @@ fn masquerade_rules(host: &Netns) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// The key our masquerade comments start with: 16 hex digits of SHA-512 of the network name.
-fn hash16(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha512::digest(s.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// An "external" namespace joined to `host` by a veth: host 192.168.77.1/24, external
 /// 192.168.77.2/24, and no route back to any container subnet.
 fn external(host: &Netns) -> Netns {
