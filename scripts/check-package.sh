@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the packages (scripts/package.sh) and checks what is in them, as CI does (root, for the
-# network namespaces): the .deb's control fields, file list, modes and md5sums; the .sha256
-# files; the tarball's members; every packaged binary's version; and one ADD/DEL of the demo
+# network namespaces): the .deb's control fields, exact file list, modes, md5sums and
+# Installed-Size, and that dpkg installs and removes it; the .sha256 files; the tarball's
+# members; every packaged binary's VERSION answer and version; and one ADD/CHECK/DEL of the demo
 # chain (loopback + bridge + host-local + portmap) with the unpacked cnitool and plugins, inside
-# a private "node" namespace. Nothing is installed: the machine's own /opt/cni/bin and network
-# namespace are never touched.
+# a private "node" namespace. dpkg installs the .deb only into a private root with its own
+# database: the machine's own /opt/cni/bin, dpkg database and network namespace are never
+# touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,6 +111,19 @@ if dpkg-query -W containernetworking-plugins >/dev/null 2>&1; then
         [[ -d $f ]] || echo "$f"; done | sort) <(cd "$root" && find . -type f -printf '/%P\n' | sort))
     same "files shared with containernetworking-plugins" "" "$overlap"
 fi
+
+# dpkg itself installs and removes it, in a private root with its own database (never the
+# machine's): the installed tree is the unpacked one, and removal leaves no file behind.
+inst=$work/inst
+mkdir -p "$inst/root" "$inst/admin/updates" "$inst/admin/info"
+touch "$inst/admin/status" "$inst/admin/available"
+instdpkg() { dpkg --instdir="$inst/root" --admindir="$inst/admin" --log=/dev/null "$@"; }
+instdpkg --force-depends -i "$dist/$deb" >/dev/null 2>&1 || fail "dpkg -i into a private root failed"
+same "dpkg status" "install ok installed $version" \
+    "$(dpkg-query --admindir="$inst/admin" -W -f '${Status} ${Version}' rcni)"
+diff -r "$root" "$inst/root" >/dev/null || fail "dpkg installed something else than the package holds"
+instdpkg --force-depends -r rcni >/dev/null 2>&1 || fail "dpkg -r in the private root failed"
+same "files left after dpkg -r" "" "$(find "$inst/root" -type f)"
 
 # The tarball: the same five binaries at the top level, root-owned, 0755.
 same "tarball members" "$(printf '%s\n' bridge cnitool host-local loopback portmap)" \
