@@ -45,14 +45,17 @@ install -d "$root/DEBIAN" "$root/opt/cni/bin" "$root/usr/bin" "$root/usr/share/d
 for p in "${plugins[@]}"; do install -m 0755 "$bin/$p" "$root/opt/cni/bin/$p"; done
 install -m 0755 "$bin/cnitool" "$root/usr/bin/cnitool"
 install -m 0644 README.md LICENSE "$root/usr/share/doc/rcni/"
+# The years from the first commit to this one (this one's alone without git history).
 year=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
+first=$(git log --max-parents=0 --format=%cd --date=format:%Y 2>/dev/null | tail -1 || true)
+[[ -z $first || $first == "$year" ]] || year=$first-$year
 cat >"$root/usr/share/doc/rcni/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: rcni
 Comment: CNI plugins (bridge, host-local, loopback, portmap) and cnitool, in Rust.
 
 Files: *
-Copyright: 2025-$year rcni maintainers
+Copyright: $year rcni maintainers
 License: Apache-2.0
 
 License: Apache-2.0
