@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit tests, and the black-box conformance suites
-# in private network namespaces (needs root). Installs what the tests need first.
+# in private network namespaces (needs root), then builds the .deb and the tarball and checks
+# them (scripts/check-package.sh). Installs what the tests need first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked
 cargo nextest run --workspace --locked --no-fail-fast
+scripts/check-package.sh
 
 # The benchmark's interface, once, as a smoke test (figures are not judged here).
 scripts/bench.sh --quick --pods 1,10 --out target/bench-smoke >/dev/null
@@ -35,7 +37,7 @@ PY
 # Tests name everything they create rcni-*; nothing may be left behind.
 left=$(ip netns list | awk '$1 ~ /^rcni-/ {print $1}')
 if [[ -n $left ]]; then
-    echo "tests left network namespaces behind:" $left >&2
+    echo "tests left network namespaces behind: ${left//$'\n'/ }" >&2
     exit 1
 fi
 echo "all tests passed"

@@ -235,6 +235,18 @@ fn reports_unknown_networks_and_bad_arguments() {
     assert!(out.stderr.contains("usage"), "{}", out.stderr);
 }
 
+#[test]
+fn version_prints_the_built_version() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let out = cnitool(&host, &work, &["--version"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim_end(),
+        format!("cnitool {}", libcni::VERSION)
+    );
+}
+
 /// The Go cnitool keeps its cache in /var/lib/cni; remove this network's entries on drop.
 struct GoCache(String);
 

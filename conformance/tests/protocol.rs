@@ -227,6 +227,24 @@ fn no_command_prints_the_about_text() {
 }
 
 #[test]
+fn every_about_text_carries_the_built_version() {
+    let host = Netns::new("h");
+    for name in ["loopback", "bridge", "host-local", "portmap"] {
+        let mut cmd = host.command(bin(name));
+        cmd.env_clear();
+        let out = outcome(&mut cmd, "");
+        assert_eq!(out.status, 0);
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            format!("CNI {name} plugin {} (Rust)", libcni::VERSION),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
 fn keys_match_case_insensitively_like_go() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");

@@ -21,6 +21,11 @@ pub mod skel;
 pub mod sysctl;
 pub mod version;
 
+/// The suite's version as built: the workspace version, plus `+gitYYYYMMDD.<hash>` when built
+/// from a commit that is not its release tag (see `build.rs`). Every plugin's about text and
+/// `cnitool --version` print it.
+pub const VERSION: &str = env!("RCNI_VERSION");
+
 pub use error::{Code, Error, Result};
 pub use result::CniResult;
 pub use version::Version;

@@ -255,6 +255,6 @@ fn existing_store(req: &Request) -> Result<Option<Store>> {
 fn main() -> ExitCode {
     skel::run(
         &HostLocal,
-        &format!("CNI host-local plugin {} (Rust)", env!("CARGO_PKG_VERSION")),
+        &format!("CNI host-local plugin {} (Rust)", libcni::VERSION),
     )
 }

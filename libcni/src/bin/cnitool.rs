@@ -19,6 +19,7 @@ const USAGE: &str = "\
 usage: cnitool [-i IFNAME] add|check|del NETWORK NETNS_PATH
        cnitool gc NETWORK
        cnitool status NETWORK
+       cnitool --version
 
   add     attach the namespace to NETWORK and print the result
   check   verify the attachment (configs of version 0.4.0 and later)
@@ -62,6 +63,7 @@ fn run(args: &[String]) -> Result<Option<String>> {
     let (command, network) = match args {
         [c, n, ..] => (c.as_str(), n.as_str()),
         [c] if c == "-h" || c == "--help" || c == "help" => return Ok(Some(USAGE.to_string())),
+        [c] if c == "--version" => return Ok(Some(format!("cnitool {}", libcni::VERSION))),
         _ => return Err(usage()),
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());

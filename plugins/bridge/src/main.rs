@@ -828,6 +828,6 @@ async fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResu
 fn main() -> ExitCode {
     skel::run(
         &Bridge,
-        &format!("CNI bridge plugin {} (Rust)", env!("CARGO_PKG_VERSION")),
+        &format!("CNI bridge plugin {} (Rust)", libcni::VERSION),
     )
 }

@@ -94,6 +94,6 @@ fn set_lo(ns: &Netns, up: bool) -> Result<()> {
 fn main() -> ExitCode {
     skel::run(
         &Loopback,
-        &format!("CNI loopback plugin {} (Rust)", env!("CARGO_PKG_VERSION")),
+        &format!("CNI loopback plugin {} (Rust)", libcni::VERSION),
     )
 }

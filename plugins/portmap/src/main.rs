@@ -226,6 +226,6 @@ fn flush_udp(conf: &Conf, v4_families: &[bool]) {
 fn main() -> ExitCode {
     skel::run(
         &Portmap,
-        &format!("CNI portmap plugin {} (Rust)", env!("CARGO_PKG_VERSION")),
+        &format!("CNI portmap plugin {} (Rust)", libcni::VERSION),
     )
 }
