@@ -616,6 +616,66 @@ fn masquerade_rules_are_per_attachment_and_go_with_del_and_gc() {
     }
 }
 
+/// `iptables-save -t nat` in `host`: the lines of chain RCNI-MASQUERADE.
+fn iptables_masquerade(host: &Netns) -> Vec<String> {
+    let out = host
+        .command("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A RCNI-MASQUERADE"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// With `ipMasqBackend: "iptables"` the masquerade is per attachment too: a RETURN for the
+/// container's subnet and a MASQUERADE for the rest, in our chain jumped to from POSTROUTING;
+/// traffic leaves masqueraded; DEL removes exactly the attachment's rules.
+#[test]
+fn ip_masq_on_iptables_is_per_attachment() {
+    let host = Netns::new("h");
+    let ext = external(&host);
+    let net = Net::new(
+        "1.0.0",
+        &["10.35.0.0/24"],
+        json!({"isDefaultGateway": true, "ipMasq": true, "ipMasqBackend": "iptables"}),
+    );
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    net.add(&host, &c1, "c1");
+    net.add(&host, &c2, "c2");
+    let comment = owner_comment(NET, "c1");
+    let mine: Vec<String> = iptables_masquerade(&host)
+        .into_iter()
+        .filter(|l| l.contains(&comment))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            format!(
+                "-A RCNI-MASQUERADE -s 10.35.0.2/32 -d 10.35.0.0/24 -m comment --comment \"{comment}\" -j RETURN"
+            ),
+            format!(
+                "-A RCNI-MASQUERADE -s 10.35.0.2/32 ! -d 224.0.0.0/4 -m comment --comment \"{comment}\" -j MASQUERADE"
+            ),
+        ]
+    );
+    assert_eq!(iptables_masquerade(&host).len(), 4);
+    assert!(c1.ping("192.168.77.2", 3), "no answer through masquerade");
+    assert!(
+        masquerade_rules(&host).is_empty(),
+        "nothing of it in nftables"
+    );
+    net.del(&host, &c1.path, "c1");
+    let left = iptables_masquerade(&host);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|l| l.contains("10.35.0.3/32")), "{left:?}");
+    net.del(&host, &c2.path, "c2");
+    assert!(iptables_masquerade(&host).is_empty());
+    drop(ext);
+}
+
 /// `nft list ruleset` in `host`.
 fn ruleset(host: &Netns) -> String {
     let out = host
