@@ -997,6 +997,19 @@ fn gc_frees_leases_of_invalid_attachments() {
             .ok();
         assert!(net.leases().is_empty(), "{key}");
     }
+    // libcni (CRI-O) sends a network without attachments as `null`: an empty list.
+    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+        let net = HostLocalNet::new("1.1.0", dual_stack());
+        net.add("a");
+        net.exec("GC", "", "")
+            .run(&net.stdin_with(key, Value::Null))
+            .ok();
+        assert!(
+            net.leases().is_empty(),
+            "{key}: null kept {:?}",
+            net.leases()
+        );
+    }
     // No store yet: nothing to do, and nothing created.
     let net = HostLocalNet::new("1.1.0", dual_stack());
     net.exec("GC", "", "")

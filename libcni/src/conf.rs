@@ -47,6 +47,21 @@ pub struct Attachment {
 }
 
 impl NetConf {
+    /// Reads the shared keys of a config object. libcni sends the attachment lists of a
+    /// network without attachments as a nil Go slice, `null`: that is an empty list, not an
+    /// absent key (CRI-O's GC of an unused network).
+    pub fn parse(raw: &Value) -> std::result::Result<NetConf, crate::json::KeyError> {
+        let mut conf: NetConf = crate::json::from_value(raw.clone())?;
+        let sent_null = |key: &str| raw.get(key).is_some_and(Value::is_null);
+        if conf.valid_attachments.is_none() && sent_null("cni.dev/valid-attachments") {
+            conf.valid_attachments = Some(Vec::new());
+        }
+        if conf.legacy_attachments.is_none() && sent_null("cni.dev/attachments") {
+            conf.legacy_attachments = Some(Vec::new());
+        }
+        Ok(conf)
+    }
+
     /// The type of the IPAM plugin, `None` for L2-only configs (`"ipam": {}` or no key).
     pub fn ipam_type(&self) -> Option<&str> {
         self.ipam
@@ -167,7 +182,12 @@ mod tests {
         assert_eq!(c.runtime("mac"), Some(&json!("aa:bb:cc:dd:ee:ff")));
         assert_eq!(c.cni_arg("ips"), Some(&json!(["10.0.0.9"])));
         assert_eq!(c.gc_attachments().unwrap()[0].container_id, "c1");
-        let none: NetConf = crate::json::from_value(json!({"name": "n"})).unwrap();
+        let none = NetConf::parse(&json!({"name": "n"})).unwrap();
         assert_eq!(none.gc_attachments().unwrap_err().code, 7);
+        // libcni's nil slice: an empty list.
+        let null = NetConf::parse(&json!({"name": "n", "cni.dev/valid-attachments": null}));
+        assert!(null.unwrap().gc_attachments().unwrap().is_empty());
+        let legacy = NetConf::parse(&json!({"name": "n", "cni.dev/attachments": null}));
+        assert!(legacy.unwrap().gc_attachments().unwrap().is_empty());
     }
 }

@@ -262,7 +262,7 @@ fn request(
             "network config on stdin is not a JSON object",
         ));
     }
-    let conf: NetConf = crate::json::from_value(raw.clone())
+    let conf = NetConf::parse(&raw)
         .map_err(|e| Error::decode(format!("error parsing network config: {e}")))?;
     // Errors from here on are labelled with the version the runtime asked for, when known.
     let asked = conf
