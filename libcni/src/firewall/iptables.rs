@@ -32,7 +32,9 @@ impl Family {
 
 /// Whether `chain` of `table` may exist, without an iptables process: iptables-nft keeps its
 /// chains as nftables chains of table `ip <table>` / `ip6 <table>`, asked for over netlink;
-/// with the legacy backend loaded (its table listed in /proc) only a listing can tell.
+/// with the legacy backend loaded (its table listed in /proc) only a listing can tell. The
+/// list is read through /proc/thread-self: /proc/net follows the thread-group leader, which
+/// may be in another namespace than this thread.
 pub fn chain_may_exist(
     nft: &mut crate::nf_tables::Client,
     family: Family,
@@ -40,8 +42,8 @@ pub fn chain_may_exist(
     chain: &str,
 ) -> Result<bool> {
     let (nft_family, legacy) = match family {
-        Family::V4 => (crate::nf_tables::Family::Ip, "/proc/net/ip_tables_names"),
-        Family::V6 => (crate::nf_tables::Family::Ip6, "/proc/net/ip6_tables_names"),
+        Family::V4 => (crate::nf_tables::Family::Ip, "/proc/thread-self/net/ip_tables_names"),
+        Family::V6 => (crate::nf_tables::Family::Ip6, "/proc/thread-self/net/ip6_tables_names"),
     };
     let legacy_loaded =
         std::fs::read_to_string(legacy).is_ok_and(|names| names.lines().any(|n| n == table));
