@@ -55,19 +55,20 @@ impl Plugin for Bridge {
 
     fn del(&self, req: &Request) -> Result<()> {
         let conf = Conf::load_for_teardown(req)?;
-        // Best effort: every step runs, the first failure is reported. The firewall work runs
-        // beside the veth removal, so the two kernel waits overlap.
+        // Best effort: every step runs, the first failure is reported. The firewall work and
+        // the IPAM release run beside the veth removal, so the kernel waits overlap.
         let (link, lease, firewall) = std::thread::scope(|scope| {
             let firewall = scope.spawn(|| remove_firewall_state(&conf, req));
-            let link = delete_container_veth(req);
-            let lease = match &conf.ipam {
+            let lease = scope.spawn(|| match &conf.ipam {
                 Some(ipam_type) => ipam::del(req, ipam_type),
                 None => Ok(()),
-            };
-            let firewall = firewall
-                .join()
-                .unwrap_or_else(|_| Err(Error::internal("firewall cleanup panicked")));
-            (link, lease, firewall)
+            });
+            let link = delete_container_veth(req);
+            (
+                link,
+                joined(lease.join(), "IPAM release"),
+                joined(firewall.join(), "firewall cleanup"),
+            )
         });
         let legacy = match firewall {
             Ok(FirewallLeft::NetworkMasquerade) => remove_network_masquerade(&conf, req),
@@ -116,6 +117,11 @@ impl Plugin for Bridge {
             None => Ok(()),
         }
     }
+}
+
+/// What a helper thread returned; its panic as an error.
+fn joined<T>(outcome: std::thread::Result<Result<T>>, what: &str) -> Result<T> {
+    outcome.unwrap_or_else(|_| Err(Error::internal(format!("{what} panicked"))))
 }
 
 fn delete_container_veth(req: &Request) -> Result<()> {

@@ -45,6 +45,7 @@ fn workspace() -> PathBuf {
 
 fn numbers(s: &str) -> std::result::Result<Vec<usize>, String> {
     s.split(',')
+        .filter(|n| !n.trim().is_empty())
         .map(|n| n.trim().parse().map_err(|_| format!("not a number: {n:?}")))
         .collect()
 }
