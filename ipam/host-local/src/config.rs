@@ -309,7 +309,20 @@ fn range(key: &str, raw: &RawRange) -> Result<Range> {
         .subnet
         .parse()
         .map_err(|_| bad(format!("subnet {:?} is not a CIDR subnet", raw.subnet)))?;
-    let given = IpNetwork::new(canonical(given.ip()), given.prefix()).unwrap_or(given);
+    if let IpNetwork::V6(v6) = given
+        && let Some(v4) = v6.ip().to_ipv4_mapped()
+    {
+        // Go's ParseCIDR keeps such a subnet IPv6 with an IPv4 address, which the reference
+        // then rejects ("IPNet IP and Mask version mismatch"): say what to write instead.
+        let hint = match given.prefix().checked_sub(96) {
+            Some(p) => format!("write the IPv4 subnet {v4}/{p}"),
+            None => "it is neither an IPv4 nor an IPv6 subnet".into(),
+        };
+        return Err(bad(format!(
+            "subnet {:?} is IPv4-mapped IPv6 (::ffff:a.b.c.d); {hint}",
+            raw.subnet
+        )));
+    }
     let bits = if given.is_ipv4() { 32 } else { 128 };
     if given.prefix() > bits - 2 {
         return Err(bad(format!("subnet {given} is too small to allocate from")));
@@ -452,6 +465,22 @@ mod tests {
                 e.msg
             );
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_subnets_are_refused_with_the_ipv4_spelling() {
+        let e = r("::ffff:10.9.0.0/120", None, None, None).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert_eq!(
+            e.msg,
+            "ipam.ranges[0][0].subnet \"::ffff:10.9.0.0/120\" is IPv4-mapped IPv6 \
+             (::ffff:a.b.c.d); write the IPv4 subnet 10.9.0.0/24"
+        );
+        let e = r("::ffff:10.9.0.0/24", None, None, None).unwrap_err();
+        assert!(e.msg.contains("neither"), "{}", e.msg);
+        // A mapped rangeStart in an IPv4 subnet is that IPv4 address, as in Go.
+        let ok = r("10.9.0.0/24", Some("::ffff:10.9.0.5"), None, None).unwrap();
+        assert_eq!(ok.start, "10.9.0.5".parse::<IpAddr>().unwrap());
     }
 
     #[test]

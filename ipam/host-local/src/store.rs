@@ -153,9 +153,9 @@ impl Store {
     /// Writes the lease for `ip`, complete or not at all: the content goes to a temp file that is
     /// then hard-linked to the address's name, which fails if the address is taken.
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
-        let target = self.dir.join(ip.to_string());
+        let target = self.lease_path(ip);
         let tmp = self.write_temp(
-            &ip.to_string(),
+            &canonical(ip).to_string(),
             format!("{}\r\n{ifname}", id.trim()).as_bytes(),
         )?;
         let linked = std::fs::hard_link(&tmp, &target);
@@ -181,7 +181,7 @@ impl Store {
     }
 
     pub fn release(&self, ip: IpAddr) -> Result<()> {
-        let path = self.dir.join(ip.to_string());
+        let path = self.lease_path(ip);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(format!(
                 "cannot remove lease {}: {e}",
@@ -189,6 +189,12 @@ impl Store {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// The one place a lease's file name is made: an IPv4-mapped IPv6 address is its IPv4
+    /// address, as `scan` reads names back (and as Go's `net.IP.String` prints them).
+    fn lease_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(canonical(ip).to_string())
     }
 
     fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
