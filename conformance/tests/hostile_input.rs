@@ -28,3 +28,40 @@ fn host_local_refuses_an_ipv4_mapped_subnet() {
     }
 }
 
+/// IPv6 ranges never hand out IPv4-mapped addresses: the walk steps over the whole block.
+#[test]
+fn host_local_ipv6_range_steps_over_ipv4_mapped_addresses() {
+    let net = HostLocalNet::new(
+        "1.0.0",
+        json!({"ranges": [[{"subnet": "::/64", "rangeStart": "::fffe:ffff:fffe", "rangeEnd": "::1:0:0:5"}]]}),
+    );
+    let got: Vec<String> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|id| conformance::result_ips(&net.add(id))[0].clone())
+        .collect();
+    assert_eq!(got, ["::fffe:ffff:fffe", "::fffe:ffff:ffff", "::1:0:0:0"]);
+    for id in ["c1", "c2", "c3"] {
+        net.del(id);
+    }
+    assert!(net.leases().is_empty());
+}
+
+/// A range of the whole address space (`::/0` from `::`, `0.0.0.0/0` from `0.0.0.0`) allocates
+/// and releases; it used to overflow its size (a panic in debug builds, no address in release).
+#[test]
+fn host_local_whole_address_space_range() {
+    for (subnet, start, want) in [
+        ("::/0", "::", ["::2", "::3"]),
+        ("0.0.0.0/0", "0.0.0.0", ["0.0.0.2", "0.0.0.3"]),
+    ] {
+        let net = HostLocalNet::new(
+            "1.0.0",
+            json!({"ranges": [[{"subnet": subnet, "rangeStart": start}]]}),
+        );
+        assert_eq!(conformance::result_ips(&net.add("c1")), [want[0]]);
+        assert_eq!(conformance::result_ips(&net.add("c2")), [want[1]]);
+        net.del("c1");
+        net.del("c2");
+        assert!(net.leases().is_empty());
+    }
+}
