@@ -2,8 +2,25 @@
 //! plugin or cnitool hang, panic, leak or write where it must not. Each answer must be a clean
 //! CNI error with the right code (or success), promptly, with nothing half-done.
 
-use conformance::HostLocalNet;
-use serde_json::json;
+use std::time::Duration;
+
+use conformance::{Call, HostLocalNet, Netns, bin, unique};
+use serde_json::{Value, json};
+
+/// Long enough for a debug build on a busy machine, far below a hang.
+const PROMPT: Duration = Duration::from_secs(10);
+
+/// A bridge network with host-local IPAM (its own `dataDir`) on a unique bridge.
+fn bridge_conf(data: &std::path::Path, subnet: &str) -> Value {
+    json!({
+        "cniVersion": "1.1.0", "name": unique("hn"), "type": "bridge", "bridge": unique("br"),
+        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": subnet}]]},
+    })
+}
+
+fn lease_count(data: &std::path::Path, conf: &Value) -> usize {
+    conformance::lease_files(&data.join(conf["name"].as_str().unwrap())).len()
+}
 
 /// An IPv4-mapped IPv6 subnet is refused, naming the key, before any file is written (it used to
 /// give a lease that no later ADD or DEL could find under its name).
@@ -64,4 +81,54 @@ fn host_local_whole_address_space_range() {
         net.del("c2");
         assert!(net.leases().is_empty());
     }
+}
+
+/// A FIFO as `CNI_NETNS` is "not a network namespace" at once, for every plugin and command
+/// (opening it used to wait forever for a writer): code 4 where the plugin needs the namespace
+/// (ADD, CHECK), success for DEL (nothing of ours can be in it), and host-local and portmap,
+/// which never enter it, answer as without it.
+#[test]
+fn a_fifo_as_netns_is_refused_promptly_by_every_plugin() {
+    let host = Netns::new("h");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("netns");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bridge = bridge_conf(data.path(), "10.61.0.0/24");
+    let prev = json!({"cniVersion": "1.1.0", "ips": [{"address": "10.61.0.9/24"}]});
+    let mut loopback = json!({"cniVersion": "1.1.0", "name": unique("lo"), "type": "loopback"});
+    let mut portmap = json!({"cniVersion": "1.1.0", "name": unique("pm"), "type": "portmap"});
+    for conf in [&mut loopback, &mut portmap] {
+        conf["prevResult"] = prev.clone();
+    }
+    let mut host_local = json!({
+        "cniVersion": "1.1.0", "name": bridge["name"], "type": "host-local", "ipam": bridge["ipam"],
+    });
+    let call = |plugin: &str, command: &str, conf: &Value| {
+        let mut conf = conf.clone();
+        if command == "CHECK" && conf.get("prevResult").is_none() {
+            conf["prevResult"] = prev.clone();
+        }
+        Call::new(&host, bin(plugin), command, &fifo)
+            .within(PROMPT)
+            .run(&conf.to_string())
+    };
+    for (plugin, conf) in [("bridge", &bridge), ("loopback", &loopback)] {
+        for command in ["ADD", "CHECK"] {
+            call(plugin, command, conf).err(4, "is not a network namespace");
+        }
+        call(plugin, "DEL", conf).ok();
+    }
+    assert_eq!(
+        lease_count(data.path(), &bridge),
+        0,
+        "a refused ADD left a lease"
+    );
+    call("portmap", "ADD", &portmap).ok();
+    call("portmap", "CHECK", &portmap).ok();
+    call("portmap", "DEL", &portmap).ok();
+    host_local["prevResult"] = call("host-local", "ADD", &host_local).ok().clone();
+    call("host-local", "CHECK", &host_local).ok();
+    call("host-local", "DEL", &host_local).ok();
+    assert_eq!(lease_count(data.path(), &bridge), 0);
 }

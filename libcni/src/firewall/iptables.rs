@@ -42,8 +42,14 @@ pub fn chain_may_exist(
     chain: &str,
 ) -> Result<bool> {
     let (nft_family, legacy) = match family {
-        Family::V4 => (crate::nf_tables::Family::Ip, "/proc/thread-self/net/ip_tables_names"),
-        Family::V6 => (crate::nf_tables::Family::Ip6, "/proc/thread-self/net/ip6_tables_names"),
+        Family::V4 => (
+            crate::nf_tables::Family::Ip,
+            "/proc/thread-self/net/ip_tables_names",
+        ),
+        Family::V6 => (
+            crate::nf_tables::Family::Ip6,
+            "/proc/thread-self/net/ip6_tables_names",
+        ),
     };
     let legacy_loaded =
         std::fs::read_to_string(legacy).is_ok_and(|names| names.lines().any(|n| n == table));

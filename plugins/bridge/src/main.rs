@@ -82,10 +82,11 @@ impl Plugin for Bridge {
         let prev = req
             .prev_result()?
             .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
+        // A bad CNI_NETNS is the runtime's error (code 4), reported before any state check.
+        let ns = req.netns()?;
         if let Some(ipam_type) = &conf.ipam {
             ipam::check(req, ipam_type)?;
         }
-        let ns = req.netns()?;
         block_on(check_attachment(&ns, &conf, req, &prev))?
     }
 
