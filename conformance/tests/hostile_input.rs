@@ -132,3 +132,48 @@ fn a_fifo_as_netns_is_refused_promptly_by_every_plugin() {
     call("host-local", "DEL", &host_local).ok();
     assert_eq!(lease_count(data.path(), &bridge), 0);
 }
+
+/// DEL reads only the keys it needs, each leniently: a config with keys of the wrong type
+/// (which ADD rejects) still deletes the pod and releases its lease, in bridge, host-local and
+/// loopback.
+#[test]
+fn del_survives_keys_of_the_wrong_type() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let data = tempfile::tempdir().unwrap();
+    let conf = bridge_conf(data.path(), "10.62.0.0/24");
+    Call::new(&host, bin("bridge"), "ADD", &ctr.path)
+        .run(&conf.to_string())
+        .ok();
+    assert_eq!(lease_count(data.path(), &conf), 1);
+
+    let mut broken = conf.clone();
+    for (key, value) in [
+        ("mtu", json!("1500")),
+        ("vlan", json!("x")),
+        ("hairpinMode", json!("yes")),
+        ("dns", json!("none")),
+        ("ipMasq", json!("maybe")),
+    ] {
+        broken[key] = value;
+    }
+    broken["ipam"]["routes"] = json!("none");
+    Call::new(&host, bin("bridge"), "ADD", &ctr.path)
+        .env("CNI_CONTAINERID", "other")
+        .run(&broken.to_string())
+        .err(7, "invalid network config: key");
+    Call::new(&host, bin("bridge"), "DEL", &ctr.path)
+        .run(&broken.to_string())
+        .ok();
+    assert!(ctr.link("eth0").is_none(), "the veth survived DEL");
+    assert_eq!(lease_count(data.path(), &conf), 0, "the lease survived DEL");
+
+    let loopback = json!({"cniVersion": "1.1.0", "name": "lo", "type": "loopback", "dns": "x"});
+    Call::new(&host, bin("loopback"), "ADD", &ctr.path)
+        .run(&json!({"cniVersion": "1.1.0", "name": "lo", "type": "loopback"}).to_string())
+        .ok();
+    Call::new(&host, bin("loopback"), "DEL", &ctr.path)
+        .run(&loopback.to_string())
+        .ok();
+    assert!(!ctr.is_up("lo"), "loopback DEL did not run");
+}

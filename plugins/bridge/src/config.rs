@@ -1,6 +1,7 @@
 //! The bridge plugin's keys, with the reference's defaults and checks.
 
 use libcni::args::CniArgs;
+use libcni::json::Lenient;
 use libcni::netlink::parse_mac;
 use libcni::skel::Request;
 use libcni::{Error, Result};
@@ -105,7 +106,7 @@ pub struct Conf {
 impl Conf {
     pub fn load(req: &Request) -> Result<Conf> {
         let raw: BridgeConf = req.plugin_conf()?;
-        if raw.bridge.is_empty() || raw.bridge.len() > 15 || raw.bridge.contains(['/', ':', ' ']) {
+        if !valid_bridge_name(&raw.bridge) {
             return Err(Error::invalid_config(format!(
                 "invalid bridge name {:?}",
                 raw.bridge
@@ -118,6 +119,7 @@ impl Conf {
             )));
         }
         let trunk = trunk_vids(&raw.vlan_trunk)?;
+        req.conf.dns()?;
         let ipam = req.conf.ipam_type().map(str::to_string);
         if ipam.is_some() && raw.disable_container_interface {
             return Err(Error::invalid_config(
@@ -147,24 +149,60 @@ impl Conf {
         })
     }
 
-    /// What DEL and GC need, read without the checks that only matter for setting up: a
-    /// config that fails them must still let its pods be torn down (a runtime stops a DEL
-    /// chain at the first plugin that fails).
-    pub fn load_for_teardown(req: &Request) -> Result<Conf> {
-        let raw: BridgeConf = req.plugin_conf()?;
-        Ok(Conf {
-            ipam: req.conf.ipam_type().map(str::to_string),
-            is_gateway: raw.is_gateway || raw.is_default_gateway,
-            vlan: 0,
-            trunk: Vec::new(),
-            mac: None,
-            raw,
-        })
-    }
-
     pub fn has_vlans(&self) -> bool {
         self.vlan != 0 || !self.trunk.is_empty()
     }
+}
+
+/// What DEL and GC read: only the keys they need, each read on its own without failing, so
+/// that a config that can no longer ADD (a key of the wrong type, a bad MAC or VLAN) still lets
+/// its pods be torn down (a runtime stops a DEL chain at the first plugin that fails).
+#[derive(Debug)]
+pub struct Teardown {
+    /// `None` when the key holds no usable name: what needs the bridge is then skipped.
+    pub bridge: Option<String>,
+    pub ipam: Option<String>,
+    /// Unreadable flags count as set: removing what an attachment does not own is a no-op.
+    pub ip_masq: bool,
+    pub macspoofchk: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TeardownKeys {
+    bridge: Lenient<String>,
+    #[serde(rename = "ipMasq")]
+    ip_masq: Lenient<bool>,
+    macspoofchk: Lenient<bool>,
+}
+
+impl Teardown {
+    pub fn load(req: &Request) -> Result<Teardown> {
+        let keys: TeardownKeys = req.plugin_conf()?;
+        let flag = |key: &str, value: Lenient<bool>| match value {
+            Lenient::Absent => false,
+            Lenient::Valid(on) => on,
+            Lenient::Invalid(why) => {
+                eprintln!("bridge: key {key:?}: {why}; cleaning up as if it were true");
+                true
+            }
+        };
+        let bridge = match keys.bridge {
+            Lenient::Absent => Some(BridgeConf::default().bridge),
+            Lenient::Valid(name) => Some(name).filter(|n| valid_bridge_name(n)),
+            Lenient::Invalid(_) => None,
+        };
+        Ok(Teardown {
+            bridge,
+            ipam: req.conf.ipam_type().map(str::to_string),
+            ip_masq: flag("ipMasq", keys.ip_masq),
+            macspoofchk: flag("macspoofchk", keys.macspoofchk),
+        })
+    }
+}
+
+fn valid_bridge_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ':', ' '])
 }
 
 /// `MAC` from CNI_ARGS, overridden by `args.cni.mac`, overridden by `runtimeConfig.mac`.

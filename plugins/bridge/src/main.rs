@@ -26,7 +26,7 @@ use libcni::result::{CniResult, Interface, Route};
 use libcni::skel::{self, Plugin, Request};
 use libcni::{Error, Result, ipam, sysctl};
 
-use crate::config::Conf;
+use crate::config::{Conf, Teardown};
 
 struct Bridge;
 
@@ -54,7 +54,7 @@ impl Plugin for Bridge {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load_for_teardown(req)?;
+        let conf = Teardown::load(req)?;
         // Best effort: every step runs, the first failure is reported. The firewall work runs
         // beside the veth removal, so the two kernel waits overlap.
         let (link, lease, firewall) = std::thread::scope(|scope| {
@@ -91,7 +91,7 @@ impl Plugin for Bridge {
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load_for_teardown(req)?;
+        let conf = Teardown::load(req)?;
         let valid = req.conf.gc_attachments()?;
         let masq = masquerade::retain(&req.conf.name, valid);
         let spoof = spoofcheck::retain(&req.conf.name, valid);
@@ -151,19 +151,19 @@ enum FirewallLeft {
 /// This attachment's spoof check and masquerade, and what the Go bridge made for it: one
 /// nf_tables socket, one listing of each of our chains, and iptables only where its chains
 /// exist.
-fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<FirewallLeft> {
-    if !conf.raw.macspoofchk && !conf.raw.ip_masq {
+fn remove_firewall_state(conf: &Teardown, req: &Request) -> Result<FirewallLeft> {
+    if !conf.macspoofchk && !conf.ip_masq {
         return Ok(FirewallLeft::Nothing);
     }
     let owner = owner(req);
     let mut nft = nftables::open()?;
     let mut results = Vec::new();
-    if conf.raw.macspoofchk {
+    if conf.macspoofchk {
         results.push(spoofcheck::remove(&mut nft, &owner));
         results.push(spoofcheck::remove_reference(&mut nft, &owner));
     }
     let mut left = FirewallLeft::Nothing;
-    if conf.raw.ip_masq {
+    if conf.ip_masq {
         match masquerade::remove(&mut nft, &owner) {
             Ok(true) => left = FirewallLeft::NetworkMasquerade,
             Ok(false) => {}
@@ -176,10 +176,14 @@ fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<FirewallLeft> {
 
 /// Removes an earlier version's per-network masquerade rules once the network's bridge has no
 /// port left (pods that version made rely on them until then).
-fn remove_network_masquerade(conf: &Conf, req: &Request) -> Result<()> {
+fn remove_network_masquerade(conf: &Teardown, req: &Request) -> Result<()> {
+    let Some(bridge_name) = &conf.bridge else {
+        eprintln!("bridge: no usable \"bridge\" key: per-network masquerade rules are left to GC");
+        return Ok(());
+    };
     let in_use = block_on(async {
         let host = Netlink::open(None)?;
-        let Some(bridge) = host.link_by_name(&conf.raw.bridge).await? else {
+        let Some(bridge) = host.link_by_name(bridge_name).await? else {
             return Ok(false);
         };
         let links = host.links().await?;
@@ -388,8 +392,8 @@ async fn attach(
     {
         gateway_if.mac = link.mac_string();
     }
-    if let Some(dns) = req.conf.dns.clone().filter(|d| !d.is_empty()) {
-        result.dns = dns;
+    if let Some(dns) = req.conf.dns()?.filter(|d| !d.is_empty()) {
+        result.dns = dns.clone();
     }
     Ok(result)
 }
