@@ -226,6 +226,7 @@ pub struct Call<'a> {
     plugin: PathBuf,
     env: Vec<(String, String)>,
     limit: Option<std::time::Duration>,
+    wrapper: Vec<String>,
 }
 
 impl<'a> Call<'a> {
@@ -246,7 +247,15 @@ impl<'a> Call<'a> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             limit: None,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs the plugin through `argv` (`["prlimit", "--as=…", "--"]`): the plugin's path is
+    /// appended to it.
+    pub fn wrapped(mut self, argv: &[&str]) -> Self {
+        self.wrapper = argv.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     /// Fails the test (after killing the plugin) if it has not answered within `limit`.
@@ -267,7 +276,14 @@ impl<'a> Call<'a> {
     }
 
     pub fn run(self, stdin: &str) -> Outcome {
-        let mut cmd = self.host.command(&self.plugin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = self.host.command(program);
+                cmd.args(args).arg(&self.plugin);
+                cmd
+            }
+            None => self.host.command(&self.plugin),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env);

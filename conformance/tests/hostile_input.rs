@@ -177,3 +177,41 @@ fn del_survives_keys_of_the_wrong_type() {
         .ok();
     assert!(!ctr.is_up("lo"), "loopback DEL did not run");
 }
+
+/// `vlanTrunk` is de-duplicated into a set of at most 4094 IDs without expanding duplicates:
+/// 300,000 entries are refused at once (they used to be expanded into ~10 GB of IDs), and 4094
+/// copies of the full range answer promptly in bounded memory (with code 2 where the kernel
+/// has no bridge VLAN filtering).
+#[test]
+fn a_huge_vlan_trunk_is_bounded() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let data = tempfile::tempdir().unwrap();
+    let limited = ["prlimit", "--as=1073741824", "--"];
+    let full = json!({"minID": 1, "maxID": 4094});
+    let mut conf = bridge_conf(data.path(), "10.63.0.0/24");
+    conf["vlanTrunk"] = Value::Array(vec![full.clone(); 300_000]);
+    Call::new(&host, bin("bridge"), "ADD", &ctr.path)
+        .wrapped(&limited)
+        .within(PROMPT)
+        .run(&conf.to_string())
+        .err(7, "vlanTrunk: 300000 entries, at most 4094");
+    assert!(host.link(conf["bridge"].as_str().unwrap()).is_none());
+    assert_eq!(lease_count(data.path(), &conf), 0);
+
+    conf["vlanTrunk"] = Value::Array(vec![full; 4094]);
+    let out = Call::new(&host, bin("bridge"), "ADD", &ctr.path)
+        .wrapped(&limited)
+        .within(PROMPT)
+        .run(&conf.to_string());
+    if conformance::bridge_vlan_filtering_supported() {
+        out.ok();
+    } else {
+        out.err(2, "VLAN");
+    }
+    Call::new(&host, bin("bridge"), "DEL", &ctr.path)
+        .within(PROMPT)
+        .run(&conf.to_string())
+        .ok();
+    assert_eq!(lease_count(data.path(), &conf), 0);
+}

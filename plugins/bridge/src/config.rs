@@ -226,10 +226,19 @@ fn container_mac(req: &Request, raw: &BridgeConf) -> Result<Option<[u8; 6]>> {
     Ok(mac)
 }
 
+/// More entries than VLAN IDs cannot be a real trunk; refused before anything is expanded.
+const MAX_TRUNK_ENTRIES: usize = 4094;
+
 fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
     let bad = |msg: String| Error::invalid_config(format!("vlanTrunk: {msg}"));
+    if trunks.len() > MAX_TRUNK_ENTRIES {
+        return Err(bad(format!(
+            "{} entries, at most {MAX_TRUNK_ENTRIES} (one per VLAN ID)",
+            trunks.len()
+        )));
+    }
     let valid = |v: i64| (1..=4094).contains(&v);
-    let mut vids = Vec::new();
+    let mut vids = VlanSet::default();
     for t in trunks {
         match (t.min_id, t.max_id) {
             (Some(min), Some(max)) => {
@@ -242,7 +251,7 @@ fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
                 if max < min {
                     return Err(bad(format!("minID {min} is greater than maxID {max}")));
                 }
-                vids.extend(min..=max);
+                vids.insert_range(min as u16, max as u16);
             }
             (None, Some(_)) => {
                 return Err(bad(
@@ -260,13 +269,38 @@ fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
             if !valid(id) {
                 return Err(bad(format!("id {id} must be 1 to 4094")));
             }
-            vids.push(id);
+            vids.insert_range(id as u16, id as u16);
         }
     }
-    let mut vids: Vec<u16> = vids.into_iter().map(|v| v as u16).collect();
-    vids.sort_unstable();
-    vids.dedup();
-    Ok(vids)
+    Ok(vids.ids())
+}
+
+/// VLAN IDs 0..4096 as a bit set: duplicates and overlapping ranges cost nothing.
+struct VlanSet([u64; 64]);
+
+impl Default for VlanSet {
+    fn default() -> Self {
+        VlanSet([0; 64])
+    }
+}
+
+impl VlanSet {
+    /// Adds `min..=max` (both below 4096) a word at a time.
+    fn insert_range(&mut self, min: u16, max: u16) {
+        let (min, max) = (usize::from(min), usize::from(max));
+        for word in min / 64..=max / 64 {
+            let lo = if word == min / 64 { min % 64 } else { 0 };
+            let hi = if word == max / 64 { max % 64 } else { 63 };
+            self.0[word] |= (u64::MAX >> (63 - (hi - lo))) << lo;
+        }
+    }
+
+    /// The IDs in ascending order.
+    fn ids(&self) -> Vec<u16> {
+        (0..4096u16)
+            .filter(|id| self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +313,30 @@ mod tests {
             min_id: min,
             max_id: max,
         }
+    }
+
+    #[test]
+    fn vlan_set_ranges_cover_word_edges() {
+        let mut set = VlanSet::default();
+        set.insert_range(63, 129);
+        set.insert_range(4094, 4094);
+        set.insert_range(1, 1);
+        let want: Vec<u16> = [1].into_iter().chain(63..=129).chain([4094]).collect();
+        assert_eq!(set.ids(), want);
+        let mut all = VlanSet::default();
+        all.insert_range(1, 4094);
+        assert_eq!(all.ids().len(), 4094);
+    }
+
+    #[test]
+    fn huge_trunks_are_bounded() {
+        let full = || t(None, Some(1), Some(4094));
+        let many: Vec<Trunk> = (0..4094).map(|_| full()).collect();
+        assert_eq!(trunk_vids(&many).unwrap().len(), 4094);
+        let too_many: Vec<Trunk> = (0..4095).map(|_| full()).collect();
+        let e = trunk_vids(&too_many).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.starts_with("vlanTrunk: 4095 entries"), "{}", e.msg);
     }
 
     #[test]
