@@ -215,3 +215,36 @@ fn a_huge_vlan_trunk_is_bounded() {
         .ok();
     assert_eq!(lease_count(data.path(), &conf), 0);
 }
+
+/// Symlinks planted in the lease directory are never followed: one at a lease's name keeps
+/// that address from being handed out (the ADD takes the next), one at `lock` fails the
+/// operation with code 5; the files they point at stay untouched. (Temporary files are made
+/// with O_EXCL|O_NOFOLLOW under random names: libcni temp_file's unit tests.)
+#[test]
+fn host_local_never_writes_through_a_planted_symlink() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("precious");
+    std::fs::write(&target, "untouched").unwrap();
+    let net = HostLocalNet::new("1.1.0", json!({"subnet": "10.64.0.0/24"}));
+    std::fs::create_dir_all(net.dir()).unwrap();
+    std::os::unix::fs::symlink(&target, net.dir().join("10.64.0.2")).unwrap();
+    assert_eq!(conformance::result_ips(&net.add("c1")), ["10.64.0.3"]);
+    net.del("c1");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    assert!(
+        net.dir().join("10.64.0.2").is_symlink(),
+        "DEL removed a foreign entry"
+    );
+
+    let lock = net.dir().join("lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("created"), &lock).unwrap();
+    net.run("ADD", "c2", "eth0").err(5, "cannot open lock");
+    assert!(
+        !outside.path().join("created").exists(),
+        "the lock symlink was followed"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    let names: Vec<String> = net.leases().into_keys().collect();
+    assert_eq!(names, ["10.64.0.2"], "only the planted link is left");
+}

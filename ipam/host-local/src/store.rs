@@ -105,6 +105,7 @@ impl Store {
             .create(true)
             .truncate(false)
             .mode(0o750)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("cannot open lock {}: {e}", lock_path.display())))?;
         lock_with_timeout(&lock, &lock_path)?;
@@ -129,8 +130,14 @@ impl Store {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            // Only regular files: never follow a link out of the directory.
+            // Only regular files are read: never follow a link out of the directory. Anything
+            // else named like an address (a planted symlink) keeps that address from being
+            // handed out, as the reference's O_EXCL create would.
             if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                if let Ok(ip) = name.parse::<IpAddr>() {
+                    snap.leases
+                        .insert(canonical(ip), Owner::Legacy(String::new()));
+                }
                 continue;
             }
             if let Some(set) = name
@@ -198,17 +205,11 @@ impl Store {
     }
 
     fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
-        let tmp = self
-            .dir
-            .join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(content));
-        match written {
+        let (tmp, mut file) =
+            libcni::temp_file::create(&self.dir, &format!(".{name}{TEMP_MARK}"), 0o644).map_err(
+                |e| Error::io(format!("cannot create a temporary file for {name}: {e}")),
+            )?;
+        match file.write_all(content) {
             Ok(()) => Ok(tmp),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);

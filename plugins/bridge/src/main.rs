@@ -472,11 +472,7 @@ async fn add_port_veth(
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
-    let mut bytes = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| Error::internal(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(bytes)
+    libcni::random::bytes().map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))
 }
 
 /// A random unicast, locally administered MAC.
