@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use conformance::{Call, HostLocalNet, Netns, bin, unique};
+use conformance::{Call, HostLocalNet, Netns, Workdir, bin, cnitool, unique};
 use serde_json::{Value, json};
 
 /// Long enough for a debug build on a busy machine, far below a hang.
@@ -247,4 +247,39 @@ fn host_local_never_writes_through_a_planted_symlink() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
     let names: Vec<String> = net.leases().into_keys().collect();
     assert_eq!(names, ["10.64.0.2"], "only the planted link is left");
+}
+
+/// The bridge + host-local chain as a conflist, for cnitool.
+fn bridge_list(data: &std::path::Path, subnet: &str) -> Value {
+    let plugin = bridge_conf(data, subnet);
+    json!({"cniVersion": "1.1.0", "name": plugin["name"], "plugins": [plugin]})
+}
+
+/// `cnitool add` whose result cannot be cached (here: a directory sits at the entry's path)
+/// fails and deletes the chain again: no veth, no lease that a later GC could not account for.
+#[test]
+fn cnitool_add_undoes_the_chain_when_the_cache_write_fails() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let work = Workdir::new();
+    let data = tempfile::tempdir().unwrap();
+    let list = bridge_list(data.path(), "10.65.0.0/24");
+    let net = list["name"].as_str().unwrap();
+    work.write_conf("10-net.conflist", &list);
+    let cid = conformance::cnitool_container_id(&ctr.path);
+    let entry = work.cache_dir().join(format!("results/{net}-{cid}-eth0"));
+    std::fs::create_dir_all(entry.join("blocker")).unwrap();
+
+    let add = cnitool(&host, &work, &["add", net, ctr.path.to_str().unwrap()]);
+    assert_ne!(add.status, 0, "{add:?}");
+    assert!(
+        add.stderr.contains("cannot write cached result") && add.stderr.contains("(code 5)"),
+        "{add:?}"
+    );
+    assert!(ctr.link("eth0").is_none(), "the veth was left behind");
+    assert_eq!(
+        lease_count(data.path(), &list),
+        0,
+        "the lease was left behind"
+    );
 }

@@ -89,7 +89,9 @@ impl Runtime {
             }
         }
         let result = prev.unwrap_or_else(|| json!({"cniVersion": list.version}));
-        self.cache.write(&Entry {
+        // Without its cache entry nobody could CHECK the attachment or keep it through a GC:
+        // undo it as if the last plugin had failed.
+        let cached = self.cache.write(&Entry {
             kind: String::new(),
             container_id: rt.container_id.clone(),
             config: list.bytes.clone(),
@@ -99,7 +101,13 @@ impl Runtime {
             cni_args: rt.args.clone(),
             capability_args: rt.capability_args.clone(),
             result: Some(result.clone()),
-        })?;
+        });
+        if let Err(e) = cached {
+            if let Err(undo_err) = self.del_plugins(list, rt, Some(&result)) {
+                eprintln!("cleanup after failed cache write: {undo_err}");
+            }
+            return Err(e);
+        }
         Ok(result)
     }
 
