@@ -283,3 +283,69 @@ fn cnitool_add_undoes_the_chain_when_the_cache_write_fails() {
         "the lease was left behind"
     );
 }
+
+/// `cnitool gc` counts an attachment as gone only when its namespace path does not exist or
+/// holds no network namespace; a path it cannot open for another reason (here a symlink loop,
+/// ELOOP) keeps the attachment and its lease, and is reported.
+#[test]
+fn cnitool_gc_keeps_an_attachment_whose_netns_cannot_be_opened() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let work = Workdir::new();
+    let data = tempfile::tempdir().unwrap();
+    let list = bridge_list(data.path(), "10.66.0.0/24");
+    let net = list["name"].as_str().unwrap();
+    work.write_conf("10-net.conflist", &list);
+    let links = tempfile::tempdir().unwrap();
+    let ns = links.path().join("ns");
+    std::os::unix::fs::symlink(&ctr.path, &ns).unwrap();
+    cnitool(&host, &work, &["add", net, ns.to_str().unwrap()]).ok();
+    let entry = work.cache_dir().join(format!(
+        "results/{net}-{}-eth0",
+        conformance::cnitool_container_id(&ns)
+    ));
+    assert!(entry.is_file());
+
+    std::fs::remove_file(&ns).unwrap();
+    std::os::unix::fs::symlink(links.path().join("loop"), &ns).unwrap();
+    std::os::unix::fs::symlink(&ns, links.path().join("loop")).unwrap();
+    let gc = cnitool(&host, &work, &["gc", net]);
+    gc.ok();
+    assert!(gc.stderr.contains("gc keeps the attachment"), "{gc:?}");
+    assert!(
+        entry.is_file(),
+        "gc dropped an attachment it could not check"
+    );
+    assert_eq!(lease_count(data.path(), &list), 1, "gc freed a live lease");
+
+    // A path that no longer exists is gone: gc deletes the attachment.
+    std::fs::remove_file(&ns).unwrap();
+    cnitool(&host, &work, &["gc", net]).ok();
+    assert!(!entry.exists());
+    assert_eq!(lease_count(data.path(), &list), 0);
+}
+
+/// `cnitool gc` waits for the cache lock that add and del hold shared, so it cannot run
+/// between a chain ADD and its cache write.
+#[test]
+fn cnitool_gc_waits_for_an_add_holding_the_cache_lock() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let data = tempfile::tempdir().unwrap();
+    let list = bridge_list(data.path(), "10.67.0.0/24");
+    let net = list["name"].as_str().unwrap();
+    work.write_conf("10-net.conflist", &list);
+    let results = work.cache_dir().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    let lock = std::fs::File::create(results.join(".lock")).unwrap();
+    lock.lock_shared().unwrap();
+    let held = Duration::from_millis(1500);
+    let start = std::time::Instant::now();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(held);
+        drop(lock);
+    });
+    cnitool(&host, &work, &["gc", net]).ok();
+    assert!(start.elapsed() >= held, "gc ran while the lock was held");
+    release.join().unwrap();
+}

@@ -9,6 +9,7 @@ pub mod conf;
 pub mod conntrack;
 pub mod error;
 pub mod firewall;
+pub mod flock;
 pub mod invoke;
 pub mod ipam;
 pub mod json;

@@ -11,9 +11,9 @@ use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use libcni::{Error, Result};
+use libcni::{Error, Result, flock};
 
 use crate::ip::canonical;
 
@@ -108,7 +108,7 @@ impl Store {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("cannot open lock {}: {e}", lock_path.display())))?;
-        lock_with_timeout(&lock, &lock_path)?;
+        flock::lock_within(&lock, flock::Mode::Exclusive, LOCK_WAIT, &lock_path)?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -223,30 +223,6 @@ fn read_to_string(path: &Path) -> Option<String> {
     std::fs::read(path)
         .ok()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-fn lock_with_timeout(lock: &File, path: &Path) -> Result<()> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => return Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::try_again(format!(
-                    "lease store {} is locked by another operation for over {}s",
-                    path.display(),
-                    LOCK_WAIT.as_secs()
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io(format!("cannot lock {}: {e}", path.display())));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 
 pub const DEFAULT_DIR: &str = "/var/lib/cni";
 const KIND: &str = "cniCacheV1";
+/// In the results directory; Go's libcni reads only `<network>-…` entries there.
+const LOCK: &str = ".lock";
+/// How long an operation waits for the cache lock before failing with code 11.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
@@ -80,14 +84,37 @@ impl Cache {
         Ok(self.dir.join(format!("{network}-{container_id}-{ifname}")))
     }
 
-    /// Writes the entry atomically (temp file + rename): a crash never leaves half a file.
-    pub fn write(&self, entry: &Entry) -> Result<()> {
-        let path = self.path(&entry.network, &entry.container_id, &entry.ifname)?;
+    /// The lock that orders the runtime's operations on this cache: ADD and DEL hold it
+    /// shared, GC exclusive, so a GC never runs between a chain ADD and its cache write.
+    /// Held until the file is dropped.
+    pub fn lock(&self, mode: crate::flock::Mode) -> Result<std::fs::File> {
+        self.create_dir()?;
+        let path = self.dir.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display())))?;
+        crate::flock::lock_within(&file, mode, LOCK_WAIT, &path)?;
+        Ok(file)
+    }
+
+    fn create_dir(&self) -> Result<()> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))?;
+            .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))
+    }
+
+    /// Writes the entry atomically (temp file + rename): a crash never leaves half a file.
+    pub fn write(&self, entry: &Entry) -> Result<()> {
+        let path = self.path(&entry.network, &entry.container_id, &entry.ifname)?;
+        self.create_dir()?;
         let data = serde_json::to_vec(&Entry {
             kind: KIND.into(),
             ..entry.clone()
