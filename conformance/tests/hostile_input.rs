@@ -349,3 +349,144 @@ fn cnitool_gc_waits_for_an_add_holding_the_cache_lock() {
     assert!(start.elapsed() >= held, "gc ran while the lock was held");
     release.join().unwrap();
 }
+
+/// One hostile request: the plugin, environment overrides, stdin, and the answer it must give
+/// (`None`: success; `Some((code, text in msg))`).
+type Row = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    Value,
+    Option<(u64, &'static str)>,
+);
+
+/// Bad names, huge and mistyped values, a directory as netns: each a clean, prompt answer with
+/// the right code, and nothing outside the attachment changes (host links, leases).
+#[test]
+fn hostile_requests_get_clean_answers() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let data = tempfile::tempdir().unwrap();
+    let good = bridge_conf(data.path(), "10.68.0.0/24");
+    let with = |key: &str, value: Value| {
+        let mut conf = good.clone();
+        conf[key] = value;
+        conf
+    };
+    let host_local = json!({"cniVersion": "1.1.0", "name": good["name"], "type": "host-local",
+        "ipam": good["ipam"], "padding": "x".repeat(10 << 20)});
+    let dir_ns = data.path().join("a-directory");
+    std::fs::create_dir(&dir_ns).unwrap();
+    let rows: Vec<Row> = vec![
+        (
+            "bridge",
+            vec![],
+            with("name", json!("a/b")),
+            Some((7, "\"a/b\"")),
+        ),
+        (
+            "bridge",
+            vec![],
+            with("name", json!("..")),
+            Some((7, "\"..\"")),
+        ),
+        ("bridge", vec![], with("name", json!(7)), Some((6, "name"))),
+        (
+            "bridge",
+            vec![],
+            with("mtu", json!(-1)),
+            Some((7, "key \"mtu\"")),
+        ),
+        (
+            "bridge",
+            vec![],
+            with("mtu", json!("9000")),
+            Some((7, "key \"mtu\"")),
+        ),
+        (
+            "bridge",
+            vec![],
+            with(
+                "ipam",
+                json!({"type": "host-local", "dataDir": data.path(), "ranges": "x"}),
+            ),
+            Some((7, "ipam.ranges")),
+        ),
+        (
+            "bridge",
+            vec![],
+            with("bridge", json!("x".repeat(16))),
+            Some((7, "bridge name")),
+        ),
+        (
+            "bridge",
+            vec![("CNI_NETNS", dir_ns.display().to_string())],
+            good.clone(),
+            Some((4, "is not a network namespace")),
+        ),
+        (
+            "bridge",
+            vec![("CNI_IFNAME", "../x".into())],
+            good.clone(),
+            Some((4, "CNI_IFNAME")),
+        ),
+        (
+            "bridge",
+            vec![("CNI_CONTAINERID", "a/b".into())],
+            good.clone(),
+            Some((4, "CNI_CONTAINERID")),
+        ),
+        (
+            "loopback",
+            vec![("CNI_NETNS", dir_ns.display().to_string())],
+            good.clone(),
+            Some((4, "is not a network namespace")),
+        ),
+        // 10 MB of an unknown key: read, ignored, answered.
+        ("host-local", vec![], host_local.clone(), None),
+        (
+            "host-local",
+            vec![("CNI_COMMAND", "DEL".into())],
+            host_local,
+            None,
+        ),
+    ];
+    // The network's bridge may stay after an ADD that fails past creating it (IPAM refused
+    // its config), as with the reference; it is the network's, not the attachment's.
+    let br = good["bridge"].as_str().unwrap();
+    let host_links =
+        || -> Vec<String> { host.link_names().into_iter().filter(|l| l != br).collect() };
+    let links_before = host_links();
+    for (plugin, env, stdin, want) in rows {
+        let mut call = Call::new(&host, bin(plugin), "ADD", &ctr.path).within(PROMPT);
+        for (key, value) in &env {
+            call = call.env(key, value);
+        }
+        let out = call.run(&stdin.to_string());
+        match want {
+            None => assert_eq!(out.status, 0, "{plugin} {env:?}: {out:?}"),
+            Some((code, needle)) => out.err(code, needle),
+        }
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{plugin} {env:?}: {out:?}"
+        );
+        if want.is_some() {
+            assert_eq!(
+                lease_count(data.path(), &good),
+                0,
+                "{plugin} {env:?} left a lease"
+            );
+        }
+        assert_eq!(
+            host_links(),
+            links_before,
+            "{plugin} {env:?} changed host links"
+        );
+        assert!(ctr.link("eth0").is_none(), "{plugin} {env:?} left eth0");
+    }
+    assert_eq!(
+        lease_count(data.path(), &good),
+        0,
+        "the 10 MB config's DEL left its lease"
+    );
+}
