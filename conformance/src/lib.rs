@@ -174,6 +174,16 @@ impl Outcome {
 }
 
 pub fn outcome(cmd: &mut Command, stdin: &str) -> Outcome {
+    outcome_within(cmd, stdin, None)
+}
+
+/// As [`outcome`]; with a `limit`, a process still running after it is killed and the test
+/// fails (a hang must not hang the suite).
+pub fn outcome_within(
+    cmd: &mut Command,
+    stdin: &str,
+    limit: Option<std::time::Duration>,
+) -> Outcome {
     use std::io::Write;
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -181,8 +191,26 @@ pub fn outcome(cmd: &mut Command, stdin: &str) -> Outcome {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    // A writer thread: a plugin that stops reading must not block the test before the limit.
+    let writer = std::thread::spawn(move || {
+        let mut input = input;
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    if let Some(limit) = limit {
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} did not answer within {limit:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
     let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     Outcome {
         status: out.status.code().unwrap_or(-1),
@@ -197,6 +225,8 @@ pub struct Call<'a> {
     host: &'a Netns,
     plugin: PathBuf,
     env: Vec<(String, String)>,
+    limit: Option<std::time::Duration>,
+    wrapper: Vec<String>,
 }
 
 impl<'a> Call<'a> {
@@ -216,7 +246,22 @@ impl<'a> Call<'a> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            limit: None,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs the plugin through `argv` (`["prlimit", "--as=…", "--"]`): the plugin's path is
+    /// appended to it.
+    pub fn wrapped(mut self, argv: &[&str]) -> Self {
+        self.wrapper = argv.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Fails the test (after killing the plugin) if it has not answered within `limit`.
+    pub fn within(mut self, limit: std::time::Duration) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -231,11 +276,18 @@ impl<'a> Call<'a> {
     }
 
     pub fn run(self, stdin: &str) -> Outcome {
-        let mut cmd = self.host.command(&self.plugin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = self.host.command(program);
+                cmd.args(args).arg(&self.plugin);
+                cmd
+            }
+            None => self.host.command(&self.plugin),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env);
-        outcome(&mut cmd, stdin)
+        outcome_within(&mut cmd, stdin, self.limit)
     }
 }
 

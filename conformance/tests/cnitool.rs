@@ -116,7 +116,8 @@ fn failed_add_undoes_the_plugins_that_ran() {
             .cache_dir()
             .join("results")
             .read_dir()
-            .is_ok_and(|mut d| d.next().is_some())
+            .is_ok_and(|d| d.flatten().any(|e| e.file_name() != ".lock")),
+        "a failed ADD left a cache entry"
     );
 }
 

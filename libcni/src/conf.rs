@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::json::Lenient;
 use crate::result::{CniResult, Dns};
 use crate::version::Version;
 
@@ -17,7 +18,8 @@ pub struct NetConf {
     #[serde(rename = "type")]
     pub plugin_type: String,
     pub ipam: Option<IpamRef>,
-    pub dns: Option<Dns>,
+    /// Read only by ADD ([`NetConf::dns`]): a bad one must not block DEL.
+    pub dns: Lenient<Dns>,
     pub args: Option<Value>,
     #[serde(rename = "prevResult")]
     pub prev_result: Option<Value>,
@@ -77,6 +79,17 @@ impl NetConf {
             Some(v) => CniResult::parse(v, version)
                 .map(|(_, r)| Some(r))
                 .map_err(|e| e.context("invalid prevResult")),
+        }
+    }
+
+    /// The `dns` key, for results.
+    pub fn dns(&self) -> Result<Option<&Dns>> {
+        match &self.dns {
+            Lenient::Absent => Ok(None),
+            Lenient::Valid(dns) => Ok(Some(dns)),
+            Lenient::Invalid(why) => Err(Error::decode(format!(
+                "error parsing network config: key \"dns\": {why}"
+            ))),
         }
     }
 
@@ -182,6 +195,10 @@ mod tests {
         assert_eq!(c.runtime("mac"), Some(&json!("aa:bb:cc:dd:ee:ff")));
         assert_eq!(c.cni_arg("ips"), Some(&json!(["10.0.0.9"])));
         assert_eq!(c.gc_attachments().unwrap()[0].container_id, "c1");
+        let bad_dns = NetConf::parse(&json!({"name": "n", "dns": "x"})).unwrap();
+        let e = bad_dns.dns().unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("key \"dns\""), "{}", e.msg);
         let none = NetConf::parse(&json!({"name": "n"})).unwrap();
         assert_eq!(none.gc_attachments().unwrap_err().code, 7);
         // libcni's nil slice: an empty list.

@@ -10,10 +10,10 @@
 //! `#[serde(flatten)]` and untagged or internally tagged enums do not tell serde's deserializer
 //! their field names, so their keys would not fold.
 
-use serde::Serialize;
 use serde::de::{
     self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Deserializes `T` from `value` with Go's key matching. The error names the key path.
@@ -35,6 +35,36 @@ impl std::fmt::Display for KeyError {
 }
 
 impl std::error::Error for KeyError {}
+
+/// A config value that never fails to decode, for the keys DEL and GC read: a config whose
+/// other keys (or even these) no longer validate must still let its pods be torn down.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Lenient<T> {
+    #[default]
+    Absent,
+    Valid(T),
+    /// The key holds a value `T` cannot hold; why.
+    Invalid(String),
+}
+
+impl<T> Lenient<T> {
+    pub fn valid(self) -> Option<T> {
+        match self {
+            Lenient::Valid(t) => Some(t),
+            Lenient::Absent | Lenient::Invalid(_) => None,
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Ok(match from_value::<T>(value) {
+            Ok(t) => Lenient::Valid(t),
+            Err(e) => Lenient::Invalid(e.to_string()),
+        })
+    }
+}
 
 /// Go's `json.MarshalIndent(v, "", "    ")`: what plugins print on stdout.
 pub fn to_pretty(value: &impl Serialize) -> Vec<u8> {
@@ -212,6 +242,23 @@ mod tests {
         mtu: u32,
         ranges: Vec<Inner>,
         nested: Option<Inner>,
+    }
+
+    #[test]
+    fn lenient_values_never_fail() {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Keys {
+            #[serde(rename = "ipMasq")]
+            ip_masq: Lenient<bool>,
+            mtu: Lenient<u32>,
+            bridge: Lenient<String>,
+        }
+        let keys: Keys =
+            from_value(serde_json::json!({"IPMASQ": "yes", "mtu": 1500, "bridge": null})).unwrap();
+        assert!(matches!(keys.ip_masq, Lenient::Invalid(ref why) if why.contains("boolean")));
+        assert_eq!(keys.mtu, Lenient::Valid(1500));
+        assert_eq!(keys.bridge, Lenient::Absent);
     }
 
     #[test]

@@ -9,16 +9,19 @@ pub mod conf;
 pub mod conntrack;
 pub mod error;
 pub mod firewall;
+pub mod flock;
 pub mod invoke;
 pub mod ipam;
 pub mod json;
 pub mod netlink;
 pub mod netns;
 pub mod nf_tables;
+pub mod random;
 pub mod result;
 pub mod runtime;
 pub mod skel;
 pub mod sysctl;
+pub mod temp_file;
 pub mod version;
 
 /// The suite's version as built: the workspace version, plus `+gitYYYYMMDD.<hash>` when built

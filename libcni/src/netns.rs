@@ -1,11 +1,11 @@
 //! Network namespaces: open a path safely, and enter one on the current thread with a guard
 //! that always brings the thread back.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
@@ -37,14 +37,25 @@ impl Netns {
     /// and procfs are accepted, and the namespace must be a network namespace.
     pub fn open(path: impl AsRef<Path>) -> Result<Netns, NetnsError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => NetnsError::NotExist(path.clone()),
-            _ => NetnsError::Io(path.clone(), e),
-        })?;
-        let fs = fstatfs(&file).map_err(|e| NetnsError::Io(path.clone(), e.into()))?;
+        // O_PATH opens nothing: a FIFO does not wait for a writer, a device node sees no open.
+        // Only a file on nsfs or procfs is then opened for real, through its O_PATH handle.
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) => NetnsError::NotExist(path.clone()),
+                _ => NetnsError::Io(path.clone(), e),
+            })?;
+        let fs = fstatfs(&handle).map_err(|e| NetnsError::Io(path.clone(), e.into()))?;
         if fs.filesystem_type() != NSFS_MAGIC && fs.filesystem_type() != PROC_SUPER_MAGIC {
             return Err(NetnsError::NotNetns(path));
         }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(format!("/proc/thread-self/fd/{}", handle.as_raw_fd()))
+            .map_err(|e| NetnsError::Io(path.clone(), e))?;
         // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's namespace type.
         let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
         if kind != libc::CLONE_NEWNET {
@@ -128,6 +139,23 @@ mod tests {
             Netns::open("/proc/self/ns/uts"),
             Err(NetnsError::NotNetns(_))
         ));
+    }
+
+    #[test]
+    fn a_fifo_or_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(Netns::open(&fifo), Err(NetnsError::NotNetns(_))));
+        assert!(matches!(
+            Netns::open(dir.path()),
+            Err(NetnsError::NotNetns(_))
+        ));
+        assert!(matches!(
+            Netns::open(dir.path().join("fifo/below")),
+            Err(NetnsError::NotExist(_))
+        ));
+        assert!(matches!(Netns::open("/proc"), Err(NetnsError::NotNetns(_))));
     }
 
     #[test]

@@ -123,30 +123,30 @@ fn round_robin(
     free: impl Fn(usize, IpAddr) -> bool,
 ) -> Option<(usize, IpAddr)> {
     let ranges = &set.ranges;
-    let next = |(r, ip): (usize, u128)| {
-        if ip == to_u128(ranges[r].end) {
+    let next = |(r, n): (usize, u128)| match ranges[r].after(n) {
+        Some(n) => (r, n),
+        None => {
             let r = (r + 1) % ranges.len();
             (r, to_u128(ranges[r].start))
-        } else {
-            (r, ip + 1)
         }
     };
-    let mut pos = match last.and_then(|ip| Some((set.find(ip)?, to_u128(ip)))) {
+    let first = match last.and_then(|ip| Some((set.find(ip)?, to_u128(ip)))) {
         Some(pos) => next(pos),
         None => (0, to_u128(ranges[0].start)),
     };
-    let total = ranges.iter().fold(0u128, |n, r| n.saturating_add(r.size()));
+    // The walk is one cycle through every position of the set: back at the first, all are taken.
     let v4 = set.is_ipv4();
-    let mut tried = 0u128;
-    while tried < total {
+    let mut pos = first;
+    loop {
         let ip = from_u128(pos.1, v4);
         if free(pos.0, ip) {
             return Some((pos.0, ip));
         }
         pos = next(pos);
-        tried += 1;
+        if pos == first {
+            return None;
+        }
     }
-    None
 }
 
 /// Whether the set still has an address to give (for STATUS).
@@ -378,6 +378,49 @@ mod tests {
             e.msg,
             "args.cni.ips: requested IP 10.9.0.1 is not in any range set"
         );
+    }
+
+    #[test]
+    fn whole_address_space_allocates() {
+        let cfg = config(
+            vec![vec![range(
+                "::/0",
+                "::",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            )]],
+            &[],
+        );
+        let got = allocate(&cfg, &HashMap::new(), &HashMap::new(), "c1", "eth0").unwrap();
+        assert_eq!(got[0].ip, ip("::2"));
+        let last = HashMap::from([(0, ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))]);
+        let got = allocate(&cfg, &HashMap::new(), &last, "c1", "eth0").unwrap();
+        assert_eq!(got[0].ip, ip("::2"), "wraps from the last address");
+        assert!(has_free(&cfg.sets[0], &HashMap::new()));
+    }
+
+    #[test]
+    fn ipv6_allocation_skips_ipv4_mapped_addresses() {
+        let cfg = config(
+            vec![vec![range("::/64", "::fffe:ffff:ffff", "::1:0:0:5")]],
+            &[],
+        );
+        let leases = HashMap::from([(ip("::fffe:ffff:ffff"), other("x"))]);
+        let got = allocate(&cfg, &leases, &HashMap::new(), "c1", "eth0").unwrap();
+        assert_eq!(got[0].ip, ip("::1:0:0:0"));
+    }
+
+    #[test]
+    fn a_full_set_is_reported_after_one_cycle() {
+        let cfg = config(
+            vec![vec![
+                range("10.0.0.0/30", "10.0.0.1", "10.0.0.2"),
+                range("10.0.1.0/30", "10.0.1.1", "10.0.1.2"),
+            ]],
+            &[],
+        );
+        let leases = HashMap::from([(ip("10.0.0.2"), other("x")), (ip("10.0.1.2"), other("y"))]);
+        let last = HashMap::from([(0, ip("10.0.1.1"))]);
+        assert!(allocate(&cfg, &leases, &last, "c1", "eth0").is_err());
     }
 
     #[test]

@@ -73,6 +73,9 @@ struct RawCniArgs {
     ips: Option<Vec<String>>,
 }
 
+/// `::ffff:0.0.0.0` to `::ffff:255.255.255.255`.
+const MAPPED_V4: std::ops::RangeInclusive<u128> = 0xffff_0000_0000..=0xffff_ffff_ffff;
+
 /// One range of a range set, canonical: every field filled in and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -111,8 +114,20 @@ impl Range {
             || (self.is_ipv4() && ip == self.subnet.broadcast())
     }
 
+    /// The number of addresses from start to end; a range of all 2^128 IPv6 addresses
+    /// (`::/0` from `::`) counts as `u128::MAX`.
     pub fn size(&self) -> u128 {
-        to_u128(self.end) - to_u128(self.start) + 1
+        (to_u128(self.end) - to_u128(self.start)).saturating_add(1)
+    }
+
+    /// The position after `n` in this range, `None` past its end. An IPv6 range steps over
+    /// the IPv4-mapped block: those addresses are the IPv4 ones (their lease files too).
+    pub fn after(&self, n: u128) -> Option<u128> {
+        let mut next = n.checked_add(1)?;
+        if !self.is_ipv4() && MAPPED_V4.contains(&next) {
+            next = MAPPED_V4.end() + 1;
+        }
+        (next <= to_u128(self.end)).then_some(next)
     }
 
     /// The address as the result reports it: with the subnet's prefix length.
@@ -309,7 +324,20 @@ fn range(key: &str, raw: &RawRange) -> Result<Range> {
         .subnet
         .parse()
         .map_err(|_| bad(format!("subnet {:?} is not a CIDR subnet", raw.subnet)))?;
-    let given = IpNetwork::new(canonical(given.ip()), given.prefix()).unwrap_or(given);
+    if let IpNetwork::V6(v6) = given
+        && let Some(v4) = v6.ip().to_ipv4_mapped()
+    {
+        // Go's ParseCIDR keeps such a subnet IPv6 with an IPv4 address, which the reference
+        // then rejects ("IPNet IP and Mask version mismatch"): say what to write instead.
+        let hint = match given.prefix().checked_sub(96) {
+            Some(p) => format!("write the IPv4 subnet {v4}/{p}"),
+            None => "it is neither an IPv4 nor an IPv6 subnet".into(),
+        };
+        return Err(bad(format!(
+            "subnet {:?} is IPv4-mapped IPv6 (::ffff:a.b.c.d); {hint}",
+            raw.subnet
+        )));
+    }
     let bits = if given.is_ipv4() { 32 } else { 128 };
     if given.prefix() > bits - 2 {
         return Err(bad(format!("subnet {given} is too small to allocate from")));
@@ -452,6 +480,41 @@ mod tests {
                 e.msg
             );
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_subnets_are_refused_with_the_ipv4_spelling() {
+        let e = r("::ffff:10.9.0.0/120", None, None, None).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert_eq!(
+            e.msg,
+            "ipam.ranges[0][0].subnet \"::ffff:10.9.0.0/120\" is IPv4-mapped IPv6 \
+             (::ffff:a.b.c.d); write the IPv4 subnet 10.9.0.0/24"
+        );
+        let e = r("::ffff:10.9.0.0/24", None, None, None).unwrap_err();
+        assert!(e.msg.contains("neither"), "{}", e.msg);
+        // A mapped rangeStart in an IPv4 subnet is that IPv4 address, as in Go.
+        let ok = r("10.9.0.0/24", Some("::ffff:10.9.0.5"), None, None).unwrap();
+        assert_eq!(ok.start, "10.9.0.5".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn whole_address_space_ranges_do_not_overflow() {
+        let all = r("::/0", Some("::"), None, None).unwrap();
+        assert_eq!(all.size(), u128::MAX);
+        assert_eq!(all.after(u128::MAX), None);
+        let v4 = r("0.0.0.0/0", Some("0.0.0.0"), None, None).unwrap();
+        assert_eq!(v4.size(), (1 << 32) - 1);
+        assert_eq!(v4.after(0xffff_fffe), None);
+    }
+
+    #[test]
+    fn ipv6_ranges_step_over_the_ipv4_mapped_block() {
+        let v6 = r("::/64", Some("::fffe:ffff:ffff"), Some("::1:0:0:5"), None).unwrap();
+        let at = |s: &str| to_u128(s.parse().unwrap());
+        assert_eq!(v6.after(at("::fffe:ffff:ffff")), Some(at("::1:0:0:0")));
+        let v4 = r("10.0.0.0/8", None, None, None).unwrap();
+        assert_eq!(v4.after(at("10.0.0.1")), Some(at("10.0.0.2")));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use libcni::{Error, Result};
+use libcni::{Error, Result, flock};
 
 use crate::ip::canonical;
 
@@ -105,9 +105,10 @@ impl Store {
             .create(true)
             .truncate(false)
             .mode(0o750)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("cannot open lock {}: {e}", lock_path.display())))?;
-        lock_with_timeout(&lock, &lock_path)?;
+        flock::lock_within(&lock, flock::Mode::Exclusive, LOCK_WAIT, &lock_path)?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -129,8 +130,14 @@ impl Store {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            // Only regular files: never follow a link out of the directory.
+            // Only regular files are read: never follow a link out of the directory. Anything
+            // else named like an address (a planted symlink) keeps that address from being
+            // handed out, as the reference's O_EXCL create would.
             if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                if let Ok(ip) = name.parse::<IpAddr>() {
+                    snap.leases
+                        .insert(canonical(ip), Owner::Legacy(String::new()));
+                }
                 continue;
             }
             if let Some(set) = name
@@ -153,9 +160,9 @@ impl Store {
     /// Writes the lease for `ip`, complete or not at all: the content goes to a temp file that is
     /// then hard-linked to the address's name, which fails if the address is taken.
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
-        let target = self.dir.join(ip.to_string());
+        let target = self.lease_path(ip);
         let tmp = self.write_temp(
-            &ip.to_string(),
+            &canonical(ip).to_string(),
             format!("{}\r\n{ifname}", id.trim()).as_bytes(),
         )?;
         let linked = std::fs::hard_link(&tmp, &target);
@@ -181,7 +188,7 @@ impl Store {
     }
 
     pub fn release(&self, ip: IpAddr) -> Result<()> {
-        let path = self.dir.join(ip.to_string());
+        let path = self.lease_path(ip);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(format!(
                 "cannot remove lease {}: {e}",
@@ -191,18 +198,18 @@ impl Store {
         }
     }
 
+    /// The one place a lease's file name is made: an IPv4-mapped IPv6 address is its IPv4
+    /// address, as `scan` reads names back (and as Go's `net.IP.String` prints them).
+    fn lease_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(canonical(ip).to_string())
+    }
+
     fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
-        let tmp = self
-            .dir
-            .join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(content));
-        match written {
+        let (tmp, mut file) =
+            libcni::temp_file::create(&self.dir, &format!(".{name}{TEMP_MARK}"), 0o644).map_err(
+                |e| Error::io(format!("cannot create a temporary file for {name}: {e}")),
+            )?;
+        match file.write_all(content) {
             Ok(()) => Ok(tmp),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -216,30 +223,6 @@ fn read_to_string(path: &Path) -> Option<String> {
     std::fs::read(path)
         .ok()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-fn lock_with_timeout(lock: &File, path: &Path) -> Result<()> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => return Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::try_again(format!(
-                    "lease store {} is locked by another operation for over {}s",
-                    path.display(),
-                    LOCK_WAIT.as_secs()
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io(format!("cannot lock {}: {e}", path.display())));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use libcni::args::CniArgs;
-use libcni::conf::Attachment;
-use libcni::netns::Netns;
+use libcni::netns::{Netns, NetnsError};
 use libcni::runtime::{ConfList, Runtime, RuntimeConf, cache};
 use libcni::{Error, Result};
 use serde_json::{Map, Value};
@@ -91,22 +90,25 @@ fn run(args: &[String]) -> Result<Option<String>> {
                 _ => runtime.del(&list, &rt).map(|()| None),
             }
         }
-        "gc" => {
-            // An attachment stays valid while its namespace exists (or if the cache does not say).
-            let valid: Vec<Attachment> = runtime
-                .cache
-                .entries(&list.name)
-                .into_iter()
-                .filter(|e| e.netns.is_empty() || Netns::open(&e.netns).is_ok())
-                .map(|e| Attachment {
-                    container_id: e.container_id,
-                    ifname: e.ifname,
-                })
-                .collect();
-            runtime.gc(&list, &valid).map(|()| None)
-        }
+        "gc" => runtime
+            .gc(&list, |e| e.netns.is_empty() || namespace_remains(&e.netns))
+            .map(|()| None),
         "status" => runtime.status(&list).map(|()| None),
         _ => Err(usage()),
+    }
+}
+
+/// Whether a cached attachment's namespace may still exist: only "no such path" and "not a
+/// network namespace (any more)" say it is gone; any other error (no permission, a symlink
+/// loop, another mount namespace's path) keeps the attachment, and is reported.
+fn namespace_remains(path: &str) -> bool {
+    match Netns::open(path) {
+        Ok(_) => true,
+        Err(NetnsError::NotExist(_) | NetnsError::NotNetns(_)) => false,
+        Err(e) => {
+            eprintln!("cnitool: gc keeps the attachment in {path:?}: {e}");
+            true
+        }
     }
 }
 

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 
 pub const DEFAULT_DIR: &str = "/var/lib/cni";
 const KIND: &str = "cniCacheV1";
+/// In the results directory; Go's libcni reads only `<network>-…` entries there.
+const LOCK: &str = ".lock";
+/// How long an operation waits for the cache lock before failing with code 11.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
@@ -80,48 +84,75 @@ impl Cache {
         Ok(self.dir.join(format!("{network}-{container_id}-{ifname}")))
     }
 
-    /// Writes the entry atomically (temp file + rename): a crash never leaves half a file.
-    pub fn write(&self, entry: &Entry) -> Result<()> {
-        let path = self.path(&entry.network, &entry.container_id, &entry.ifname)?;
+    /// The lock that orders the runtime's operations on this cache: ADD and DEL hold it
+    /// shared, GC exclusive, so a GC never runs between a chain ADD and its cache write.
+    /// Held until the file is dropped.
+    pub fn lock(&self, mode: crate::flock::Mode) -> Result<std::fs::File> {
+        self.create_dir()?;
+        let path = self.dir.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display())))?;
+        crate::flock::lock_within(&file, mode, LOCK_WAIT, &path)?;
+        Ok(file)
+    }
+
+    fn create_dir(&self) -> Result<()> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))?;
-        let tmp = self.dir.join(format!(
-            ".{}-{}-{}.tmp{}",
-            entry.network,
-            entry.container_id,
-            entry.ifname,
-            std::process::id()
-        ));
+            .map_err(|e| Error::io(format!("cannot create {}: {e}", self.dir.display())))
+    }
+
+    /// Writes the entry atomically (temp file + rename): a crash never leaves half a file.
+    pub fn write(&self, entry: &Entry) -> Result<()> {
+        let path = self.path(&entry.network, &entry.container_id, &entry.ifname)?;
+        self.create_dir()?;
         let data = serde_json::to_vec(&Entry {
             kind: KIND.into(),
             ..entry.clone()
         })
         .unwrap_or_default();
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&data).and_then(|()| f.sync_all()))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        written.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
+        let failed = |e: std::io::Error| {
             Error::io(format!(
                 "cannot write cached result {}: {e}",
                 path.display()
             ))
-        })
+        };
+        let stem = format!(
+            ".{}-{}-{}.tmp",
+            entry.network, entry.container_id, entry.ifname
+        );
+        let (tmp, mut file) = crate::temp_file::create(&self.dir, &stem, 0o600).map_err(failed)?;
+        file.write_all(&data)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                failed(e)
+            })
     }
 
     /// The cached entry, if any. A file in the pre-v1 format (a bare result) comes back as an
     /// entry holding just that result.
     pub fn read(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<Entry>> {
         let path = self.path(network, container_id, ifname)?;
-        let bytes = match std::fs::read(&path) {
+        // Never through a symlink: the entry is ours, written by rename.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let bytes = match opened.and_then(|mut f| {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut b).map(|_| b)
+        }) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
@@ -236,5 +267,28 @@ mod tests {
         let e = cache.read("n", "c2", "eth0").unwrap().unwrap();
         assert_eq!(e.result.unwrap()["cniVersion"], "0.3.1");
         assert!(cache.read("n", "../x", "eth0").is_err());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::fs::create_dir_all(dir.path().join("results")).unwrap();
+        let entry_path = dir.path().join("results/n-c1-eth0");
+        std::os::unix::fs::symlink(&target, &entry_path).unwrap();
+        let cache = Cache::new(dir.path());
+        assert!(
+            cache.read("n", "c1", "eth0").is_err(),
+            "read through a symlink"
+        );
+        cache.write(&entry("c1")).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(std::fs::symlink_metadata(&entry_path).unwrap().is_file());
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("results"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["n-c1-eth0"], "temp file left behind");
     }
 }

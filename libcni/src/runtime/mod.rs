@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::conf::Attachment;
 use crate::error::{Error, Result};
+use crate::flock::Mode;
 use crate::invoke::{self, Env};
 use crate::result::CniResult;
 use crate::skel::Command;
@@ -61,6 +62,7 @@ impl Runtime {
     /// result in the list's version. If a plugin fails, the plugins already run are deleted
     /// again (in reverse) before the error is returned, so a failed ADD leaves nothing behind.
     pub fn add(&self, list: &ConfList, rt: &RuntimeConf) -> Result<Value> {
+        let _lock = self.cache.lock(Mode::Shared)?;
         let mut prev: Option<Value> = None;
         for (i, plugin) in list.plugins.iter().enumerate() {
             let ran = self
@@ -89,7 +91,9 @@ impl Runtime {
             }
         }
         let result = prev.unwrap_or_else(|| json!({"cniVersion": list.version}));
-        self.cache.write(&Entry {
+        // Without its cache entry nobody could CHECK the attachment or keep it through a GC:
+        // undo it as if the last plugin had failed.
+        let cached = self.cache.write(&Entry {
             kind: String::new(),
             container_id: rt.container_id.clone(),
             config: list.bytes.clone(),
@@ -99,7 +103,13 @@ impl Runtime {
             cni_args: rt.args.clone(),
             capability_args: rt.capability_args.clone(),
             result: Some(result.clone()),
-        })?;
+        });
+        if let Err(e) = cached {
+            if let Err(undo_err) = self.del_plugins(list, rt, Some(&result)) {
+                eprintln!("cleanup after failed cache write: {undo_err}");
+            }
+            return Err(e);
+        }
         Ok(result)
     }
 
@@ -133,6 +143,19 @@ impl Runtime {
     /// Every plugin is called even when one fails; the entry stays until a DEL fully succeeds.
     /// An unusable cache entry does not block the DEL: it is reported and ignored.
     pub fn del(&self, list: &ConfList, rt: &RuntimeConf) -> Result<()> {
+        // A DEL must work even where the cache cannot be created; only a held lock stops it.
+        let _lock = match self.cache.lock(Mode::Shared) {
+            Ok(lock) => Some(lock),
+            Err(e) if e.code == crate::Code::TryAgainLater as u32 => return Err(e),
+            Err(e) => {
+                eprintln!("deleting without the cache lock: {e}");
+                None
+            }
+        };
+        self.del_unlocked(list, rt)
+    }
+
+    fn del_unlocked(&self, list: &ConfList, rt: &RuntimeConf) -> Result<()> {
         let cached = if list.version.has_check() {
             self.cached_result(list, rt).unwrap_or_else(|e| {
                 eprintln!("ignoring the cached result: {e}");
@@ -158,21 +181,25 @@ impl Runtime {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// GC: DEL the cached attachments that are not valid, then (1.1.0) let every plugin drop
-    /// whatever belongs to no valid attachment. Nothing at all when the list sets `disableGC`.
-    pub fn gc(&self, list: &ConfList, valid: &[Attachment]) -> Result<()> {
+    /// GC, with the cache locked against ADD and DEL: the cached attachments for which `keep`
+    /// holds are the valid ones; DEL the others, then (1.1.0) let every plugin drop whatever
+    /// belongs to no valid attachment. Nothing at all when the list sets `disableGC`.
+    pub fn gc(&self, list: &ConfList, keep: impl Fn(&Entry) -> bool) -> Result<()> {
         if list.disable_gc {
             return Ok(());
         }
+        let _lock = self.cache.lock(Mode::Exclusive)?;
+        let (kept, gone): (Vec<Entry>, Vec<Entry>) =
+            self.cache.entries(&list.name).into_iter().partition(keep);
+        let valid: Vec<Attachment> = kept
+            .into_iter()
+            .map(|e| Attachment {
+                container_id: e.container_id,
+                ifname: e.ifname,
+            })
+            .collect();
         let mut first_err = None;
-        for entry in self.cache.entries(&list.name) {
-            let attachment = Attachment {
-                container_id: entry.container_id.clone(),
-                ifname: entry.ifname.clone(),
-            };
-            if valid.contains(&attachment) {
-                continue;
-            }
+        for entry in gone {
             let rt = RuntimeConf {
                 container_id: entry.container_id,
                 netns: entry.netns,
@@ -180,7 +207,7 @@ impl Runtime {
                 args: entry.cni_args,
                 capability_args: entry.capability_args,
             };
-            if let Err(e) = self.del(list, &rt) {
+            if let Err(e) = self.del_unlocked(list, &rt) {
                 first_err.get_or_insert(e);
             }
         }
@@ -188,9 +215,9 @@ impl Runtime {
             let rt = RuntimeConf::default();
             for plugin in &list.plugins {
                 let mut conf = plugin.clone();
-                conf.insert("cni.dev/valid-attachments".into(), json!(valid));
+                conf.insert("cni.dev/valid-attachments".into(), json!(&valid));
                 // libcni ≥ 1.2 sends the legacy key too; plugins built on older libraries read only it.
-                conf.insert("cni.dev/attachments".into(), json!(valid));
+                conf.insert("cni.dev/attachments".into(), json!(&valid));
                 if let Err(e) = self.call(list, &conf, Command::Gc, &rt, None) {
                     first_err.get_or_insert(
                         e.context(format!("plugin {} failed (gc)", plugin_type(plugin))),

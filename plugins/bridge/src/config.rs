@@ -1,6 +1,7 @@
 //! The bridge plugin's keys, with the reference's defaults and checks.
 
 use libcni::args::CniArgs;
+use libcni::json::Lenient;
 use libcni::netlink::parse_mac;
 use libcni::skel::Request;
 use libcni::{Error, Result};
@@ -105,7 +106,7 @@ pub struct Conf {
 impl Conf {
     pub fn load(req: &Request) -> Result<Conf> {
         let raw: BridgeConf = req.plugin_conf()?;
-        if raw.bridge.is_empty() || raw.bridge.len() > 15 || raw.bridge.contains(['/', ':', ' ']) {
+        if !valid_bridge_name(&raw.bridge) {
             return Err(Error::invalid_config(format!(
                 "invalid bridge name {:?}",
                 raw.bridge
@@ -118,6 +119,7 @@ impl Conf {
             )));
         }
         let trunk = trunk_vids(&raw.vlan_trunk)?;
+        req.conf.dns()?;
         let ipam = req.conf.ipam_type().map(str::to_string);
         if ipam.is_some() && raw.disable_container_interface {
             return Err(Error::invalid_config(
@@ -147,24 +149,60 @@ impl Conf {
         })
     }
 
-    /// What DEL and GC need, read without the checks that only matter for setting up: a
-    /// config that fails them must still let its pods be torn down (a runtime stops a DEL
-    /// chain at the first plugin that fails).
-    pub fn load_for_teardown(req: &Request) -> Result<Conf> {
-        let raw: BridgeConf = req.plugin_conf()?;
-        Ok(Conf {
-            ipam: req.conf.ipam_type().map(str::to_string),
-            is_gateway: raw.is_gateway || raw.is_default_gateway,
-            vlan: 0,
-            trunk: Vec::new(),
-            mac: None,
-            raw,
-        })
-    }
-
     pub fn has_vlans(&self) -> bool {
         self.vlan != 0 || !self.trunk.is_empty()
     }
+}
+
+/// What DEL and GC read: only the keys they need, each read on its own without failing, so
+/// that a config that can no longer ADD (a key of the wrong type, a bad MAC or VLAN) still lets
+/// its pods be torn down (a runtime stops a DEL chain at the first plugin that fails).
+#[derive(Debug)]
+pub struct Teardown {
+    /// `None` when the key holds no usable name: what needs the bridge is then skipped.
+    pub bridge: Option<String>,
+    pub ipam: Option<String>,
+    /// Unreadable flags count as set: removing what an attachment does not own is a no-op.
+    pub ip_masq: bool,
+    pub macspoofchk: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TeardownKeys {
+    bridge: Lenient<String>,
+    #[serde(rename = "ipMasq")]
+    ip_masq: Lenient<bool>,
+    macspoofchk: Lenient<bool>,
+}
+
+impl Teardown {
+    pub fn load(req: &Request) -> Result<Teardown> {
+        let keys: TeardownKeys = req.plugin_conf()?;
+        let flag = |key: &str, value: Lenient<bool>| match value {
+            Lenient::Absent => false,
+            Lenient::Valid(on) => on,
+            Lenient::Invalid(why) => {
+                eprintln!("bridge: key {key:?}: {why}; cleaning up as if it were true");
+                true
+            }
+        };
+        let bridge = match keys.bridge {
+            Lenient::Absent => Some(BridgeConf::default().bridge),
+            Lenient::Valid(name) => Some(name).filter(|n| valid_bridge_name(n)),
+            Lenient::Invalid(_) => None,
+        };
+        Ok(Teardown {
+            bridge,
+            ipam: req.conf.ipam_type().map(str::to_string),
+            ip_masq: flag("ipMasq", keys.ip_masq),
+            macspoofchk: flag("macspoofchk", keys.macspoofchk),
+        })
+    }
+}
+
+fn valid_bridge_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ':', ' '])
 }
 
 /// `MAC` from CNI_ARGS, overridden by `args.cni.mac`, overridden by `runtimeConfig.mac`.
@@ -188,10 +226,19 @@ fn container_mac(req: &Request, raw: &BridgeConf) -> Result<Option<[u8; 6]>> {
     Ok(mac)
 }
 
+/// More entries than VLAN IDs cannot be a real trunk; refused before anything is expanded.
+const MAX_TRUNK_ENTRIES: usize = 4094;
+
 fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
     let bad = |msg: String| Error::invalid_config(format!("vlanTrunk: {msg}"));
+    if trunks.len() > MAX_TRUNK_ENTRIES {
+        return Err(bad(format!(
+            "{} entries, at most {MAX_TRUNK_ENTRIES} (one per VLAN ID)",
+            trunks.len()
+        )));
+    }
     let valid = |v: i64| (1..=4094).contains(&v);
-    let mut vids = Vec::new();
+    let mut vids = VlanSet::default();
     for t in trunks {
         match (t.min_id, t.max_id) {
             (Some(min), Some(max)) => {
@@ -204,7 +251,7 @@ fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
                 if max < min {
                     return Err(bad(format!("minID {min} is greater than maxID {max}")));
                 }
-                vids.extend(min..=max);
+                vids.insert_range(min as u16, max as u16);
             }
             (None, Some(_)) => {
                 return Err(bad(
@@ -222,13 +269,38 @@ fn trunk_vids(trunks: &[Trunk]) -> Result<Vec<u16>> {
             if !valid(id) {
                 return Err(bad(format!("id {id} must be 1 to 4094")));
             }
-            vids.push(id);
+            vids.insert_range(id as u16, id as u16);
         }
     }
-    let mut vids: Vec<u16> = vids.into_iter().map(|v| v as u16).collect();
-    vids.sort_unstable();
-    vids.dedup();
-    Ok(vids)
+    Ok(vids.ids())
+}
+
+/// VLAN IDs 0..4096 as a bit set: duplicates and overlapping ranges cost nothing.
+struct VlanSet([u64; 64]);
+
+impl Default for VlanSet {
+    fn default() -> Self {
+        VlanSet([0; 64])
+    }
+}
+
+impl VlanSet {
+    /// Adds `min..=max` (both below 4096) a word at a time.
+    fn insert_range(&mut self, min: u16, max: u16) {
+        let (min, max) = (usize::from(min), usize::from(max));
+        for word in min / 64..=max / 64 {
+            let lo = if word == min / 64 { min % 64 } else { 0 };
+            let hi = if word == max / 64 { max % 64 } else { 63 };
+            self.0[word] |= (u64::MAX >> (63 - (hi - lo))) << lo;
+        }
+    }
+
+    /// The IDs in ascending order.
+    fn ids(&self) -> Vec<u16> {
+        (0..4096u16)
+            .filter(|id| self.0[usize::from(id / 64)] & (1 << (id % 64)) != 0)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +313,30 @@ mod tests {
             min_id: min,
             max_id: max,
         }
+    }
+
+    #[test]
+    fn vlan_set_ranges_cover_word_edges() {
+        let mut set = VlanSet::default();
+        set.insert_range(63, 129);
+        set.insert_range(4094, 4094);
+        set.insert_range(1, 1);
+        let want: Vec<u16> = [1].into_iter().chain(63..=129).chain([4094]).collect();
+        assert_eq!(set.ids(), want);
+        let mut all = VlanSet::default();
+        all.insert_range(1, 4094);
+        assert_eq!(all.ids().len(), 4094);
+    }
+
+    #[test]
+    fn huge_trunks_are_bounded() {
+        let full = || t(None, Some(1), Some(4094));
+        let many: Vec<Trunk> = (0..4094).map(|_| full()).collect();
+        assert_eq!(trunk_vids(&many).unwrap().len(), 4094);
+        let too_many: Vec<Trunk> = (0..4095).map(|_| full()).collect();
+        let e = trunk_vids(&too_many).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.starts_with("vlanTrunk: 4095 entries"), "{}", e.msg);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use libcni::result::{CniResult, Interface, Route};
 use libcni::skel::{self, Plugin, Request};
 use libcni::{Error, Result, ipam, sysctl};
 
-use crate::config::Conf;
+use crate::config::{Conf, Teardown};
 
 struct Bridge;
 
@@ -54,7 +54,7 @@ impl Plugin for Bridge {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load_for_teardown(req)?;
+        let conf = Teardown::load(req)?;
         // Best effort: every step runs, the first failure is reported. The firewall work and
         // the IPAM release run beside the veth removal, so the kernel waits overlap.
         let (link, lease, firewall) = std::thread::scope(|scope| {
@@ -83,15 +83,16 @@ impl Plugin for Bridge {
         let prev = req
             .prev_result()?
             .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
+        // A bad CNI_NETNS is the runtime's error (code 4), reported before any state check.
+        let ns = req.netns()?;
         if let Some(ipam_type) = &conf.ipam {
             ipam::check(req, ipam_type)?;
         }
-        let ns = req.netns()?;
         block_on(check_attachment(&ns, &conf, req, &prev))?
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load_for_teardown(req)?;
+        let conf = Teardown::load(req)?;
         let valid = req.conf.gc_attachments()?;
         let masq = masquerade::retain(&req.conf.name, valid);
         let spoof = spoofcheck::retain(&req.conf.name, valid);
@@ -156,19 +157,19 @@ enum FirewallLeft {
 /// This attachment's spoof check and masquerade, and what the Go bridge made for it: one
 /// nf_tables socket, one listing of each of our chains, and iptables only where its chains
 /// exist.
-fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<FirewallLeft> {
-    if !conf.raw.macspoofchk && !conf.raw.ip_masq {
+fn remove_firewall_state(conf: &Teardown, req: &Request) -> Result<FirewallLeft> {
+    if !conf.macspoofchk && !conf.ip_masq {
         return Ok(FirewallLeft::Nothing);
     }
     let owner = owner(req);
     let mut nft = nftables::open()?;
     let mut results = Vec::new();
-    if conf.raw.macspoofchk {
+    if conf.macspoofchk {
         results.push(spoofcheck::remove(&mut nft, &owner));
         results.push(spoofcheck::remove_reference(&mut nft, &owner));
     }
     let mut left = FirewallLeft::Nothing;
-    if conf.raw.ip_masq {
+    if conf.ip_masq {
         match masquerade::remove(&mut nft, &owner) {
             Ok(true) => left = FirewallLeft::NetworkMasquerade,
             Ok(false) => {}
@@ -181,10 +182,14 @@ fn remove_firewall_state(conf: &Conf, req: &Request) -> Result<FirewallLeft> {
 
 /// Removes an earlier version's per-network masquerade rules once the network's bridge has no
 /// port left (pods that version made rely on them until then).
-fn remove_network_masquerade(conf: &Conf, req: &Request) -> Result<()> {
+fn remove_network_masquerade(conf: &Teardown, req: &Request) -> Result<()> {
+    let Some(bridge_name) = &conf.bridge else {
+        eprintln!("bridge: no usable \"bridge\" key: per-network masquerade rules are left to GC");
+        return Ok(());
+    };
     let in_use = block_on(async {
         let host = Netlink::open(None)?;
-        let Some(bridge) = host.link_by_name(&conf.raw.bridge).await? else {
+        let Some(bridge) = host.link_by_name(bridge_name).await? else {
             return Ok(false);
         };
         let links = host.links().await?;
@@ -393,8 +398,8 @@ async fn attach(
     {
         gateway_if.mac = link.mac_string();
     }
-    if let Some(dns) = req.conf.dns.clone().filter(|d| !d.is_empty()) {
-        result.dns = dns;
+    if let Some(dns) = req.conf.dns()?.filter(|d| !d.is_empty()) {
+        result.dns = dns.clone();
     }
     Ok(result)
 }
@@ -473,11 +478,7 @@ async fn add_port_veth(
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
-    let mut bytes = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| Error::internal(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(bytes)
+    libcni::random::bytes().map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))
 }
 
 /// A random unicast, locally administered MAC.

@@ -1,0 +1,67 @@
+//! Waiting for an advisory lock (flock) for a bounded time: an operation that cannot get it in
+//! time fails with code 11 ("try again later") instead of hanging or running unprotected.
+
+use std::fs::{File, TryLockError};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Many holders at once (operations that may run side by side).
+    Shared,
+    /// One holder, no shared ones.
+    Exclusive,
+}
+
+/// Takes the lock on `file` (named `path` in messages), retrying with a growing pause for at
+/// most `wait`.
+pub fn lock_within(file: &File, mode: Mode, wait: Duration, path: &Path) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let tried = match mode {
+            Mode::Shared => file.try_lock_shared(),
+            Mode::Exclusive => file.try_lock(),
+        };
+        match tried {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::try_again(format!(
+                    "{} is locked by another operation for over {:.1}s",
+                    path.display(),
+                    wait.as_secs_f64()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_holders_coexist_and_an_exclusive_one_times_out_with_code_11() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let open = || File::create(&path).unwrap();
+        let (a, b, c) = (open(), open(), open());
+        let short = Duration::from_millis(30);
+        lock_within(&a, Mode::Shared, short, &path).unwrap();
+        lock_within(&b, Mode::Shared, short, &path).unwrap();
+        let e = lock_within(&c, Mode::Exclusive, short, &path).unwrap_err();
+        assert_eq!(e.code, 11);
+        assert!(e.msg.contains("locked by another operation"), "{}", e.msg);
+        drop((a, b));
+        lock_within(&c, Mode::Exclusive, short, &path).unwrap();
+    }
+}
