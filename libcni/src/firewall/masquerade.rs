@@ -148,7 +148,7 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
         .collect();
     let relist =
         |nft: &mut Client| nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c));
-    nftables::delete(nft, NFT, mine, relist)?;
+    nftables::delete(nft, mine, relist)?;
     network_rules |= sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
     Ok(network_rules)
 }
