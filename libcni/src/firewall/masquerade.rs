@@ -26,7 +26,7 @@ use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
-use super::{Backend, hash16, nftables};
+use super::{Backend, hash16, nftables, subnet_of};
 use crate::error::Result;
 use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
 
@@ -45,10 +45,6 @@ fn multicast(v4: bool) -> IpNetwork {
         )
     };
     IpNetwork::new(addr, prefix).unwrap_or_else(|_| IpNetwork::from(addr))
-}
-
-fn subnet_of(ip: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(ip.network(), ip.prefix()).unwrap_or(*ip)
 }
 
 fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
