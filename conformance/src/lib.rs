@@ -197,6 +197,7 @@ pub struct Call<'a> {
     host: &'a Netns,
     plugin: PathBuf,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
 }
 
 impl<'a> Call<'a> {
@@ -216,6 +217,7 @@ impl<'a> Call<'a> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -230,8 +232,21 @@ impl<'a> Call<'a> {
         self
     }
 
+    /// Runs the plugin as the last argument of `wrapper` (e.g. `strace -f -o <file>`).
+    pub fn under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        self
+    }
+
     pub fn run(self, stdin: &str) -> Outcome {
-        let mut cmd = self.host.command(&self.plugin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = self.host.command(program);
+                cmd.args(args).arg(&self.plugin);
+                cmd
+            }
+            None => self.host.command(&self.plugin),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env);
