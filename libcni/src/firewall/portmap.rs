@@ -33,8 +33,8 @@ use crate::nf_tables::{
 
 pub const TABLE: &str = "rcni_portmap";
 pub(super) const NFT: Family = Family::Inet;
-pub(super) const HOSTPORTS: &str = "hostports";
-pub(super) const POSTROUTING: &str = "postrouting";
+const HOSTPORTS: &str = "hostports";
+const POSTROUTING: &str = "postrouting";
 /// The chains attachments own rules in.
 const OWNED: [&str; 2] = [HOSTPORTS, POSTROUTING];
 

@@ -41,52 +41,56 @@ pub(super) fn add(nft: &mut Client, a: &Attachment<'_>, planned: &[Planned]) -> 
 
 /// The `add rule` lines of the planned rules.
 fn script(a: &Attachment<'_>, planned: &[Planned]) -> String {
-    let comment = format!("\"{}\"", a.owner.comment());
+    let comment = a.owner.comment();
     planned
         .iter()
         .map(|p| {
-            let body = match p {
-                Planned::Dnat {
-                    host_ip,
-                    protocol,
-                    host_port,
-                    to,
-                    port,
-                } => {
-                    let conditions = if to.is_ipv4() {
-                        a.conditions_v4
-                    } else {
-                        a.conditions_v6
-                    };
-                    let (fam, nfproto) = family_words(to);
-                    let destination = match host_ip {
-                        Some(h) => format!("{fam} daddr {h}"),
-                        None => format!("meta nfproto {nfproto}"),
-                    };
-                    let target = match to {
-                        IpAddr::V4(v4) => format!("{v4}:{port}"),
-                        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-                    };
-                    let mut words: Vec<&str> = conditions.iter().map(String::as_str).collect();
-                    let rest = format!(
-                        "{destination} {} dport {host_port} dnat {fam} to {target}",
-                        protocol.name()
-                    );
-                    words.push(&rest);
-                    words.join(" ")
-                }
-                Planned::Masquerade { from, to } => {
-                    let (fam, _) = family_words(to);
-                    let from = from.map_or(String::new(), |f| format!(" {fam} saddr {}", text(&f)));
-                    format!("ct status dnat{from} {fam} daddr {to} masquerade")
-                }
-            };
             format!(
-                "add rule {NFT} {TABLE} {} {body} comment {comment}\n",
-                p.chain()
+                "add rule {NFT} {TABLE} {} {} comment \"{comment}\"\n",
+                p.chain(),
+                body(a, p)
             )
         })
         .collect()
+}
+
+/// A planned rule's matches and statement, a forwarding rule after its family's conditions.
+fn body(a: &Attachment<'_>, planned: &Planned) -> String {
+    match *planned {
+        Planned::Dnat {
+            host_ip,
+            protocol,
+            host_port,
+            to,
+            port,
+        } => {
+            let conditions = if to.is_ipv4() {
+                a.conditions_v4
+            } else {
+                a.conditions_v6
+            };
+            let (fam, nfproto) = family_words(&to);
+            let destination = match host_ip {
+                Some(h) => format!("{fam} daddr {h}"),
+                None => format!("meta nfproto {nfproto}"),
+            };
+            let target = match to {
+                IpAddr::V4(v4) => format!("{v4}:{port}"),
+                IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+            };
+            let forward = format!(
+                "{destination} {} dport {host_port} dnat {fam} to {target}",
+                protocol.name()
+            );
+            let words: Vec<&str> = conditions.iter().map(String::as_str).collect();
+            [words.as_slice(), &[forward.as_str()]].concat().join(" ")
+        }
+        Planned::Masquerade { from, to } => {
+            let (fam, _) = family_words(&to);
+            let from = from.map_or(String::new(), |f| format!(" {fam} saddr {}", addr_text(&f)));
+            format!("ct status dnat{from} {fam} daddr {to} masquerade")
+        }
+    }
 }
 
 /// nft's names of the family of `ip`: its address keyword and its `meta nfproto`.
@@ -99,7 +103,7 @@ fn family_words(ip: &IpAddr) -> (&'static str, &'static str) {
 }
 
 /// A network as nft prints it: a host address without its prefix length.
-fn text(net: &IpNetwork) -> String {
+fn addr_text(net: &IpNetwork) -> String {
     let host = if net.is_ipv4() { 32 } else { 128 };
     if net.prefix() == host {
         net.ip().to_string()
