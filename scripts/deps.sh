@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(iproute2 iputils-ping nftables iptables conntrack containernetworking-plugins curl python3
-    time dpkg-dev)
+    time dpkg-dev strace)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

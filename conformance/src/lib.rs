@@ -251,13 +251,6 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// Runs the plugin through `argv` (`["prlimit", "--as=…", "--"]`): the plugin's path is
-    /// appended to it.
-    pub fn wrapped(mut self, argv: &[&str]) -> Self {
-        self.wrapper = argv.iter().map(|a| a.to_string()).collect();
-        self
-    }
-
     /// Fails the test (after killing the plugin) if it has not answered within `limit`.
     pub fn within(mut self, limit: std::time::Duration) -> Self {
         self.limit = Some(limit);
@@ -272,6 +265,13 @@ impl<'a> Call<'a> {
 
     pub fn unset(mut self, key: &str) -> Self {
         self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// Runs the plugin as the last argument of `wrapper` (`strace -f -o <file>`,
+    /// `prlimit --as=… --`).
+    pub fn under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
         self
     }
 

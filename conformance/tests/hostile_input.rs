@@ -192,7 +192,7 @@ fn a_huge_vlan_trunk_is_bounded() {
     let mut conf = bridge_conf(data.path(), "10.63.0.0/24");
     conf["vlanTrunk"] = Value::Array(vec![full.clone(); 300_000]);
     Call::new(&host, bin("bridge"), "ADD", &ctr.path)
-        .wrapped(&limited)
+        .under(&limited)
         .within(PROMPT)
         .run(&conf.to_string())
         .err(7, "vlanTrunk: 300000 entries, at most 4094");
@@ -201,7 +201,7 @@ fn a_huge_vlan_trunk_is_bounded() {
 
     conf["vlanTrunk"] = Value::Array(vec![full; 4094]);
     let out = Call::new(&host, bin("bridge"), "ADD", &ctr.path)
-        .wrapped(&limited)
+        .under(&limited)
         .within(PROMPT)
         .run(&conf.to_string());
     if conformance::bridge_vlan_filtering_supported() {

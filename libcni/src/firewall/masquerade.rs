@@ -26,7 +26,7 @@ use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
-use super::{Backend, hash16, nftables};
+use super::{Backend, hash16, nftables, subnet_of};
 use crate::error::Result;
 use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
 
@@ -45,10 +45,6 @@ fn multicast(v4: bool) -> IpNetwork {
         )
     };
     IpNetwork::new(addr, prefix).unwrap_or_else(|_| IpNetwork::from(addr))
-}
-
-fn subnet_of(ip: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(ip.network(), ip.prefix()).unwrap_or(*ip)
 }
 
 fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
@@ -148,7 +144,7 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
         .collect();
     let relist =
         |nft: &mut Client| nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c));
-    nftables::delete(nft, NFT, mine, relist)?;
+    nftables::delete(nft, mine, relist)?;
     network_rules |= sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
     Ok(network_rules)
 }

@@ -4,10 +4,10 @@
 
 pub mod iptables;
 pub mod masquerade;
-pub mod nft;
 pub mod nftables;
 pub mod owner;
 pub mod portmap;
+pub mod portmap_conditions;
 pub mod portmap_iptables;
 pub mod spoofcheck;
 
@@ -29,49 +29,6 @@ impl Backend {
         match configured {
             Some("iptables") => Backend::Iptables,
             _ => Backend::Nftables,
-        }
-    }
-}
-
-/// Which packet-filter tables exist in this namespace: one `nft list tables` (and a look at
-/// the legacy iptables table list) so that DEL lists and deletes only where there can be
-/// something to remove.
-pub struct Inventory {
-    /// `None` when `nft` is not installed or cannot list (then everything may exist).
-    nft_tables: Option<Vec<(String, String)>>,
-    legacy_v4_nat: bool,
-    legacy_v6_nat: bool,
-}
-
-impl Inventory {
-    pub fn read() -> Inventory {
-        let legacy = |file: &str| {
-            std::fs::read_to_string(file).is_ok_and(|names| names.lines().any(|n| n == "nat"))
-        };
-        Inventory {
-            nft_tables: if nft::installed() {
-                nft::tables().ok()
-            } else {
-                None
-            },
-            legacy_v4_nat: legacy("/proc/net/ip_tables_names"),
-            legacy_v6_nat: legacy("/proc/net/ip6_tables_names"),
-        }
-    }
-
-    /// Whether nftables table `family name` may exist.
-    pub fn has_nft(&self, family: &str, name: &str) -> bool {
-        self.nft_tables
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|(f, n)| f == family && n == name))
-    }
-
-    /// Whether iptables may hold nat rules for `family` (iptables-nft keeps them in nftables
-    /// table `ip nat` / `ip6 nat`; iptables-legacy lists `nat` in /proc).
-    pub fn has_iptables_nat(&self, family: iptables::Family) -> bool {
-        match family {
-            iptables::Family::V4 => self.legacy_v4_nat || self.has_nft("ip", "nat"),
-            iptables::Family::V6 => self.legacy_v6_nat || self.has_nft("ip6", "nat"),
         }
     }
 }
@@ -109,6 +66,11 @@ pub fn node_lock(name: &str) -> crate::Result<std::fs::File> {
             }
         }
     }
+}
+
+/// The subnet an address with a prefix length is in.
+pub fn subnet_of(net: &ipnetwork::IpNetwork) -> ipnetwork::IpNetwork {
+    ipnetwork::IpNetwork::new(net.network(), net.prefix()).unwrap_or(*net)
 }
 
 /// Cuts `s` to at most `max` bytes, at a character boundary (nft limits comments in bytes).

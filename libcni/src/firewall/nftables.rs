@@ -72,11 +72,11 @@ pub fn rules_where(
     Ok(found)
 }
 
-/// Deletes `rules` (listed in `family`) in one transaction. A rule that vanished meanwhile (a
-/// concurrent GC) fails the transaction; then what is left is listed again and deleted.
+/// Deletes `rules` (of any tables and families) in one transaction. A rule that vanished
+/// meanwhile (a concurrent GC) fails the transaction; then what is left is listed again and
+/// deleted.
 pub fn delete(
     nft: &mut Client,
-    family: Family,
     rules: Vec<ListedRule>,
     relist: impl Fn(&mut Client) -> Result<Vec<ListedRule>>,
 ) -> Result<()> {
@@ -87,7 +87,7 @@ pub fn delete(
         }
         let mut batch = Batch::new();
         for r in &rules {
-            batch.delete_rule(family, &r.table, &r.chain, r.handle)?;
+            batch.delete_rule(r.family, &r.table, &r.chain, r.handle)?;
         }
         match nft.commit(&batch) {
             Err(e) if e.is_not_found() => rules = relist(nft)?,
@@ -109,7 +109,7 @@ pub fn remove_where(
 ) -> Result<()> {
     let list = |nft: &mut Client| rules_where(nft, family, table, chains, &pick);
     let rules = list(nft)?;
-    delete(nft, family, rules, list)
+    delete(nft, rules, list)
 }
 
 /// Whether nf_tables answers here (STATUS): a lookup of a table that need not exist.

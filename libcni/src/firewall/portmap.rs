@@ -1,38 +1,54 @@
-//! Host port forwarding (`portmap`) on nftables.
+//! Host port forwarding (`portmap`) on nftables, over netlink in process.
 //!
 //! One table of our own for both families. The hook chains send only traffic addressed to a
 //! local address of the host into `hostports` (never transit traffic); every attachment owns
-//! its rules there and in `postrouting`, marked with a comment keyed by (network, container
-//! ID, ifname), so concurrent ADDs never touch each other's rules and DEL is exact:
+//! its rules there and in `postrouting`, marked with its owner's comment, so concurrent ADDs
+//! never touch each other's rules and DEL is exact:
 //!
 //! ```text
 //! table inet rcni_portmap {
 //!   chain prerouting  { type nat hook prerouting priority dstnat; fib daddr type local jump hostports }
 //!   chain output      { type nat hook output priority -100;       fib daddr type local jump hostports }
-//!   chain hostports   { [conditions] [ip daddr <hostIP>] meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.5:80 comment "<key>" }
+//!   chain hostports   { [conditions] [ip daddr <hostIP>] meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.5:80 comment "<owner>" }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
-//!                       ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade comment "<key>" # hairpin
-//!                       ct status dnat ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade comment "<key>" } # localhost
+//!                       ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade comment "<owner>" # hairpin
+//!                       ct status dnat ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade comment "<owner>" } # localhost
 //! }
 //! ```
+//!
+//! Configs with `conditionsV4`/`conditionsV6` (nft expression text) add their rules through
+//! the `nft` tool (`portmap_conditions`); everything else is netlink. DEL also removes what the
+//! Go portmap's nftables backend made for the container (`ip`/`ip6 cni_hostport`).
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use serde_json::Value;
-
-use super::{Inventory, hash16, nft};
+use super::owner::{Owner, stale};
+use super::{nftables, portmap_conditions, subnet_of};
 use crate::error::Result;
+use crate::nf_tables::{
+    self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Policy, Rule,
+};
 
 pub const TABLE: &str = "rcni_portmap";
+pub(super) const NFT: Family = Family::Inet;
+const HOSTPORTS: &str = "hostports";
+const POSTROUTING: &str = "postrouting";
+/// The chains attachments own rules in.
+const OWNED: [&str; 2] = [HOSTPORTS, POSTROUTING];
+
+/// The Go portmap's tables (`ip` and `ip6`), the chains its rules are in, and their comment:
+/// the container ID, cut to what knftables keeps.
+const REFERENCE_TABLE: &str = "cni_hostport";
+const REFERENCE_CHAINS: [&str; 3] = ["hostports", "hostip_hostports", "masquerading"];
+const REFERENCE_COMMENT_MAX: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub host_port: u16,
     pub container_port: u16,
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
+    pub protocol: L4,
     /// Only traffic to this host address is forwarded.
     pub host_ip: Option<IpAddr>,
 }
@@ -40,9 +56,7 @@ pub struct Mapping {
 /// Everything the rules of one attachment depend on.
 #[derive(Debug, Clone)]
 pub struct Attachment<'a> {
-    pub network: &'a str,
-    pub container_id: &'a str,
-    pub ifname: &'a str,
+    pub owner: Owner<'a>,
     pub mappings: &'a [Mapping],
     /// The container's first IPv4 and first IPv6 address, with their prefix length: hairpin
     /// masquerade covers the container's whole subnet, so a neighbour reaches its hostPort too.
@@ -56,285 +70,327 @@ pub struct Attachment<'a> {
     pub external_set_mark_chain: Option<&'a str>,
 }
 
-pub fn network_key(network: &str) -> String {
-    format!("rcni:{}:", hash16(network))
+impl Attachment<'_> {
+    fn has_conditions(&self) -> bool {
+        !self.conditions_v4.is_empty() || !self.conditions_v6.is_empty()
+    }
 }
 
-pub fn attachment_key(network: &str, container_id: &str, ifname: &str) -> String {
-    format!(
-        "{}{}",
-        network_key(network),
-        hash16(&format!("{ifname}:{container_id}"))
-    )
+/// One rule of an attachment, before it is built as netlink expressions or as nft text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Planned {
+    /// In `hostports`: `(ip daddr <hostIP> | meta nfproto <family>) <l4> dport <host port>
+    /// dnat to <to>:<port>`.
+    Dnat {
+        host_ip: Option<IpAddr>,
+        protocol: L4,
+        host_port: u16,
+        to: IpAddr,
+        port: u16,
+    },
+    /// In `postrouting`: `ct status dnat [saddr <from>] daddr <to> masquerade`.
+    Masquerade { from: Option<IpNetwork>, to: IpAddr },
 }
 
-fn base_objects() -> String {
-    format!(
-        "create table inet {TABLE}\n\
-         add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
-         add chain inet {TABLE} output {{ type nat hook output priority -100; policy accept; }}\n\
-         add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-         add chain inet {TABLE} hostports\n\
-         add rule inet {TABLE} prerouting fib daddr type local jump hostports\n\
-         add rule inet {TABLE} output fib daddr type local jump hostports\n"
-    )
+impl Planned {
+    pub(super) fn chain(&self) -> &'static str {
+        match self {
+            Planned::Dnat { .. } => HOSTPORTS,
+            Planned::Masquerade { .. } => POSTROUTING,
+        }
+    }
+
+    fn rule(&self, comment: &str) -> Rule {
+        let rule = Rule::new(NFT, TABLE, self.chain());
+        match *self {
+            Planned::Dnat {
+                host_ip,
+                protocol,
+                host_port,
+                to,
+                port,
+            } => match host_ip {
+                Some(h) => rule.match_daddr(h),
+                None if to.is_ipv4() => rule.match_nfproto_v4(),
+                None => rule.match_nfproto_v6(),
+            }
+            .match_dport(protocol, host_port)
+            .dnat_to(to, Some(port)),
+            Planned::Masquerade { from, to } => {
+                let rule = rule.match_ct_status_dnat();
+                match from {
+                    Some(from) => rule.match_saddr(from),
+                    None => rule,
+                }
+                .match_daddr(to)
+                .masquerade()
+            }
+        }
+        .comment(comment)
+    }
 }
 
-pub fn comment(a: &Attachment<'_>) -> String {
-    let key = attachment_key(a.network, a.container_id, a.ifname);
-    let text = format!(
-        "{key} net={} if={} id={}",
-        a.network, a.ifname, a.container_id
-    )
-    .replace(['"', '\\'], "");
-    super::truncate_bytes(&text, 128)
-}
-
-fn quote(s: &str) -> String {
-    format!("\"{s}\"")
-}
-
-/// The subnet an address with a prefix length is in.
-pub fn subnet_of(net: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(net.network(), net.prefix()).unwrap_or(*net)
-}
-
-/// The rules of one attachment, as `add rule` lines.
-pub fn rules(a: &Attachment<'_>) -> String {
-    let comment = quote(&comment(a));
-    let mut out = String::new();
+/// The attachment's rules, per container address: a DNAT per mapping of its family, then
+/// (with `snat`) hairpin masquerade of the container's subnet (of every source with
+/// `masqAll`) and, for IPv4, of localhost.
+pub(super) fn plan(a: &Attachment<'_>) -> Vec<Planned> {
+    let mut planned = Vec::new();
     for net in a.container_ips {
-        let ip = &net.ip();
-        let subnet = subnet_of(net);
-        let (fam, nfproto, conditions) = match ip {
-            IpAddr::V4(_) => ("ip", "ipv4", a.conditions_v4),
-            IpAddr::V6(_) => ("ip6", "ipv6", a.conditions_v6),
-        };
-        for m in a.mappings {
-            if m.host_ip.is_some_and(|h| h.is_ipv4() != ip.is_ipv4()) {
-                continue;
-            }
-            let mut rule = format!("add rule inet {TABLE} hostports");
-            for c in conditions {
-                rule.push(' ');
-                rule.push_str(c);
-            }
-            match m.host_ip {
-                Some(h) if !h.is_unspecified() => rule.push_str(&format!(" {fam} daddr {h}")),
-                _ => rule.push_str(&format!(" meta nfproto {nfproto}")),
-            }
-            let target = match ip {
-                IpAddr::V4(v4) => format!("{v4}:{}", m.container_port),
-                IpAddr::V6(v6) => format!("[{v6}]:{}", m.container_port),
-            };
-            rule.push_str(&format!(
-                " {} dport {} dnat {fam} to {target} comment {comment}\n",
-                m.protocol, m.host_port
-            ));
-            out.push_str(&rule);
+        let ip = net.ip();
+        for m in a
+            .mappings
+            .iter()
+            .filter(|m| m.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
+        {
+            planned.push(Planned::Dnat {
+                host_ip: m.host_ip.filter(|h| !h.is_unspecified()),
+                protocol: m.protocol,
+                host_port: m.host_port,
+                to: ip,
+                port: m.container_port,
+            });
         }
         if a.snat {
-            let from = if a.masq_all {
-                String::new()
-            } else {
-                format!(" {fam} saddr {subnet}")
-            };
-            out.push_str(&format!(
-                "add rule inet {TABLE} postrouting ct status dnat{from} {fam} daddr {ip} masquerade comment {comment}\n"
-            ));
+            let from = (!a.masq_all).then(|| subnet_of(net));
+            planned.push(Planned::Masquerade { from, to: ip });
             if ip.is_ipv4() && !a.masq_all {
-                out.push_str(&format!(
-                    "add rule inet {TABLE} postrouting ct status dnat ip saddr 127.0.0.1 ip daddr {ip} masquerade comment {comment}\n"
-                ));
+                let localhost = IpNetwork::from(IpAddr::from([127, 0, 0, 1]));
+                planned.push(Planned::Masquerade {
+                    from: Some(localhost),
+                    to: ip,
+                });
             }
         }
     }
-    out
+    planned
 }
 
-/// Adds the attachment's rules: one transaction on the hot path; the table and its hook
-/// chains are made by the first ADD on the node (a `create table` makes racing first ADDs
-/// safe: the loser retries the hot path).
-pub fn add(a: &Attachment<'_>) -> Result<()> {
-    let rules = rules(a);
-    if rules.is_empty() {
-        return Ok(());
-    }
-    for _ in 0..3 {
-        match nft::apply_text(&rules)? {
-            nft::Applied::Done => return Ok(()),
-            nft::Applied::Missing | nft::Applied::Exists => {}
-        }
-        match nft::apply_text(&format!("{}{rules}", base_objects()))? {
-            nft::Applied::Done => return Ok(()),
-            nft::Applied::Exists | nft::Applied::Missing => {}
-        }
-    }
-    Err(crate::Error::internal(format!(
-        "cannot create the nftables table inet {TABLE}"
-    )))
-}
-
-fn rules_where(pred: impl Fn(&str) -> bool) -> Result<Vec<Value>> {
-    Ok(nft::list_table("inet", TABLE)?
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| nft::comment(r).is_some_and(&pred))
-        .collect())
-}
-
-fn delete(rules: &[Value]) -> Result<()> {
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let refs: Vec<&Value> = rules.iter().collect();
-    match nft::apply_text(&nft::delete_rules_script("inet", TABLE, &refs))? {
-        // Already gone (a concurrent GC, say): nothing left to do.
-        nft::Applied::Done | nft::Applied::Missing | nft::Applied::Exists => Ok(()),
-    }
-}
-
-/// Removes the attachment's rules (one listing of our table, one deleting transaction).
-pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<()> {
-    let key = attachment_key(network, container_id, ifname);
-    delete(&rules_where(|c| c.starts_with(&key))?)
-}
-
-/// The attachment's rules, per chain: (`hostports` count, `postrouting` count).
-pub fn count(network: &str, container_id: &str, ifname: &str) -> Result<(usize, usize)> {
-    let key = attachment_key(network, container_id, ifname);
-    let rules = rules_where(|c| c.starts_with(&key))?;
-    let in_chain = |name: &str| {
-        rules
-            .iter()
-            .filter(|r| r.get("chain").and_then(Value::as_str) == Some(name))
-            .count()
+/// Declares the table, its hook chains with their jumps, and `hostports`.
+pub(super) fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
+    let nat = |hook, priority| BaseChain {
+        kind: ChainType::Nat,
+        hook,
+        priority,
+        policy: Policy::Accept,
     };
-    Ok((in_chain("hostports"), in_chain("postrouting")))
+    batch.create_table(NFT, TABLE)?;
+    for (name, hook, priority) in [
+        ("prerouting", Hook::Prerouting, nf_tables::priority::DSTNAT),
+        ("output", Hook::Output, -100),
+        (POSTROUTING, Hook::Postrouting, nf_tables::priority::SRCNAT),
+    ] {
+        batch.add_chain(&Chain::base(NFT, TABLE, name, nat(hook, priority)))?;
+    }
+    batch.add_chain(&Chain::regular(NFT, TABLE, HOSTPORTS))?;
+    for hook_chain in ["prerouting", "output"] {
+        batch.add_rule(
+            &Rule::new(NFT, TABLE, hook_chain)
+                .match_fib_daddr_local()
+                .jump(HOSTPORTS),
+        )?;
+    }
+    Ok(())
+}
+
+/// Adds the attachment's rules: one transaction on the hot path; the table and its chains
+/// are made by the first ADD on the node.
+pub fn add(nft: &mut Client, a: &Attachment<'_>) -> Result<()> {
+    let planned = plan(a);
+    if planned.is_empty() {
+        return Ok(());
+    }
+    if a.has_conditions() {
+        return portmap_conditions::add(nft, a, &planned);
+    }
+    let comment = a.owner.comment();
+    let rules: Vec<Rule> = planned.iter().map(|p| p.rule(&comment)).collect();
+    nftables::add_rules(nft, &rules, base_objects)
+}
+
+/// This attachment's rules in our table.
+fn rules_of(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<ListedRule>> {
+    nftables::rules_where(nft, NFT, TABLE, &OWNED, |c| owner.owns(c))
+}
+
+/// The rules the Go portmap made for the container, listed only where its table exists.
+fn reference_rules(nft: &mut Client, container_id: &str) -> Result<Vec<ListedRule>> {
+    let comment = super::truncate_bytes(container_id, REFERENCE_COMMENT_MAX);
+    let mut found = Vec::new();
+    for family in [Family::Ip, Family::Ip6] {
+        if nft.table_exists(family, REFERENCE_TABLE)? {
+            found.extend(nftables::rules_where(
+                nft,
+                family,
+                REFERENCE_TABLE,
+                &REFERENCE_CHAINS,
+                |c| c == comment,
+            )?);
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the attachment's rules and those the Go portmap made for its container: a listing
+/// of our two chains (and of the Go portmap's, where its tables exist), one deleting
+/// transaction.
+pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
+    let find = |nft: &mut Client| {
+        let mut rules = rules_of(nft, owner)?;
+        rules.extend(reference_rules(nft, owner.container_id)?);
+        Ok(rules)
+    };
+    let rules = find(nft)?;
+    nftables::delete(nft, rules, find)
+}
+
+/// CHECK: every rule of the attachment is there (counted per chain); `Some(what is missing)`
+/// otherwise.
+pub fn missing(nft: &mut Client, a: &Attachment<'_>) -> Result<Option<String>> {
+    let planned = plan(a);
+    let present = rules_of(nft, &a.owner)?;
+    let count = |chain: &str| {
+        let want = planned.iter().filter(|p| p.chain() == chain).count();
+        let have = present.iter().filter(|r| r.chain == chain).count();
+        (have, want)
+    };
+    let (hostports, want_hostports) = count(HOSTPORTS);
+    let (postrouting, want_postrouting) = count(POSTROUTING);
+    Ok(
+        (hostports < want_hostports || postrouting < want_postrouting).then(|| {
+            format!(
+                "{hostports} of {want_hostports} forwarding and {postrouting} of \
+                 {want_postrouting} masquerade rules present"
+            )
+        }),
+    )
 }
 
 /// GC: removes `network`'s rules whose attachment is not in `valid`.
-pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
-    let keep: Vec<String> = valid
-        .iter()
-        .map(|a| attachment_key(network, &a.container_id, &a.ifname))
-        .collect();
-    let net = network_key(network);
-    delete(&rules_where(|c| {
-        c.starts_with(&net) && !keep.iter().any(|k| c.starts_with(k.as_str()))
-    })?)
-}
-
-/// Removes the attachment's rules and those the Go portmap made for its container
-/// (`ip`/`ip6 cni_hostport`, comment = container ID): one listing of each table that exists,
-/// one deleting transaction.
-pub fn remove_with_reference(
-    inv: &Inventory,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-) -> Result<()> {
-    let has = |family: &str, name: &str| inv.has_nft(family, name);
-    let mut script = String::new();
-    if has("inet", TABLE) {
-        let key = attachment_key(network, container_id, ifname);
-        let rules = rules_where(|c| c.starts_with(&key))?;
-        script.push_str(&nft::delete_rules_script(
-            "inet",
-            TABLE,
-            &rules.iter().collect::<Vec<_>>(),
-        ));
-    }
-    for family in ["ip", "ip6"] {
-        if !has(family, "cni_hostport") {
-            continue;
-        }
-        let rules = nft::list_table(family, "cni_hostport")?.unwrap_or_default();
-        let mine: Vec<&Value> = rules
-            .iter()
-            .filter(|r| nft::comment(r) == Some(container_id))
-            .collect();
-        script.push_str(&nft::delete_rules_script(family, "cni_hostport", &mine));
-    }
-    if script.is_empty() {
-        return Ok(());
-    }
-    nft::apply_text(&script).map(drop)
+pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+    nftables::remove_where(nft, NFT, TABLE, &OWNED, |c| stale(network, valid, c))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn rules_per_family_and_mapping() {
-        let mappings = [
+    pub fn mappings() -> [Mapping; 2] {
+        [
             Mapping {
                 host_port: 8080,
                 container_port: 80,
-                protocol: "tcp".into(),
+                protocol: L4::Tcp,
                 host_ip: None,
             },
             Mapping {
                 host_port: 5353,
                 container_port: 53,
-                protocol: "udp".into(),
+                protocol: L4::Udp,
                 host_ip: Some("192.168.1.5".parse().unwrap()),
             },
-        ];
-        let ips: [IpNetwork; 2] = [
+        ]
+    }
+
+    pub fn ips() -> [IpNetwork; 2] {
+        [
             "10.88.0.5/16".parse().unwrap(),
             "fd00::5/64".parse().unwrap(),
-        ];
-        let cond = ["iifname".to_string(), "\"eth0\"".to_string()];
-        let a = Attachment {
-            network: "net",
-            container_id: "c1",
-            ifname: "eth0",
-            mappings: &mappings,
-            container_ips: &ips,
+        ]
+    }
+
+    pub fn attachment<'a>(mappings: &'a [Mapping], ips: &'a [IpNetwork]) -> Attachment<'a> {
+        Attachment {
+            owner: Owner {
+                network: "net",
+                container_id: "c1",
+                ifname: "eth0",
+            },
+            mappings,
+            container_ips: ips,
             snat: true,
             masq_all: false,
-            conditions_v4: &cond,
+            conditions_v4: &[],
             conditions_v6: &[],
             mark_bit: 13,
             external_set_mark_chain: None,
-        };
-        let text = rules(&a);
-        let key = attachment_key("net", "c1", "eth0");
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 6, "{text}");
+        }
+    }
+
+    #[test]
+    fn plan_per_family_and_mapping() {
+        let (mappings, ips) = (mappings(), ips());
+        let planned = plan(&attachment(&mappings, &ips));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = |s: &str| Some(s.parse::<IpNetwork>().unwrap());
         assert_eq!(
-            lines[0],
-            format!(
-                "add rule inet rcni_portmap hostports iifname \"eth0\" meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.5:80 comment \"{key} net=net if=eth0 id=c1\""
-            )
+            planned,
+            [
+                Planned::Dnat {
+                    host_ip: None,
+                    protocol: L4::Tcp,
+                    host_port: 8080,
+                    to: ip("10.88.0.5"),
+                    port: 80
+                },
+                Planned::Dnat {
+                    host_ip: Some(ip("192.168.1.5")),
+                    protocol: L4::Udp,
+                    host_port: 5353,
+                    to: ip("10.88.0.5"),
+                    port: 53
+                },
+                Planned::Masquerade {
+                    from: net("10.88.0.0/16"),
+                    to: ip("10.88.0.5")
+                },
+                Planned::Masquerade {
+                    from: net("127.0.0.1/32"),
+                    to: ip("10.88.0.5")
+                },
+                // The v4-only hostIP mapping is skipped for v6; no localhost rule for v6.
+                Planned::Dnat {
+                    host_ip: None,
+                    protocol: L4::Tcp,
+                    host_port: 8080,
+                    to: ip("fd00::5"),
+                    port: 80
+                },
+                Planned::Masquerade {
+                    from: net("fd00::/64"),
+                    to: ip("fd00::5")
+                },
+            ]
         );
-        assert!(
-            lines[1].contains(" ip daddr 192.168.1.5 udp dport 5353 dnat ip to 10.88.0.5:53 "),
-            "{}",
-            lines[1]
+    }
+
+    #[test]
+    fn masq_all_and_no_snat() {
+        let (mappings, ips) = (mappings(), ips());
+        let a = Attachment {
+            masq_all: true,
+            ..attachment(&mappings, &ips)
+        };
+        let masquerades: Vec<Planned> = plan(&a)
+            .into_iter()
+            .filter(|p| p.chain() == POSTROUTING)
+            .collect();
+        assert_eq!(
+            masquerades,
+            [
+                Planned::Masquerade {
+                    from: None,
+                    to: "10.88.0.5".parse().unwrap()
+                },
+                Planned::Masquerade {
+                    from: None,
+                    to: "fd00::5".parse().unwrap()
+                },
+            ]
         );
-        assert!(
-            lines[2].contains("ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade"),
-            "{}",
-            lines[2]
-        );
-        assert!(
-            lines[3].contains("ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade"),
-            "{}",
-            lines[3]
-        );
-        // The v4-only hostIP mapping is skipped for v6; no localhost rule for v6.
-        assert!(
-            lines[4].contains("meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::5]:80"),
-            "{}",
-            lines[4]
-        );
-        assert!(
-            lines[5].contains("ip6 saddr fd00::/64 ip6 daddr fd00::5 masquerade"),
-            "{}",
-            lines[5]
-        );
+        let a = Attachment {
+            snat: false,
+            ..attachment(&mappings, &ips)
+        };
+        assert!(plan(&a).iter().all(|p| p.chain() == HOSTPORTS));
     }
 }

@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Each attachment owns one `RCNI-DN-…` chain and its entry rules, written in one
-//! `iptables-restore --noflush` per family; DEL lists `CNI-HOSTPORT-DNAT` once per family and
-//! removes this attachment's chain and the Go portmap's `CNI-DN-…` chain of the container.
+//! `iptables-restore --noflush` per family; DEL lists `CNI-HOSTPORT-DNAT` once per family
+//! where this attachment's chain or the Go portmap's `CNI-DN-…` chain of the container may
+//! exist (a netlink lookup: no iptables process on a node without them) and removes both.
 
 use std::net::IpAddr;
 
@@ -21,20 +22,23 @@ use ipnetwork::IpNetwork;
 use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
-use super::portmap::{Attachment, attachment_key, comment, network_key};
-use super::{Inventory, hash16};
+use super::owner::{Owner, network_key};
+use super::portmap::Attachment;
+use super::{hash16, subnet_of};
 use crate::error::Result;
+use crate::nf_tables::Client;
 
 const DNAT: &str = "CNI-HOSTPORT-DNAT";
 const SETMARK: &str = "CNI-HOSTPORT-SETMARK";
 const MASQ: &str = "CNI-HOSTPORT-MASQ";
 
-/// `RCNI-DN-` + 20 hex digits keyed by (network, container ID, ifname): 28 characters.
-pub fn chain(network: &str, container_id: &str, ifname: &str) -> String {
+/// `RCNI-DN-` + 20 hex digits keyed by the owner (network, container ID, ifname): 28
+/// characters.
+pub fn chain(owner: &Owner<'_>) -> String {
     format!(
         "RCNI-DN-{}{}",
-        &hash16(network)[..8],
-        &hash16(&format!("{ifname}:{container_id}"))[..12]
+        &hash16(owner.network)[..8],
+        &hash16(&format!("{}:{}", owner.ifname, owner.container_id))[..12]
     )
 }
 
@@ -74,7 +78,7 @@ fn base_lines(a: &Attachment<'_>) -> Vec<String> {
 /// The attachment's chain and entry rules for the family of `ip`.
 fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
     let ip = &net.ip();
-    let chain = chain(a.network, a.container_id, a.ifname);
+    let chain = chain(&a.owner);
     let set_mark = a.external_set_mark_chain.unwrap_or(SETMARK);
     let conditions: Vec<String> = if ip.is_ipv4() {
         a.conditions_v4
@@ -89,13 +93,13 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
     } else {
         format!(" {}", conditions.join(" "))
     };
-    let key = quote(&comment(a));
+    let key = quote(&a.owner.comment());
     let target = match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
     let mut lines = vec![format!(":{chain} - [0:0]")];
-    let mut entries: Vec<(String, u16)> = Vec::new();
+    let mut entries: Vec<(&str, u16)> = Vec::new();
     for m in a
         .mappings
         .iter()
@@ -105,12 +109,13 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
             Some(h) if !h.is_unspecified() => format!(" -d {h}"),
             _ => String::new(),
         };
-        let port = format!("-p {} --dport {}{dest}", m.protocol, m.host_port);
+        let protocol = m.protocol.name();
+        let port = format!("-p {protocol} --dport {}{dest}", m.host_port);
         if a.snat {
             let from = if a.masq_all {
                 String::new()
             } else {
-                format!(" -s {}", super::portmap::subnet_of(net))
+                format!(" -s {}", subnet_of(net))
             };
             lines.push(format!("-A {chain} {port}{from} -j {set_mark}"));
             if ip.is_ipv4() && !a.masq_all {
@@ -121,8 +126,8 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
             "-A {chain} {port} -j DNAT --to-destination {target}:{}",
             m.container_port
         ));
-        if !entries.contains(&(m.protocol.clone(), m.host_port)) {
-            entries.push((m.protocol.clone(), m.host_port));
+        if !entries.contains(&(protocol, m.host_port)) {
+            entries.push((protocol, m.host_port));
         }
     }
     for (proto, port) in entries {
@@ -180,17 +185,34 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
     lines
 }
 
-/// Removes the attachment's chain (ours) and the container's `CNI-DN-…` chain (the Go
-/// portmap's), with their entry rules.
-pub fn remove(inv: &Inventory, network: &str, container_id: &str, ifname: &str) -> Result<()> {
-    let chains = [
-        chain(network, container_id, ifname),
-        reference_chain(network, container_id),
-    ];
-    for fam in Family::BOTH
-        .into_iter()
-        .filter(|f| inv.has_iptables_nat(*f))
-    {
+/// The families where the attachment's chain (ours) or the container's `CNI-DN-…` chain
+/// (the Go portmap's) may exist: netlink lookups, no iptables process.
+pub fn families_to_clean(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<Family>> {
+    let chains = chains_of(owner);
+    let mut families = Vec::new();
+    for fam in Family::BOTH {
+        for chain in &chains {
+            if iptables::chain_may_exist(nft, fam, "nat", chain)? {
+                families.push(fam);
+                break;
+            }
+        }
+    }
+    Ok(families)
+}
+
+fn chains_of(owner: &Owner<'_>) -> [String; 2] {
+    [
+        chain(owner),
+        reference_chain(owner.network, owner.container_id),
+    ]
+}
+
+/// Removes, in `families`, the attachment's chain and the container's `CNI-DN-…` chain with
+/// their entry rules: one listing and one restore per family.
+pub fn remove(families: &[Family], owner: &Owner<'_>) -> Result<()> {
+    let chains = chains_of(owner);
+    for &fam in families {
         let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
             continue;
         };
@@ -202,8 +224,8 @@ pub fn remove(inv: &Inventory, network: &str, container_id: &str, ifname: &str) 
 /// CHECK: every rule of the attachment's chain and every entry rule is there (counted per
 /// family); `Some(what is missing)` otherwise.
 pub fn missing(a: &Attachment<'_>) -> Result<Option<String>> {
-    let chain = chain(a.network, a.container_id, a.ifname);
-    let key = attachment_key(a.network, a.container_id, a.ifname);
+    let chain = chain(&a.owner);
+    let key = a.owner.key();
     for net in a.container_ips {
         let fam = family_of(&net.ip());
         let expected = attachment_lines(a, net);
@@ -227,14 +249,24 @@ pub fn missing(a: &Attachment<'_>) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// GC: removes the chains of `network`'s attachments that are not in `valid`.
-pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+/// GC: removes the chains of `network`'s attachments that are not in `valid` (listed only
+/// where `CNI-HOSTPORT-DNAT` may exist).
+pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
     let keep: Vec<String> = valid
         .iter()
-        .map(|v| chain(network, &v.container_id, &v.ifname))
+        .map(|v| {
+            chain(&Owner {
+                network,
+                container_id: &v.container_id,
+                ifname: &v.ifname,
+            })
+        })
         .collect();
     let net = network_key(network);
     for fam in Family::BOTH {
+        if !iptables::chain_may_exist(nft, fam, "nat", DNAT)? {
+            continue;
+        }
         let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
             continue;
         };
@@ -259,6 +291,13 @@ pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::firewall::portmap::Mapping;
+    use crate::nf_tables::L4;
+
+    const OWNER: Owner<'static> = Owner {
+        network: "net",
+        container_id: "c1",
+        ifname: "eth0",
+    };
 
     #[test]
     fn reference_chain_names() {
@@ -269,7 +308,7 @@ mod tests {
             "CNI-DN-bfd599665540dd91d5d28"
         );
         assert_eq!(reference_chain("test", id), "CNI-DN-67e92b96e692a494b6b85");
-        assert_eq!(chain("net", "c1", "eth0").len(), 28);
+        assert_eq!(chain(&OWNER).len(), 28);
     }
 
     #[test]
@@ -277,14 +316,12 @@ mod tests {
         let mappings = [Mapping {
             host_port: 8080,
             container_port: 80,
-            protocol: "tcp".into(),
+            protocol: L4::Tcp,
             host_ip: None,
         }];
         let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
         let a = Attachment {
-            network: "net",
-            container_id: "c1",
-            ifname: "eth0",
+            owner: OWNER,
             mappings: &mappings,
             container_ips: &ips,
             snat: true,
@@ -294,7 +331,7 @@ mod tests {
             mark_bit: 5,
             external_set_mark_chain: None,
         };
-        let c = chain("net", "c1", "eth0");
+        let c = chain(&OWNER);
         let lines = attachment_lines(&a, &ips[0]);
         assert_eq!(
             lines[1],

@@ -140,7 +140,7 @@ impl Client {
                 attributes: attributes.clone(),
             });
             let seq = self.send_request(family, body, NLM_F_DUMP)?;
-            if let Some(rules) = self.read_rule_dump(seq, &op)? {
+            if let Some(rules) = self.read_rule_dump(family, seq, &op)? {
                 return Ok(rules);
             }
         }
@@ -149,7 +149,12 @@ impl Client {
 
     /// The rules of a dump, or `None` when it was interrupted and must be restarted. Rule
     /// frames are read directly (see [`ListedRule`]); the rest goes through the crate.
-    fn read_rule_dump(&mut self, seq: u32, op: &str) -> Result<Option<Vec<ListedRule>>> {
+    fn read_rule_dump(
+        &mut self,
+        family: Family,
+        seq: u32,
+        op: &str,
+    ) -> Result<Option<Vec<ListedRule>>> {
         let mut rules = Vec::new();
         let mut interrupted = false;
         loop {
@@ -161,7 +166,7 @@ impl Client {
                 interrupted |= frame.flags() & NLM_F_DUMP_INTR != 0;
                 if frame.message_type() == NEWRULE {
                     let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
-                    rules.push(ListedRule::decode(attributes)?);
+                    rules.push(ListedRule::decode(family, attributes)?);
                     continue;
                 }
                 let msg = Message::deserialize(frame.into_inner())

@@ -40,6 +40,14 @@ impl L4 {
     }
 
     /// `tcp`, `udp` or `sctp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+            L4::Sctp => "sctp",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<L4> {
         match name {
             "tcp" => Some(L4::Tcp),

@@ -134,6 +134,7 @@ impl Rule {
 /// would make listing a chain cost in proportion to its expressions rather than its rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedRule {
+    pub family: Family,
     pub table: String,
     pub chain: String,
     pub handle: u64,
@@ -153,8 +154,9 @@ const NFTA_RULE_USERDATA: u16 = 7;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 impl ListedRule {
-    /// Reads the attributes of a NEWRULE message (after its nfgenmsg header).
-    pub(super) fn decode(attributes: &[u8]) -> Result<ListedRule> {
+    /// Reads the attributes of a NEWRULE message (after its nfgenmsg header) of a dump of
+    /// `family`.
+    pub(super) fn decode(family: Family, attributes: &[u8]) -> Result<ListedRule> {
         let bad = |e: DecodeError| Error::Decode(format!("listed rule: {e}"));
         let mut table = None;
         let mut chain = None;
@@ -177,6 +179,7 @@ impl ListedRule {
         }
         let missing = |what: &str| Error::Decode(format!("listed rule without {what}"));
         Ok(ListedRule {
+            family,
             table: table.ok_or_else(|| missing("table"))?,
             chain: chain.ok_or_else(|| missing("chain"))?,
             handle: handle.ok_or_else(|| missing("handle"))?,
@@ -246,15 +249,15 @@ mod tests {
             RuleAttribute::UserData(b"\x00\x02x\x00".to_vec()),
             RuleAttribute::Expressions(vec![expr::verdict(&Verdict::Accept).into()]),
         ];
-        let listed = ListedRule::decode(&emit(&attrs)).unwrap();
-        assert_eq!(listed.handle, 7);
+        let listed = ListedRule::decode(Family::Ip, &emit(&attrs)).unwrap();
+        assert_eq!((listed.family, listed.handle), (Family::Ip, 7));
         assert_eq!(listed.comment.as_deref(), Some("x"));
         assert_eq!(
             listed.expressions().unwrap(),
             vec![expr::verdict(&Verdict::Accept)]
         );
-        assert!(ListedRule::decode(&emit(&attrs[..1])).is_err());
-        assert!(ListedRule::decode(&[1, 2, 3]).is_err());
+        assert!(ListedRule::decode(Family::Ip, &emit(&attrs[..1])).is_err());
+        assert!(ListedRule::decode(Family::Ip, &[1, 2, 3]).is_err());
     }
 
     fn emit(attrs: &[RuleAttribute]) -> Vec<u8> {

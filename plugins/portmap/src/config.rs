@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use libcni::firewall::Backend;
 use libcni::firewall::portmap::Mapping;
+use libcni::nf_tables::L4;
 use libcni::skel::Request;
 use libcni::{Error, Result};
 use serde::Deserialize;
@@ -179,13 +180,12 @@ fn mapping(i: usize, raw: &RawMapping) -> Result<Mapping> {
             .filter(|p| *p > 0)
             .ok_or_else(|| Error::invalid_config(format!("{key}.{name} {v} must be 1 to 65535")))
     };
-    let protocol = raw.protocol.to_ascii_lowercase();
-    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(Error::invalid_config(format!(
+    let protocol = L4::from_name(&raw.protocol.to_ascii_lowercase()).ok_or_else(|| {
+        Error::invalid_config(format!(
             "{key}.protocol {:?} must be tcp, udp or sctp",
             raw.protocol
-        )));
-    }
+        ))
+    })?;
     let host_ip = match raw.host_ip.as_str() {
         "" => None,
         s => Some(s.parse::<IpAddr>().map_err(|_| {

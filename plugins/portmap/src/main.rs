@@ -15,8 +15,9 @@ use ipnetwork::IpNetwork;
 use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment};
-use libcni::firewall::{Backend, Inventory, iptables, nft, portmap_iptables};
+use libcni::firewall::{Backend, Owner, iptables, nftables, portmap_conditions, portmap_iptables};
 use libcni::netlink::{Netlink, block_on};
+use libcni::nf_tables::L4;
 use libcni::result::CniResult;
 use libcni::skel::{self, Plugin, Request};
 use libcni::{Error, Result, conntrack, sysctl};
@@ -43,7 +44,9 @@ impl Plugin for Portmap {
         }
         let attachment = attachment(&conf, req, &ips);
         let added = match conf.backend {
-            Backend::Nftables => portmap::add(&attachment),
+            Backend::Nftables => {
+                nftables::open().and_then(|mut nft| portmap::add(&mut nft, &attachment))
+            }
             Backend::Iptables => portmap_iptables::add(&attachment),
         };
         if let Err(e) = added.and_then(|()| after_rules(&conf, &ips)) {
@@ -78,24 +81,7 @@ impl Plugin for Portmap {
         let ips = container_ips(&prev, req);
         let a = attachment(&conf, req, &ips);
         let missing = match conf.backend {
-            Backend::Nftables => {
-                let expected = portmap::rules(&a);
-                let want = |chain: &str| {
-                    expected
-                        .lines()
-                        .filter(|l| l.contains(&format!(" {chain} ")))
-                        .count()
-                };
-                let (hostports, postrouting) =
-                    portmap::count(&req.conf.name, &req.container_id, &req.ifname)?;
-                (hostports < want("hostports") || postrouting < want("postrouting")).then(|| {
-                    format!(
-                        "{hostports} of {} forwarding and {postrouting} of {} masquerade rules present",
-                        want("hostports"),
-                        want("postrouting")
-                    )
-                })
-            }
+            Backend::Nftables => portmap::missing(&mut nftables::open()?, &a)?,
             Backend::Iptables => portmap_iptables::missing(&a)?,
         };
         match missing {
@@ -108,19 +94,19 @@ impl Plugin for Portmap {
 
     fn gc(&self, req: &Request) -> Result<()> {
         let valid = req.conf.gc_attachments()?;
-        let nft = if nft::installed() {
-            portmap::retain(&req.conf.name, valid)
-        } else {
-            Ok(())
-        };
-        nft.and(portmap_iptables::retain(&req.conf.name, valid))
+        let mut nft = nftables::open()?;
+        portmap::retain(&mut nft, &req.conf.name, valid).and(portmap_iptables::retain(
+            &mut nft,
+            &req.conf.name,
+            valid,
+        ))
     }
 
     fn status(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
         require_backend(&conf).map_err(|e| Error::not_available(e.msg))?;
         let usable = match conf.backend {
-            Backend::Nftables => nft::tables().map(drop),
+            Backend::Nftables => nftables::usable(),
             Backend::Iptables => iptables::list_chain(iptables::Family::V4, "nat", "POSTROUTING")
                 .and_then(|c| {
                     c.map(drop)
@@ -137,39 +123,38 @@ impl Plugin for Portmap {
 }
 
 /// This attachment's rules in both backends (a config may have switched between ADD and DEL),
-/// and the Go portmap's rules for the container; the two listings run side by side.
+/// and the Go portmap's rules for the container: one nf_tables socket and one deleting
+/// transaction; iptables only in the families where its chains may exist.
 fn remove_rules(req: &Request) -> Result<()> {
-    let inv = Inventory::read();
-    std::thread::scope(|scope| {
-        let iptables = scope.spawn(|| {
-            portmap_iptables::remove(&inv, &req.conf.name, &req.container_id, &req.ifname)
-        });
-        let nft = if nft::installed() {
-            portmap::remove_with_reference(&inv, &req.conf.name, &req.container_id, &req.ifname)
-        } else {
-            Ok(())
-        };
-        let iptables = iptables
-            .join()
-            .unwrap_or_else(|_| Err(Error::internal("iptables cleanup panicked")));
-        nft.and(iptables)
-    })
+    let owner = owner(req);
+    let mut nft = nftables::open()?;
+    let iptables = portmap_iptables::families_to_clean(&mut nft, &owner)
+        .and_then(|families| portmap_iptables::remove(&families, &owner));
+    portmap::remove(&mut nft, &owner).and(iptables)
 }
 
+/// nf_tables is spoken over netlink; only conditions, which are nft text, need the tool.
 fn require_backend(conf: &Conf) -> Result<()> {
-    match conf.backend {
-        Backend::Nftables if !nft::installed() => Err(Error::unsupported_field(
-            "backend \"nftables\": the nft tool is not installed",
-        )),
-        _ => Ok(()),
+    let conditions = !conf.conditions_v4.is_empty() || !conf.conditions_v6.is_empty();
+    if conf.backend == Backend::Nftables && conditions && !portmap_conditions::installed() {
+        return Err(Error::unsupported_field(
+            "conditionsV4/conditionsV6 are nft expressions: the nft tool is not installed",
+        ));
+    }
+    Ok(())
+}
+
+fn owner(req: &Request) -> Owner<'_> {
+    Owner {
+        network: &req.conf.name,
+        container_id: &req.container_id,
+        ifname: &req.ifname,
     }
 }
 
 fn attachment<'a>(conf: &'a Conf, req: &'a Request, ips: &'a [IpNetwork]) -> Attachment<'a> {
     Attachment {
-        network: &req.conf.name,
-        container_id: &req.container_id,
-        ifname: &req.ifname,
+        owner: owner(req),
         mappings: &conf.mappings,
         container_ips: ips,
         snat: conf.snat,
@@ -216,7 +201,7 @@ fn after_rules(conf: &Conf, ips: &[IpNetwork]) -> Result<()> {
 }
 
 fn flush_udp(conf: &Conf, v4_families: &[bool]) {
-    for m in conf.mappings.iter().filter(|m| m.protocol == "udp") {
+    for m in conf.mappings.iter().filter(|m| m.protocol == L4::Udp) {
         for v4 in v4_families {
             conntrack::flush_udp_port(m.host_port, !v4);
         }
