@@ -26,7 +26,7 @@ use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
-use super::{Backend, hash16, nftables, subnet_of};
+use super::{hash16, nftables, subnet_of};
 use crate::error::Result;
 use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
 
@@ -97,17 +97,13 @@ fn family(ip: &IpNetwork) -> Family {
     if ip.is_ipv4() { Family::V4 } else { Family::V6 }
 }
 
-/// Masquerades the traffic of `ips`, the attachment's addresses.
-pub fn add(backend: Backend, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
-    match backend {
-        Backend::Nftables => {
-            nftables::add_rules(&mut nftables::open()?, &nft_rules(owner, ips), base_objects)
-        }
-        Backend::Iptables => add_iptables(owner, ips),
-    }
+/// Masquerades the traffic of `ips`, the attachment's addresses (nftables).
+pub fn add_nft(nft: &mut Client, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
+    nftables::add_rules(nft, &nft_rules(owner, ips), base_objects)
 }
 
-fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
+/// Masquerades the traffic of `ips`, the attachment's addresses (iptables).
+pub fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
     // Creating the chain and its jump is check-then-act: one ADD at a time.
     let _lock = super::node_lock("masquerade")?;
     for fam in Family::BOTH {

@@ -113,8 +113,7 @@ pub fn remove_where(
 }
 
 /// Whether nf_tables answers here (STATUS): a lookup of a table that need not exist.
-pub fn usable() -> Result<()> {
-    let mut nft = open()?;
+pub fn usable(nft: &mut Client) -> Result<()> {
     nft.table_exists(Family::Inet, "rcni_probe")?;
     Ok(())
 }

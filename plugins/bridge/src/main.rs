@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, Owner, masquerade, nftables, node_lock, spoofcheck};
+use libcni::firewall::{Backend, Owner, driver, masquerade, nftables, node_lock, spoofcheck};
 use libcni::netlink::{Created, Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -369,11 +369,8 @@ async fn attach(
         if conf.raw.ip_masq {
             let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
             done.masquerade = true;
-            masquerade::add(
-                Backend::choose(conf.raw.ip_masq_backend.as_deref()),
-                &owner(req),
-                &ips,
-            )?;
+            driver::open(Backend::choose(conf.raw.ip_masq_backend.as_deref()))?
+                .add_masquerade(&owner(req), &ips)?;
         }
     } else if !conf.raw.disable_container_interface {
         cont.set_up(&cont_veth, true).await?;

@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment};
-use libcni::firewall::{Backend, Owner, iptables, nftables, portmap_conditions, portmap_iptables};
+use libcni::firewall::{Backend, Owner, driver, nftables, portmap_conditions, portmap_iptables};
 use libcni::netlink::{Netlink, block_on};
 use libcni::nf_tables::L4;
 use libcni::result::CniResult;
@@ -43,12 +43,8 @@ impl Plugin for Portmap {
             return Ok(prev);
         }
         let attachment = attachment(&conf, req, &ips);
-        let added = match conf.backend {
-            Backend::Nftables => {
-                nftables::open().and_then(|mut nft| portmap::add(&mut nft, &attachment))
-            }
-            Backend::Iptables => portmap_iptables::add(&attachment),
-        };
+        let added = driver::open(conf.backend)
+            .and_then(|mut firewall| firewall.add_port_mappings(&attachment));
         if let Err(e) = added.and_then(|()| after_rules(&conf, &ips)) {
             if let Err(undo) = remove_rules(req) {
                 eprintln!("portmap: cleanup after failed ADD: {undo}");
@@ -80,11 +76,7 @@ impl Plugin for Portmap {
         require_backend(&conf)?;
         let ips = container_ips(&prev, req);
         let a = attachment(&conf, req, &ips);
-        let missing = match conf.backend {
-            Backend::Nftables => portmap::missing(&mut nftables::open()?, &a)?,
-            Backend::Iptables => portmap_iptables::missing(&a)?,
-        };
-        match missing {
+        match driver::open(conf.backend)?.missing_port_mappings(&a)? {
             Some(what) => Err(Error::internal(format!(
                 "CHECK: port mapping rules of this container are missing: {what}"
             ))),
@@ -105,14 +97,7 @@ impl Plugin for Portmap {
     fn status(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
         require_backend(&conf).map_err(|e| Error::not_available(e.msg))?;
-        let usable = match conf.backend {
-            Backend::Nftables => nftables::usable(),
-            Backend::Iptables => iptables::list_chain(iptables::Family::V4, "nat", "POSTROUTING")
-                .and_then(|c| {
-                    c.map(drop)
-                        .ok_or_else(|| Error::internal("iptables -t nat does not work"))
-                }),
-        };
+        let usable = driver::open(conf.backend).and_then(|mut firewall| firewall.usable());
         usable.map_err(|e| {
             Error::not_available(format!(
                 "the {:?} backend is not usable: {}",
