@@ -381,24 +381,14 @@ fn fill(node: &Node, held: &mut Vec<Pod>, n: usize) -> Result<()> {
     while held.len() < n {
         let batch = (n - held.len()).min(4);
         let mut pods: Vec<Pod> = (0..batch).map(|_| node.pod()).collect();
-        std::thread::scope(|s| {
-            let runs: Vec<_> = pods
-                .iter_mut()
-                .map(|p| s.spawn(|| untimed(|r| node.add(r, p))))
-                .collect();
-            runs.into_iter()
-                .try_for_each(|h| h.join().unwrap_or_else(|_| Err("fill panicked".into())))
-        })?;
+        add_at_once(node, &mut pods)?;
         held.extend(pods);
     }
     Ok(())
 }
 
-/// k ADDs at once, then k DELs at once: wall times, and what the node holds in between and
-/// after.
-fn parallel(node: &Node, k: usize) -> Result<Parallel> {
-    let mut pods: Vec<Pod> = (0..k).map(|_| node.pod()).collect();
-    let start = Instant::now();
+/// The chain ADD of every pod, each on a thread of its own, all at once.
+fn add_at_once(node: &Node, pods: &mut [Pod]) -> Result<()> {
     std::thread::scope(|s| {
         let runs: Vec<_> = pods
             .iter_mut()
@@ -406,7 +396,27 @@ fn parallel(node: &Node, k: usize) -> Result<Parallel> {
             .collect();
         runs.into_iter()
             .try_for_each(|h| h.join().unwrap_or_else(|_| Err("ADD panicked".into())))
-    })?;
+    })
+}
+
+/// The chain DEL of every pod, all at once.
+fn del_at_once(node: &Node, pods: &[Pod]) -> Result<()> {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = pods
+            .iter()
+            .map(|p| s.spawn(|| untimed(|r| node.del(r, p))))
+            .collect();
+        runs.into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("DEL panicked".into())))
+    })
+}
+
+/// k ADDs at once, then k DELs at once: wall times, and what the node holds in between and
+/// after.
+fn parallel(node: &Node, k: usize) -> Result<Parallel> {
+    let mut pods: Vec<Pod> = (0..k).map(|_| node.pod()).collect();
+    let start = Instant::now();
+    add_at_once(node, &mut pods)?;
     let add_ms = start.elapsed().as_secs_f64() * 1000.0;
 
     let ips: Vec<String> = pods.iter().filter_map(Pod::ip).collect();
@@ -421,14 +431,7 @@ fn parallel(node: &Node, k: usize) -> Result<Parallel> {
     };
 
     let start = Instant::now();
-    std::thread::scope(|s| {
-        let runs: Vec<_> = pods
-            .iter()
-            .map(|p| s.spawn(|| untimed(|r| node.del(r, p))))
-            .collect();
-        runs.into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("DEL panicked".into())))
-    })?;
+    del_at_once(node, &pods)?;
     let del_ms = start.elapsed().as_secs_f64() * 1000.0;
     Ok(Parallel {
         add_ms,
