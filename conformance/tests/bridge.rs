@@ -676,6 +676,32 @@ fn ip_masq_on_iptables_is_per_attachment() {
     drop(ext);
 }
 
+/// An apostrophe in `CNI_IFNAME` (the kernel and the spec allow it) comes back escaped from
+/// `iptables -S`; DEL still finds and removes the attachment's iptables masquerade.
+#[test]
+fn iptables_masquerade_of_an_ifname_with_an_apostrophe_is_removed() {
+    let host = Netns::new("h");
+    let net = Net::new(
+        "1.0.0",
+        &["10.36.0.0/24"],
+        json!({"isDefaultGateway": true, "ipMasq": true, "ipMasqBackend": "iptables"}),
+    );
+    let ctr = Netns::new("c");
+    let call = |command: &str| {
+        net.call(&host, command, &ctr.path, "c1")
+            .env("CNI_IFNAME", "e'th0")
+            .run(&net.stdin())
+    };
+    call("ADD").ok();
+    assert_eq!(iptables_masquerade(&host).len(), 2);
+    call("DEL").ok();
+    assert!(
+        iptables_masquerade(&host).is_empty(),
+        "{:?}",
+        iptables_masquerade(&host)
+    );
+}
+
 /// `nft list ruleset` in `host`.
 fn ruleset(host: &Netns) -> String {
     let out = host

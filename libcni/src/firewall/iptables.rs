@@ -142,9 +142,9 @@ pub fn split_rule(line: &str) -> Vec<String> {
     let mut in_arg = false;
     while let Some(c) = chars.next() {
         match c {
-            '\\' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
+            // iptables-save escapes `"`, `\` and `'` inside quotes.
+            '\\' if quoted && matches!(chars.peek(), Some('"' | '\\' | '\'')) => {
+                cur.extend(chars.next());
             }
             '"' => {
                 quoted = !quoted;
@@ -183,13 +183,30 @@ pub fn quote(arg: &str) -> String {
     {
         arg.to_string()
     } else {
-        format!("\"{}\"", arg.replace('\\', "\\\\").replace('"', "\\\""))
+        let escaped = arg
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\'', "\\'");
+        format!("\"{escaped}\"")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_round_trip_as_iptables_save_prints_them() {
+        // iptables -S escapes `"`, `\` and `'` inside quotes.
+        let line = r#"-A X -m comment --comment "a'b \"c\" d\\e" -j RETURN"#;
+        let args = split_rule(line);
+        assert_eq!(args[5], r#"a'b "c" d\e"#);
+        assert_eq!(quote(&args[5]), r#""a\'b \"c\" d\\e""#);
+        assert_eq!(
+            split_rule(&format!("-A X --comment {}", quote(&args[5])))[3],
+            args[5]
+        );
+    }
 
     #[test]
     fn splits_quoted_comments() {
