@@ -490,3 +490,89 @@ fn hostile_requests_get_clean_answers() {
         "the 10 MB config's DEL left its lease"
     );
 }
+
+/// `conditionsV4/V6` and `externalSetMarkChain` reach an `nft -f` or `iptables-restore` script:
+/// a value that could end its rule, start another command or section, or comment out the rest
+/// is refused with code 7 naming the key, before anything is written. The tables and chains the
+/// values tried to delete or create are untouched.
+#[test]
+fn portmap_refuses_values_that_would_escape_their_rule() {
+    let host = Netns::new("h");
+    let ctr = Netns::new("c");
+    let nft = |script: &str| {
+        let mut child = host
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    nft("add table inet victim\n");
+    let prev = json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": ctr.path}],
+        "ips": [{"address": "10.37.0.2/24", "interface": 0}]});
+    let mappings =
+        json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+    for (extra, key) in [
+        (
+            json!({"conditionsV4": ["meta l4proto tcp; delete table inet victim; #"]}),
+            "conditionsV4",
+        ),
+        (
+            json!({"conditionsV6": ["iifname \"eth0\"\ndelete table inet victim"]}),
+            "conditionsV6",
+        ),
+        (
+            json!({"conditionsV4": ["iifname \"eth0\" # the rest is a comment"]}),
+            "conditionsV4",
+        ),
+        (
+            json!({"backend": "iptables",
+                "conditionsV4": ["-i eth0\nCOMMIT\n*filter\n:RCNIX - [0:0]"]}),
+            "conditionsV4",
+        ),
+        (
+            json!({"externalSetMarkChain": "RETURN\nCOMMIT\n*filter\n:RCNIX - [0:0]\nCOMMIT\n*nat\n#"}),
+            "externalSetMarkChain",
+        ),
+        (
+            json!({"externalSetMarkChain": "-j ACCEPT"}),
+            "externalSetMarkChain",
+        ),
+    ] {
+        let mut conf = json!({"cniVersion": "1.0.0", "name": unique("pm"), "type": "portmap",
+                              "runtimeConfig": mappings, "prevResult": prev});
+        for (k, v) in extra.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        Call::new(&host, bin("portmap"), "ADD", &ctr.path)
+            .within(PROMPT)
+            .run(&conf.to_string())
+            .err(7, key);
+    }
+    let tables = host
+        .command("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(tables.contains("inet victim"), "{tables}");
+    assert!(
+        !tables.contains("rcni_portmap"),
+        "a refused ADD made state: {tables}"
+    );
+    let filter = host
+        .command("iptables-save")
+        .args(["-t", "filter"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&filter.stdout).contains("RCNIX"));
+}

@@ -80,6 +80,39 @@ fn looks_like_iptables(conditions: &[String]) -> bool {
         .is_some_and(|c| c.starts_with('-') || c.starts_with('!'))
 }
 
+/// A condition is pasted into one rule of this attachment (an `nft -f` line, an
+/// `iptables-restore` line): nothing in it may end that rule, start another command or section,
+/// or comment out the rest of the line.
+fn check_conditions(key: &str, conditions: &[String]) -> Result<()> {
+    for c in conditions {
+        if let Some(bad) = c
+            .chars()
+            .find(|ch| ch.is_control() || matches!(ch, ';' | '#'))
+        {
+            return Err(Error::invalid_config(format!(
+                "{key}: {c:?} contains {bad:?}, which could end the rule it belongs to"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An iptables chain name (what `-j` jumps to): 1 to 28 characters of letters, digits and
+/// `_ . + -`, not starting with `-` or `!` (it would read as an option).
+fn check_chain_name(key: &str, name: &str) -> Result<()> {
+    let valid = (1..=28).contains(&name.len())
+        && !name.starts_with(['-', '!'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-'));
+    if valid {
+        return Ok(());
+    }
+    Err(Error::invalid_config(format!(
+        "{key} {name:?} is not an iptables chain name (1-28 of A-Z a-z 0-9 _ . + -)"
+    )))
+}
+
 impl Conf {
     pub fn load(req: &Request) -> Result<Conf> {
         let raw: RawConf = req.plugin_conf()?;
@@ -101,10 +134,18 @@ impl Conf {
             }
             None => Backend::choose(None),
         };
+        if let Some(chain) = raw
+            .external_set_mark_chain
+            .as_deref()
+            .filter(|c| !c.is_empty())
+        {
+            check_chain_name("externalSetMarkChain", chain)?;
+        }
         for (key, conds) in [
             ("conditionsV4", &conditions_v4),
             ("conditionsV6", &conditions_v6),
         ] {
+            check_conditions(key, conds)?;
             match backend {
                 Backend::Nftables if looks_like_iptables(conds) => {
                     return Err(bad(format!(
