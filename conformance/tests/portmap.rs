@@ -333,6 +333,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_pod_cannot_reach_services_on_the_hosts_loopback,
     host_external_localhost_and_hairpin,
     host_ip_restricts_a_mapping_to_that_address,
     many_mappings_at_once,
@@ -346,6 +347,105 @@ on_both_backends!(
     conditions_restrict_the_mappings_of_their_family,
     single_family_pods,
 );
+
+/// Datagrams to 127.0.0.1:9999 that got past every filter-priority input chain of `host` (a
+/// counter of our own at a later priority).
+fn loopback_arrivals(host: &Netns) -> u64 {
+    let out = host
+        .command("nft")
+        .args(["-j", "list", "table", "inet", "rcni_probe"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .flat_map(|r| r["expr"].as_array().unwrap().clone())
+        .find_map(|e| e["counter"]["packets"].as_u64())
+        .unwrap()
+}
+
+/// `route_localnet` (for `127.0.0.1:hostPort`) would let a pod reach the host's services bound
+/// to 127.0.0.1 by routing 127.0.0.1 via its gateway (CVE-2020-8558): the node's guard drops
+/// that; without the guard the same datagrams get through, which shows the test can tell.
+fn a_pod_cannot_reach_services_on_the_hosts_loopback(backend: &str) {
+    let w = World::new(backend);
+    let pod = w.pod("a", &tcp_udp(8080, 80));
+    let probe = w
+        .host
+        .command("nft")
+        .args([
+            "add table inet rcni_probe; add chain inet rcni_probe input { type filter hook \
+             input priority 10; }; add rule inet rcni_probe input ip daddr 127.0.0.1 udp dport \
+             9999 counter",
+        ])
+        .status()
+        .unwrap();
+    assert!(probe.success());
+    // What a pod with CAP_NET_ADMIN in its own namespace can do: route 127.0.0.1 out eth0.
+    pod.ctr.ip(&[
+        "route",
+        "del",
+        "local",
+        "127.0.0.0/8",
+        "dev",
+        "lo",
+        "table",
+        "local",
+    ]);
+    pod.ctr.ip(&[
+        "route",
+        "del",
+        "local",
+        "127.0.0.1",
+        "dev",
+        "lo",
+        "table",
+        "local",
+    ]);
+    pod.ctr
+        .ip(&["route", "add", "127.0.0.1/32", "via", GW4, "dev", "eth0"]);
+    for key in ["all", "eth0"] {
+        let set = pod
+            .ctr
+            .command("sysctl")
+            .args(["-qw", &format!("net.ipv4.conf.{key}.route_localnet=1")])
+            .status()
+            .unwrap();
+        assert!(set.success());
+    }
+    let send = || {
+        for _ in 0..3 {
+            pod.ctr.ask("udp", "127.0.0.1:9999", 100);
+        }
+    };
+    send();
+    assert_eq!(loopback_arrivals(&w.host), 0, "the guard let them through");
+    // 127.0.0.1:hostPort from the host still works.
+    assert!(w.host.answers(
+        "udp",
+        "127.0.0.1:8080",
+        &pod.says(80),
+        Duration::from_secs(3)
+    ));
+
+    let removed = match backend {
+        "nftables" => w
+            .host
+            .command("nft")
+            .args(["delete", "table", "inet", "rcni_localnet"])
+            .status(),
+        _ => w.host.command("iptables").args(["-F", "INPUT"]).status(),
+    };
+    assert!(removed.unwrap().success());
+    send();
+    assert!(
+        loopback_arrivals(&w.host) > 0,
+        "without the guard the datagrams should arrive (the test would prove nothing)"
+    );
+}
 
 /// One pod with tcp and udp 8080 → 80 answers on every host address from the host and from
 /// outside, on 127.0.0.1 from the host (not [::1]: no IPv6 equivalent of route_localnet), and

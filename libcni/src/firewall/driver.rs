@@ -9,7 +9,7 @@
 
 use ipnetwork::IpNetwork;
 
-use super::{Backend, Owner, iptables, masquerade, nftables, portmap, portmap_iptables};
+use super::{Backend, Owner, iptables, localnet, masquerade, nftables, portmap, portmap_iptables};
 use crate::error::{Error, Result};
 use crate::nf_tables::Client;
 
@@ -22,6 +22,9 @@ pub trait Driver {
 
     /// CHECK: what of the attachment's port mappings is missing, if anything.
     fn missing_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<Option<String>>;
+
+    /// The node's guard for `route_localnet` (made once; see `localnet`).
+    fn ensure_localnet_guard(&mut self) -> Result<()>;
 
     /// STATUS: whether this backend can be programmed here.
     fn usable(&mut self) -> Result<()>;
@@ -50,6 +53,10 @@ impl Driver for Nftables {
         portmap::missing(&mut self.0, a)
     }
 
+    fn ensure_localnet_guard(&mut self) -> Result<()> {
+        localnet::ensure_nft(&mut self.0)
+    }
+
     fn usable(&mut self) -> Result<()> {
         nftables::usable(&mut self.0)
     }
@@ -68,6 +75,10 @@ impl Driver for Iptables {
 
     fn missing_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<Option<String>> {
         portmap_iptables::missing(a)
+    }
+
+    fn ensure_localnet_guard(&mut self) -> Result<()> {
+        localnet::ensure_iptables()
     }
 
     fn usable(&mut self) -> Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod iptables;
+pub mod localnet;
 pub mod masquerade;
 pub mod nftables;
 pub mod owner;

@@ -9,7 +9,9 @@ use netlink_packet_netfilter::nftables::{MetaKey, Register};
 
 use super::expr::{
     self, CmpOp, Counter, Ct, CtKey, Fib, FibFlags, FibResult, Masquerade, Nat, NatKind,
-    PayloadBase, ct::IPS_DST_NAT, fib::RTN_LOCAL,
+    PayloadBase,
+    ct::{CT_STATE_ESTABLISHED, CT_STATE_RELATED, IPS_DST_NAT},
+    fib::RTN_LOCAL,
 };
 use super::objects::Family;
 use super::rule::{L3, Rule};
@@ -254,12 +256,28 @@ impl Rule {
 
     /// `ct status dnat`: the connection was destination-NATed.
     pub fn match_ct_status_dnat(self) -> Rule {
-        self.push(Ct {
-            key: CtKey::Status,
-            dreg: R1,
-        })
-        .push(expr::bitwise_and(R1, IPS_DST_NAT.to_ne_bytes().to_vec()))
-        .push(expr::cmp(CmpOp::Neq, R1, 0u32.to_ne_bytes().to_vec()))
+        self.match_ct_bits(CtKey::Status, IPS_DST_NAT, CmpOp::Neq)
+    }
+
+    /// `ct status & dnat == 0`: the connection was not destination-NATed.
+    pub fn match_ct_status_not_dnat(self) -> Rule {
+        self.match_ct_bits(CtKey::Status, IPS_DST_NAT, CmpOp::Eq)
+    }
+
+    /// `ct state & (established | related) == 0`: a new, invalid or untracked packet.
+    pub fn match_ct_state_not_established_related(self) -> Rule {
+        self.match_ct_bits(
+            CtKey::State,
+            CT_STATE_ESTABLISHED | CT_STATE_RELATED,
+            CmpOp::Eq,
+        )
+    }
+
+    /// Loads a conntrack key, masks it with `bits` and compares the result with 0.
+    fn match_ct_bits(self, key: CtKey, bits: u32, op: CmpOp) -> Rule {
+        self.push(Ct { key, dreg: R1 })
+            .push(expr::bitwise_and(R1, bits.to_ne_bytes().to_vec()))
+            .push(expr::cmp(op, R1, 0u32.to_ne_bytes().to_vec()))
     }
 
     /// `dnat ip|ip6 to <addr>[:<port>]`.

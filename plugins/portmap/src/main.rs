@@ -43,9 +43,11 @@ impl Plugin for Portmap {
             return Ok(prev);
         }
         let attachment = attachment(&conf, req, &ips);
-        let added = driver::open(conf.backend)
-            .and_then(|mut firewall| firewall.add_port_mappings(&attachment));
-        if let Err(e) = added.and_then(|()| after_rules(&conf, &ips)) {
+        let added = driver::open(conf.backend).and_then(|mut firewall| {
+            firewall.add_port_mappings(&attachment)?;
+            after_rules(&conf, &ips, firewall.as_mut())
+        });
+        if let Err(e) = added {
             if let Err(undo) = remove_rules(req) {
                 eprintln!("portmap: cleanup after failed ADD: {undo}");
             }
@@ -171,11 +173,13 @@ fn container_ips(prev: &CniResult, req: &Request) -> Vec<IpNetwork> {
 }
 
 /// Lets 127.0.0.1:hostPort reach an IPv4 container (`route_localnet` on the interface that
-/// routes to it), and drops stale UDP conntrack entries for the mapped ports.
-fn after_rules(conf: &Conf, ips: &[IpNetwork]) -> Result<()> {
+/// routes to it, with the node's guard against pods reaching the host's 127.0.0.1 services),
+/// and drops stale UDP conntrack entries for the mapped ports.
+fn after_rules(conf: &Conf, ips: &[IpNetwork], firewall: &mut dyn driver::Driver) -> Result<()> {
     if conf.snat
         && let Some(v4) = ips.iter().find(|ip| ip.is_ipv4())
     {
+        firewall.ensure_localnet_guard()?;
         let link = block_on(async { Netlink::open(None)?.route_get(v4.ip()).await })??
             .ok_or_else(|| Error::internal(format!("no route to the container address {v4}")))?;
         sysctl::set(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")?;

@@ -43,6 +43,10 @@ impl CtKey {
 /// `IPS_DST_NAT` from `linux/netfilter/nf_conntrack_common.h`: the connection was DNATed.
 pub const IPS_DST_NAT: u32 = 1 << 5;
 
+/// `ct state` bits (`NF_CT_STATE_BIT(IP_CT_ESTABLISHED)`, `…(IP_CT_RELATED)`).
+pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+pub const CT_STATE_RELATED: u32 = 1 << 2;
+
 /// `ct load <key> => reg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ct {
