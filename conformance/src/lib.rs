@@ -630,6 +630,30 @@ impl Netns {
         })
     }
 
+    /// Applies `script` with `nft -f -` in this namespace; fails the test if nft refuses it.
+    pub fn nft(&self, script: &str) {
+        use std::io::Write;
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `nft -j list ruleset` in this namespace: the `nftables` array.
     pub fn nft_ruleset(&self) -> Vec<Value> {
         let out = run_ok(self.command("nft").args(["-j", "list", "ruleset"]));

@@ -499,23 +499,7 @@ fn hostile_requests_get_clean_answers() {
 fn portmap_refuses_values_that_would_escape_their_rule() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
-    let nft = |script: &str| {
-        let mut child = host
-            .command("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-    };
-    nft("add table inet victim\n");
+    host.nft("add table inet victim\n");
     let prev = json!({"cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "sandbox": ctr.path}],
         "ips": [{"address": "10.37.0.2/24", "interface": 0}]});

@@ -3,9 +3,7 @@
 //! second namespace, and both rulesets must list the same (`nft -j`) and dump the same
 //! expressions (our own dump): the client writes the bytecode nft would.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::time::Instant;
 
 use conformance::Netns;
@@ -24,25 +22,7 @@ fn client(ns: &Netns) -> Client {
 }
 
 fn nft(ns: &Netns, script: &str) {
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft failed: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.nft(script);
 }
 
 /// `nft -j list chain`, without handles and metainfo (which differ between namespaces).

@@ -45,23 +45,6 @@ fn comment(rule: &Value) -> &str {
     rule["comment"].as_str().unwrap_or_default()
 }
 
-fn nft_f(ns: &Netns, script: &str) {
-    use std::io::Write;
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f failed:\n{script}");
-}
-
 /// The portmap plugin's stdin for one container at `ip` (a synthetic prevResult, as the
 /// bridge plugin would pass it), forwarding TCP `host_port` to its port 80.
 fn portmap_conf(extra: Value, netns: &Path, ip: &str, host_port: u16) -> String {
@@ -253,7 +236,7 @@ fn del_removes_rules_made_through_nft_text() {
             "
         ));
     }
-    nft_f(&host, &script);
+    host.nft(&script);
     let before = portmap_rules(&host);
     assert_eq!(before.len(), 2 + 2 * 5);
     let ctr = Netns::new("c");
@@ -317,7 +300,7 @@ fn del_removes_what_the_go_portmap_made_in_nftables() {
         "add rule ip cni_hostport hostports_all jump hostports
          add rule ip cni_hostport prerouting fib daddr type local jump hostports_all\n",
     );
-    nft_f(&host, &script);
+    host.nft(&script);
     let before: Vec<Value> = ["ip", "ip6"]
         .iter()
         .flat_map(|f| table_rules(&host, f, "cni_hostport"))
