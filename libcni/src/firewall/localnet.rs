@@ -54,9 +54,13 @@ fn iptables_rule() -> Vec<String> {
     .to_vec()
 }
 
-/// Makes the node's guard (nftables), once: the table is created exclusively, so of two
-/// racing first mappings one makes it and the other finds it.
+/// Makes the node's guard (nftables), once: a lookup when it is there (no transaction); the
+/// table is created exclusively, so of two racing first mappings one makes it and the other
+/// finds it.
 pub fn ensure_nft(nft: &mut Client) -> Result<()> {
+    if nft.table_exists(NFT, TABLE)? {
+        return Ok(());
+    }
     let mut batch = Batch::new();
     batch.create_table(NFT, TABLE)?;
     batch.add_chain(&Chain::base(
