@@ -630,6 +630,26 @@ impl Netns {
         })
     }
 
+    /// The rules of nftables table `family table` as `nft -j` lists them; none when the table
+    /// does not exist.
+    pub fn nft_table_rules(&self, family: &str, table: &str) -> Vec<Value> {
+        let out = self
+            .command("nft")
+            .args(["-j", "list", "table", family, table])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("rule").cloned())
+            .collect()
+    }
+
     /// Applies `script` with `nft -f -` in this namespace; fails the test if nft refuses it.
     pub fn nft(&self, script: &str) {
         use std::io::Write;

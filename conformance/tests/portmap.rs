@@ -178,21 +178,7 @@ fn iptables_chain(cid: &str) -> String {
 
 /// The tables of `table inet rcni_portmap` in `ns`: its rules, empty when there is no table.
 fn nft_rules(ns: &Netns) -> Vec<Value> {
-    let out = ns
-        .command("nft")
-        .args(["-j", "list", "table", "inet", "rcni_portmap"])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("rule").cloned())
-        .collect()
+    ns.nft_table_rules("inet", "rcni_portmap")
 }
 
 /// The names of every nftables table in `ns` (`family name`).
@@ -351,17 +337,8 @@ on_both_backends!(
 /// Datagrams to 127.0.0.1:9999 that got past every filter-priority input chain of `host` (a
 /// counter of our own at a later priority).
 fn loopback_arrivals(host: &Netns) -> u64 {
-    let out = host
-        .command("nft")
-        .args(["-j", "list", "table", "inet", "rcni_probe"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
+    host.nft_table_rules("inet", "rcni_probe")
         .iter()
-        .filter_map(|o| o.get("rule"))
         .flat_map(|r| r["expr"].as_array().unwrap().clone())
         .find_map(|e| e["counter"]["packets"].as_u64())
         .unwrap()

@@ -24,21 +24,7 @@ fn portmap_rules(ns: &Netns) -> Vec<Value> {
 }
 
 fn table_rules(ns: &Netns, family: &str, table: &str) -> Vec<Value> {
-    let out = ns
-        .command("nft")
-        .args(["-j", "list", "table", family, table])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("rule").cloned())
-        .collect()
+    ns.nft_table_rules(family, table)
 }
 
 fn comment(rule: &Value) -> &str {
