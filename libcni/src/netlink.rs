@@ -361,12 +361,15 @@ impl Netlink {
     }
 
     async fn address_messages(&self, link: &Link) -> Result<Vec<AddressMessage>> {
-        let mut stream = self
+        let mut request = self
             .handle
             .address()
             .get()
-            .set_link_index_filter(link.index)
-            .execute();
+            .set_link_index_filter(link.index);
+        // With strict checking the kernel dumps only this link's addresses (a bridge's host
+        // namespace holds one link-local address per pod); the filter above covers older kernels.
+        request.message_mut().header.index = link.index;
+        let mut stream = request.execute();
         let mut out = Vec::new();
         let fail = |e| kernel(format_args!("cannot list addresses of {:?}", link.name), e);
         while let Some(msg) = stream.try_next().await.map_err(fail)? {

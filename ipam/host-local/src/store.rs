@@ -116,12 +116,14 @@ impl Store {
     /// operation that died (none can be in progress: we hold the lock).
     pub fn scan(&self) -> Result<Snapshot> {
         let mut snap = Snapshot::default();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             Error::io(format!(
                 "cannot read lease directory {}: {e}",
                 self.dir.display()
             ))
-        })?;
+        };
+        let dir = File::open(&self.dir).map_err(unreadable)?;
+        let entries = std::fs::read_dir(&self.dir).map_err(unreadable)?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -144,12 +146,12 @@ impl Store {
                 .strip_prefix(LAST_RESERVED)
                 .and_then(|n| n.parse::<usize>().ok())
             {
-                if let Some(ip) = read_to_string(&path).and_then(|s| s.trim().parse().ok()) {
+                if let Some(ip) = read_small(&dir, name).and_then(|s| s.trim().parse().ok()) {
                     snap.last_reserved.insert(set, canonical(ip));
                 }
             } else if let Ok(ip) = name.parse::<IpAddr>() {
                 // A lease whose file cannot be read still blocks its address.
-                let owner = read_to_string(&path)
+                let owner = read_small(&dir, name)
                     .map_or(Owner::Legacy(String::new()), |c| Owner::parse(&c));
                 snap.leases.insert(canonical(ip), owner);
             }
@@ -219,10 +221,30 @@ impl Store {
     }
 }
 
-fn read_to_string(path: &Path) -> Option<String> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+/// A lease or marker file of the directory, opened relative to it and never through a link
+/// (a name swapped for a symlink after the listing is not followed). Such files hold a few
+/// dozen bytes: one read usually ends them, with no size lookup first (a scan reads hundreds).
+fn read_small(dir: &File, name: &str) -> Option<String> {
+    use nix::fcntl::{OFlag, openat};
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = openat(dir, name, flags, nix::sys::stat::Mode::empty()).ok()?;
+    let mut file = File::from(fd);
+    let mut content = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if n < buf.len() && content.is_empty() => {
+                content.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(n) => content.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&content).into_owned())
 }
 
 #[cfg(test)]
