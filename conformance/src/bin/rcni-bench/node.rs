@@ -178,7 +178,13 @@ impl Node {
             &self.host_ns,
             Command::new("nft").args(["-f", "-"]),
             b"add table inet floor\n\
-              add chain inet floor hostports { type nat hook prerouting priority dstnat; }\n",
+              add chain inet floor hostports\n\
+              add chain inet floor prerouting { type nat hook prerouting priority dstnat; }\n\
+              add rule inet floor prerouting fib daddr type local jump hostports\n\
+              add chain inet floor output { type nat hook output priority -100; }\n\
+              add rule inet floor output fib daddr type local jump hostports\n\
+              add chain inet floor postrouting { type nat hook postrouting priority srcnat; }\n\
+              add chain inet floor masquerade { type nat hook postrouting priority srcnat; }\n",
         )?;
         Ok(())
     }
@@ -343,7 +349,8 @@ impl Node {
             Command::new("ip").args(["-n", &self.host.name, "-batch", "-"]),
             format!(
                 "link add {veth} type veth peer name eth0 netns {}\n\
-                 link set {veth} master {BRIDGE} up\n",
+                 link set {veth} master {BRIDGE} up\n\
+                 link set {veth} type bridge_slave hairpin on\n",
                 pod.ns.name
             )
             .as_bytes(),
@@ -359,12 +366,7 @@ impl Node {
         rec.run_in(
             &self.host_ns,
             Command::new("nft").args(["-f", "-"]),
-            format!(
-                "add rule inet floor hostports tcp dport {} dnat ip to {ip}:80 comment \"{}\"\n",
-                pod.host_port(),
-                pod.id()
-            )
-            .as_bytes(),
+            pod.floor_rules(&ip).as_bytes(),
         )?;
         pod.result = Some(json!({"ips": [{"address": format!("{ip}/16")}]}));
         Ok(())
@@ -377,27 +379,17 @@ impl Node {
         )?;
         let listing = rec.run_in(
             &self.host_ns,
-            Command::new("nft").args(["-a", "list", "chain", "inet", "floor", "hostports"]),
+            Command::new("nft").args(["-a", "list", "table", "inet", "floor"]),
             b"",
         )?;
-        let comment = format!("comment \"{}\"", pod.id());
-        let handle = String::from_utf8_lossy(&listing)
-            .lines()
-            .find(|l| l.contains(&comment))
-            .and_then(|l| l.rsplit("# handle ").next().map(|h| h.trim().to_string()))
-            .ok_or_else(|| format!("floor: no rule for {}", pod.id()))?;
+        let deletions = floor_deletions(&String::from_utf8_lossy(&listing), &pod.id());
+        if deletions.lines().count() != FLOOR_RULES_PER_POD {
+            return Err(format!("floor: not all rules of {} found", pod.id()));
+        }
         rec.run_in(
             &self.host_ns,
-            Command::new("nft").args([
-                "delete",
-                "rule",
-                "inet",
-                "floor",
-                "hostports",
-                "handle",
-                &handle,
-            ]),
-            b"",
+            Command::new("nft").args(["-f", "-"]),
+            deletions.as_bytes(),
         )?;
         Ok(())
     }
@@ -447,4 +439,43 @@ impl Node {
         }
         left
     }
+}
+
+/// The nft rules our plugins make for one pod (portmap: the DNAT rule and two hairpin
+/// masquerade rules; bridge: the pod's masquerade rule), as the floor makes them.
+const FLOOR_RULES_PER_POD: usize = 4;
+
+impl Pod {
+    fn floor_rules(&self, ip: &Ipv4Addr) -> String {
+        let (port, id) = (self.host_port(), self.id());
+        format!(
+            "add rule inet floor hostports tcp dport {port} dnat ip to {ip}:80 comment \"{id}\"\n\
+             add rule inet floor postrouting ct status dnat ip saddr {SUBNET} ip daddr {ip} \
+             masquerade comment \"{id}\"\n\
+             add rule inet floor postrouting ct status dnat ip saddr 127.0.0.1 ip daddr {ip} \
+             masquerade comment \"{id}\"\n\
+             add rule inet floor masquerade ip saddr {ip} ip daddr != {SUBNET} \
+             ip daddr != 224.0.0.0/4 masquerade comment \"{id}\"\n"
+        )
+    }
+}
+
+/// `delete rule` lines for every rule of `nft -a list table inet floor` commented `id`.
+fn floor_deletions(listing: &str, id: &str) -> String {
+    let comment = format!("comment \"{id}\"");
+    let mut chain = "";
+    let mut out = String::new();
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            chain = rest.split_whitespace().next().unwrap_or_default();
+        } else if line.contains(&comment)
+            && let Some(handle) = line.rsplit("# handle ").next()
+        {
+            out.push_str(&format!(
+                "delete rule inet floor {chain} handle {}\n",
+                handle.trim()
+            ));
+        }
+    }
+    out
 }
