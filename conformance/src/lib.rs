@@ -935,3 +935,13 @@ pub fn command_with_private_var_lib(host: &Netns, var_lib: &Path, program: &Path
         .arg(program);
     cmd
 }
+
+/// The program names in an `strace -f -e trace=execve` log (see `Call::under`).
+pub fn executed_programs(trace: &Path) -> Vec<String> {
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once("execve(\"")?.1.split_once('"'))
+        .map(|(program, _)| program.rsplit('/').next().unwrap().to_string())
+        .collect()
+}

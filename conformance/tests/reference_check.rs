@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use conformance::{
-    Call, Netns, Outcome, REFERENCE_DIR, Workdir, bin_dir, cnitool_container_id, cnitool_env,
-    lease_files, newest_reference_dir, unique,
+    Call, Netns, Outcome, REFERENCE_DIR, Workdir, bin, bin_dir, cnitool_container_id, cnitool_env,
+    executed_programs, lease_files, newest_reference_dir, outcome, unique,
 };
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -302,4 +302,52 @@ fn our_pods_beside_the_reference_pods() {
         ctr,
     };
     node.del_leaves_nothing(&[theirs, ours]);
+}
+
+/// On our default nftables backends, with iptables' nat table in use but none of the
+/// reference's state, CHECK looks for the reference's rules without starting a process: the
+/// chain runs bridge, its IPAM (host-local) and portmap, nothing else.
+#[test]
+fn check_starts_no_process_where_the_reference_left_nothing() {
+    let node = Node::new(newest_reference_dir(), true);
+    let nat = node
+        .host
+        .command("iptables")
+        .args([
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "up0",
+            "-j",
+            "RETURN",
+        ])
+        .status()
+        .unwrap();
+    assert!(nat.success());
+    let ctr = Netns::new("c");
+    node.tool(&bin_dir(), "add", &ctr).ok();
+    let trace = tempfile::NamedTempFile::new().unwrap();
+    let caps = json!({"portMappings": mappings()}).to_string();
+    let mut cmd = node.host.command("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=execve", "-o"])
+        .arg(trace.path())
+        .arg(bin("cnitool"))
+        .args(["check", NET, ctr.path.to_str().unwrap()])
+        .env("NETCONFPATH", node.work.net_dir())
+        .env("CNI_PATH", bin_dir())
+        .env("CNI_CACHE_DIR", node.work.cache_dir())
+        .env("CAP_ARGS", caps);
+    outcome(&mut cmd, "").ok();
+    assert_eq!(
+        executed_programs(trace.path()),
+        ["cnitool", "bridge", "host-local", "portmap"]
+    );
+    let ours = Pod {
+        cid: cnitool_container_id(&ctr.path),
+        ctr,
+    };
+    node.del_leaves_nothing(&[ours]);
 }
