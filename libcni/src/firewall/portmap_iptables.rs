@@ -421,6 +421,32 @@ mod tests {
     }
 
     #[test]
+    fn reference_entry_rules_per_protocol_and_15_ports() {
+        let mapping = |host_port, protocol| Mapping {
+            host_port,
+            container_port: 80,
+            protocol,
+            host_ip: None,
+        };
+        let mut mappings: Vec<Mapping> = (1..=16).map(|p| mapping(p, L4::Tcp)).collect();
+        mappings.push(mapping(53, L4::Udp));
+        let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
+        let a = Attachment {
+            owner: OWNER,
+            mappings: &mappings,
+            container_ips: &ips,
+            snat: true,
+            masq_all: false,
+            conditions_v4: &[],
+            conditions_v6: &[],
+            mark_bit: 13,
+            external_set_mark_chain: None,
+        };
+        assert_eq!(reference_entry_rules(&a), 3);
+        assert_eq!(reference_entry_rules(&Attachment { mappings: &[], ..a }), 0);
+    }
+
+    #[test]
     fn chain_rules_follow_the_reference_order() {
         let mappings = [Mapping {
             host_port: 8080,
