@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 conformance/scripts/build-go-cnitool.sh target/go-cnitool >/dev/null
+conformance/scripts/fetch-reference.sh target >/dev/null   # the newest reference, beside Debian's 1.1.1
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 cargo fmt --all --check

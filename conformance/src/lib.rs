@@ -835,3 +835,113 @@ pub fn node_with_uplink() -> (Netns, Netns) {
     );
     (host, ext)
 }
+
+// ---- Reference-state helpers (reference_check.rs) ------------------------------------------
+
+/// The newest reference plugins, unpacked under `target/reference-<version>/` by
+/// `conformance/scripts/fetch-reference.sh` (the highest version there).
+pub fn newest_reference_dir() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&target)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("reference-"))
+                && p.join("portmap").is_file()
+        })
+        .collect();
+    dirs.sort_by_key(|p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        name.trim_start_matches("reference-")
+            .split('.')
+            .map(|n| n.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
+    dirs.pop().unwrap_or_else(|| {
+        panic!(
+            "no reference plugins in {}/reference-*: run conformance/scripts/fetch-reference.sh target",
+            target.display()
+        )
+    })
+}
+
+impl Netns {
+    /// Deletes the first rule of nat `chain` (`program`: iptables or ip6tables) whose
+    /// `-L -n` line contains `needle`; fails the test if there is none.
+    pub fn delete_nat_rule(&self, program: &str, chain: &str, needle: &str) {
+        let listing = run_ok(self.command(program).args([
+            "-w",
+            "-t",
+            "nat",
+            "-L",
+            chain,
+            "-n",
+            "--line-numbers",
+        ]));
+        let listing = String::from_utf8_lossy(&listing).into_owned();
+        let number = listing
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no rule with {needle:?} in {program} {chain}:\n{listing}"))
+            .to_string();
+        run_ok(
+            self.command(program)
+                .args(["-w", "-t", "nat", "-D", chain, &number]),
+        );
+    }
+
+    /// Deletes the rules of nftables chain `family table chain` whose comment `pick` accepts;
+    /// how many there were.
+    pub fn nft_delete_rules(
+        &self,
+        family: &str,
+        table: &str,
+        chain: &str,
+        pick: impl Fn(&str) -> bool,
+    ) -> usize {
+        let script: Vec<String> = self
+            .nft_table_rules(family, table)
+            .iter()
+            .filter(|r| r["chain"] == chain && r["comment"].as_str().is_some_and(&pick))
+            .map(|r| {
+                format!(
+                    "delete rule {family} {table} {chain} handle {}",
+                    r["handle"]
+                )
+            })
+            .collect();
+        if !script.is_empty() {
+            self.nft(&script.join("\n"));
+        }
+        script.len()
+    }
+}
+
+// ---- Node-global paths (crio_conflists.rs) ---------------------------------------------------
+
+/// `program` to run in `host`, in a private mount namespace where `var_lib` (a directory of
+/// the test) is bind-mounted over /var/lib: node-global paths such as /var/lib/cni
+/// (host-local's default `dataDir`, libcni's result cache) are the test's own, and the
+/// machine's are never touched. The mount lives and dies with the process.
+pub fn command_with_private_var_lib(host: &Netns, var_lib: &Path, program: &Path) -> Command {
+    let mut cmd = host.command("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /var/lib && exec "$@""#)
+        .arg(var_lib)
+        .arg(program);
+    cmd
+}
+
+/// The program names in an `strace -f -e trace=execve` log (see `Call::under`).
+pub fn executed_programs(trace: &Path) -> Vec<String> {
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once("execve(\"")?.1.split_once('"'))
+        .map(|(program, _)| program.rsplit('/').next().unwrap().to_string())
+        .collect()
+}

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use conformance::{Call, Netns, Workdir, bin, cnitool_container_id, cnitool_env, result_ips};
+use conformance::{
+    Call, Netns, Workdir, bin, cnitool_container_id, cnitool_env, executed_programs, result_ips,
+};
 use libcni::firewall::Owner;
 use serde_json::{Value, json};
 
@@ -134,16 +136,6 @@ fn del_among_300_pods_removes_exactly_its_rules() {
     assert_eq!(after, theirs);
 }
 
-/// The program names in an `strace -f -e trace=execve` log.
-fn programs(trace: &Path) -> Vec<String> {
-    std::fs::read_to_string(trace)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once("execve(\"")?.1.split_once('"'))
-        .map(|(program, _)| program.rsplit('/').next().unwrap().to_string())
-        .collect()
-}
-
 /// With the nftables backend and no conditions, ADD, CHECK and DEL (with rules to remove, on a
 /// node whose iptables has nat chains of its own) execute nothing but the plugin: no `nft`,
 /// no `iptables`.
@@ -185,7 +177,7 @@ fn add_check_and_del_run_no_other_program() {
             ])
             .run(&conf)
             .ok();
-        assert_eq!(programs(&trace), ["portmap"], "{verb}");
+        assert_eq!(executed_programs(&trace), ["portmap"], "{verb}");
         let rules = portmap_rules(&host)
             .iter()
             .filter(|r| comment(r) == owner_comment("ctr1"))

@@ -3,9 +3,10 @@
 //! family). What the rules say lives in the policy modules (`masquerade`, `portmap`); how they
 //! are written, in `nftables` and `iptables`.
 //!
-//! Teardown (DEL, GC) is not per driver: it removes what either backend made (a config may
-//! have switched between ADD and DEL) and what the reference made, whichever backend the
-//! config names now; see `masquerade::remove`, `portmap::remove`, `portmap_iptables::remove`.
+//! Teardown (DEL, GC) and CHECK are not per driver: they find what either backend made (a
+//! config may have switched between ADD and DEL) and what the reference made, whichever
+//! backend the config names now; see `masquerade::remove`, `portmap::remove`,
+//! `portmap_iptables::remove` and `check`.
 
 use ipnetwork::IpNetwork;
 
@@ -19,9 +20,6 @@ pub trait Driver {
 
     /// Forwards the attachment's host ports to it.
     fn add_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<()>;
-
-    /// CHECK: what of the attachment's port mappings is missing, if anything.
-    fn missing_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<Option<String>>;
 
     /// The node's guard for `route_localnet` (made once; see `localnet`).
     fn ensure_localnet_guard(&mut self) -> Result<()>;
@@ -49,10 +47,6 @@ impl Driver for Nftables {
         portmap::add(&mut self.0, a)
     }
 
-    fn missing_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<Option<String>> {
-        portmap::missing(&mut self.0, a)
-    }
-
     fn ensure_localnet_guard(&mut self) -> Result<()> {
         localnet::ensure_nft(&mut self.0)
     }
@@ -71,10 +65,6 @@ impl Driver for Iptables {
 
     fn add_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<()> {
         portmap_iptables::add(a)
-    }
-
-    fn missing_port_mappings(&mut self, a: &portmap::Attachment<'_>) -> Result<Option<String>> {
-        portmap_iptables::missing(a)
     }
 
     fn ensure_localnet_guard(&mut self) -> Result<()> {

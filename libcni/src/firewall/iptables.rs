@@ -15,7 +15,8 @@ pub enum Family {
 impl Family {
     pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
 
-    fn program(self) -> &'static str {
+    /// `iptables` or `ip6tables`.
+    pub fn program(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",

@@ -24,6 +24,7 @@
 use ipnetwork::IpNetwork;
 use sha2::Digest;
 
+use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
 use super::{hash16, nftables, subnet_of};
@@ -145,6 +146,16 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
     Ok(network_rules)
 }
 
+/// The rules of our iptables chain in `fam`, split into arguments; listed only where the
+/// chain may exist.
+fn iptables_rules(nft: &mut Client, fam: Family) -> Result<Vec<Vec<String>>> {
+    if !iptables::chain_may_exist(nft, fam, "nat", IPT_CHAIN)? {
+        return Ok(Vec::new());
+    }
+    let rules = iptables::list_chain(fam, "nat", IPT_CHAIN)?.unwrap_or_default();
+    Ok(rules.iter().map(|r| split_rule(r)).collect())
+}
+
 /// Deletes the rules of our iptables chain whose comment `pick` accepts; whether any rule's
 /// comment `notice` accepts.
 fn sweep_iptables(
@@ -154,14 +165,8 @@ fn sweep_iptables(
 ) -> Result<bool> {
     let mut noticed = false;
     for fam in Family::BOTH {
-        if !iptables::chain_may_exist(nft, fam, "nat", IPT_CHAIN)? {
-            continue;
-        }
-        let Some(rules) = iptables::list_chain(fam, "nat", IPT_CHAIN)? else {
-            continue;
-        };
         let mut lines = Vec::new();
-        for args in rules.iter().map(|r| split_rule(r)) {
+        for args in iptables_rules(nft, fam)? {
             let Some(comment) = comment_arg(&args) else {
                 continue;
             };
@@ -173,6 +178,50 @@ fn sweep_iptables(
         iptables::restore(fam, "nat", &lines)?;
     }
     Ok(noticed)
+}
+
+/// CHECK: what our nftables chain holds for the attachment (a rule per address), and whether
+/// an earlier version's per-network rules of its network are there (its pods rely on them).
+pub fn tally_nft(nft: &mut Client, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<[Tally; 2]> {
+    let earlier = network_rule_key(owner.network);
+    let rules = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| {
+        owner.owns(c) || c.starts_with(&earlier)
+    })?;
+    let owned = rules
+        .iter()
+        .filter(|r| r.comment.as_deref().is_some_and(|c| owner.owns(c)))
+        .count();
+    let mut ours = Tally::new(format!("{NFT} {TABLE}"));
+    ours.count("masquerade rules", owned, ips.len());
+    let mut network = Tally::new(format!("{NFT} {TABLE} of an earlier version"));
+    network.count("per-network rules", rules.len() - owned, 1);
+    Ok([ours, network])
+}
+
+/// CHECK: what our iptables chain holds for the attachment (two rules per address), and
+/// whether an earlier version's per-network rules are there; listed only where it may exist.
+pub fn tally_iptables(
+    nft: &mut Client,
+    owner: &Owner<'_>,
+    ips: &[IpNetwork],
+) -> Result<[Tally; 2]> {
+    let earlier = network_rule_key(owner.network);
+    let mut ours = Tally::new(format!("iptables {IPT_CHAIN}"));
+    let mut earlier_rules = 0;
+    for fam in Family::BOTH {
+        let addresses = ips.iter().filter(|ip| family(ip) == fam).count();
+        if addresses == 0 {
+            continue;
+        }
+        let rules = iptables_rules(nft, fam)?;
+        let comments = || rules.iter().filter_map(|args| comment_arg(args));
+        let owned = comments().filter(|c| owner.owns(c)).count();
+        earlier_rules += comments().filter(|c| c.starts_with(&earlier)).count();
+        ours.count(format!("{} rules", fam.program()), owned, 2 * addresses);
+    }
+    let mut network = Tally::new(format!("iptables {IPT_CHAIN} of an earlier version"));
+    network.count("per-network rules", earlier_rules, 1);
+    Ok([ours, network])
 }
 
 /// The comment start of an earlier version's per-network rule.
@@ -230,17 +279,12 @@ pub fn reference_comment_prefix(network: &str, container_id: &str, ifname: &str)
 /// exists is listed.
 pub fn remove_reference(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     let chain = reference_chain(owner.network, owner.container_id);
-    let jump = format!("-j {chain}");
     for fam in Family::BOTH {
         if !iptables::chain_may_exist(nft, fam, "nat", &chain)? {
             continue;
         }
-        let Some(rules) = iptables::list_chain(fam, "nat", "POSTROUTING")? else {
-            continue;
-        };
-        let mut lines: Vec<String> = rules
+        let mut lines: Vec<String> = reference_jumps(fam, &chain)?
             .iter()
-            .filter(|r| r.ends_with(&jump))
             .map(|r| delete_line(&split_rule(r)))
             .collect();
         if iptables::list_chain(fam, "nat", &chain)?.is_some() {
@@ -249,10 +293,80 @@ pub fn remove_reference(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
         }
         iptables::restore(fam, "nat", &lines)?;
     }
-    let prefix = reference_comment_prefix(owner.network, owner.container_id, owner.ifname);
-    nftables::remove_where(nft, NFT, "cni_plugins_masquerade", &["masq_checks"], |c| {
-        c.starts_with(&prefix)
+    nftables::remove_where(nft, NFT, REFERENCE_TABLE, &[REFERENCE_CHAIN], |c| {
+        reference_owns(owner, c)
     })
+}
+
+/// The Go bridge's `inet` table and the chain of its per-address rules.
+const REFERENCE_TABLE: &str = "cni_plugins_masquerade";
+const REFERENCE_CHAIN: &str = "masq_checks";
+
+/// Whether a comment in the Go bridge's nftables table marks the attachment's rules.
+fn reference_owns(owner: &Owner<'_>, comment: &str) -> bool {
+    comment.starts_with(&reference_comment_prefix(
+        owner.network,
+        owner.container_id,
+        owner.ifname,
+    ))
+}
+
+/// POSTROUTING's jumps to the Go bridge's chain of a container (one per address).
+fn reference_jumps(fam: Family, chain: &str) -> Result<Vec<String>> {
+    let jump = format!("-j {chain}");
+    let rules = iptables::list_chain(fam, "nat", "POSTROUTING")?.unwrap_or_default();
+    Ok(rules.into_iter().filter(|r| r.ends_with(&jump)).collect())
+}
+
+/// CHECK: what the Go bridge's iptables chain of the container holds, per family: for each
+/// address a rule accepting its subnet and a MASQUERADE, and POSTROUTING's jump; listed only
+/// where the chain may exist.
+pub fn reference_tally_iptables(
+    nft: &mut Client,
+    owner: &Owner<'_>,
+    ips: &[IpNetwork],
+) -> Result<Tally> {
+    let chain = reference_chain(owner.network, owner.container_id);
+    let mut tally = Tally::new(format!("the reference's iptables {chain}"));
+    for fam in Family::BOTH {
+        let addresses = ips.iter().filter(|ip| family(ip) == fam).count();
+        if addresses == 0 {
+            continue;
+        }
+        let (mut accept, mut masquerade, mut jumps) = (0, 0, 0);
+        if iptables::chain_may_exist(nft, fam, "nat", &chain)? {
+            let rules = iptables::list_chain(fam, "nat", &chain)?.unwrap_or_default();
+            accept = rules.iter().filter(|r| r.ends_with("-j ACCEPT")).count();
+            masquerade = rules
+                .iter()
+                .filter(|r| r.ends_with("-j MASQUERADE"))
+                .count();
+            jumps = reference_jumps(fam, &chain)?.len();
+        }
+        let program = fam.program();
+        tally.count(format!("{program} subnet rules"), accept, addresses);
+        tally.count(format!("{program} MASQUERADE rules"), masquerade, addresses);
+        tally.count(
+            format!("{program} jumps from POSTROUTING"),
+            jumps,
+            addresses,
+        );
+    }
+    Ok(tally)
+}
+
+/// CHECK: the Go bridge's nftables rules of the attachment, one per address.
+pub fn reference_tally_nft(
+    nft: &mut Client,
+    owner: &Owner<'_>,
+    ips: &[IpNetwork],
+) -> Result<Tally> {
+    let rules = nftables::rules_where(nft, NFT, REFERENCE_TABLE, &[REFERENCE_CHAIN], |c| {
+        reference_owns(owner, c)
+    })?;
+    let mut tally = Tally::new(format!("the reference's {NFT} {REFERENCE_TABLE}"));
+    tally.count("masquerade rules", rules.len(), ips.len());
+    Ok(tally)
 }
 
 #[cfg(test)]

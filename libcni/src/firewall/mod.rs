@@ -2,6 +2,7 @@
 //! forwarding. nftables first, over netlink in process (`nftables`, on `crate::nf_tables`);
 //! iptables for configs that ask for it. Every rule carries its owner's key (`owner`).
 
+pub mod check;
 pub mod driver;
 pub mod iptables;
 pub mod localnet;

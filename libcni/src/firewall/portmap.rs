@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use super::check::Tally;
 use super::owner::{Owner, stale};
 use super::{nftables, portmap_conditions, subnet_of};
 use crate::error::Result;
@@ -38,8 +39,8 @@ const POSTROUTING: &str = "postrouting";
 /// The chains attachments own rules in.
 const OWNED: [&str; 2] = [HOSTPORTS, POSTROUTING];
 
-/// The Go portmap's tables (`ip` and `ip6`), the chains its rules are in, and their comment:
-/// the container ID, cut to what knftables keeps.
+/// The Go portmap's tables (`ip` and `ip6`), the chains its rules are in (DNAT, DNAT,
+/// masquerade), and their comment: the container ID, cut to what knftables keeps.
 const REFERENCE_TABLE: &str = "cni_hostport";
 const REFERENCE_CHAINS: [&str; 3] = ["hostports", "hostip_hostports", "masquerading"];
 const REFERENCE_COMMENT_MAX: usize = 128;
@@ -73,6 +74,14 @@ pub struct Attachment<'a> {
 impl Attachment<'_> {
     fn has_conditions(&self) -> bool {
         !self.conditions_v4.is_empty() || !self.conditions_v6.is_empty()
+    }
+
+    /// The mappings that apply to a container address: those without a `hostIP` of the
+    /// other family.
+    pub(super) fn mappings_for(&self, ip: IpAddr) -> impl Iterator<Item = &Mapping> {
+        self.mappings
+            .iter()
+            .filter(move |m| m.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
     }
 }
 
@@ -137,11 +146,7 @@ pub(super) fn plan(a: &Attachment<'_>) -> Vec<Planned> {
     let mut planned = Vec::new();
     for net in a.container_ips {
         let ip = net.ip();
-        for m in a
-            .mappings
-            .iter()
-            .filter(|m| m.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
-        {
+        for m in a.mappings_for(ip) {
             planned.push(Planned::Dnat {
                 host_ip: m.host_ip.filter(|h| !h.is_unspecified()),
                 protocol: m.protocol,
@@ -243,26 +248,55 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     nftables::delete(nft, rules, find)
 }
 
-/// CHECK: every rule of the attachment is there (counted per chain); `Some(what is missing)`
-/// otherwise.
-pub fn missing(nft: &mut Client, a: &Attachment<'_>) -> Result<Option<String>> {
+/// CHECK: what our table holds of the attachment's rules, counted per chain.
+pub fn tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
     let planned = plan(a);
     let present = rules_of(nft, &a.owner)?;
-    let count = |chain: &str| {
+    let mut tally = Tally::new(format!("{NFT} {TABLE}"));
+    for (chain, what) in [(HOSTPORTS, "forwarding"), (POSTROUTING, "masquerade")] {
         let want = planned.iter().filter(|p| p.chain() == chain).count();
         let have = present.iter().filter(|r| r.chain == chain).count();
-        (have, want)
-    };
-    let (hostports, want_hostports) = count(HOSTPORTS);
-    let (postrouting, want_postrouting) = count(POSTROUTING);
-    Ok(
-        (hostports < want_hostports || postrouting < want_postrouting).then(|| {
-            format!(
-                "{hostports} of {want_hostports} forwarding and {postrouting} of \
-                 {want_postrouting} masquerade rules present"
-            )
-        }),
-    )
+        tally.count(format!("{what} rules"), have, want);
+    }
+    Ok(tally)
+}
+
+/// CHECK: what the Go portmap's nftables backend holds for the container, counted per
+/// family as its own CHECK counts: a DNAT rule per mapping of the family, and with `snat` two
+/// masquerade rules for IPv4 (hairpin, localhost), one for IPv6.
+pub fn reference_tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
+    let rules = reference_rules(nft, a.owner.container_id)?;
+    let mut tally = Tally::new(format!("the reference's ip/ip6 {REFERENCE_TABLE}"));
+    for net in a.container_ips {
+        let ip = net.ip();
+        let family = if ip.is_ipv4() {
+            Family::Ip
+        } else {
+            Family::Ip6
+        };
+        let have = |chains: &[&str]| {
+            rules
+                .iter()
+                .filter(|r| r.family == family && chains.contains(&r.chain.as_str()))
+                .count()
+        };
+        let masquerades = match (a.snat, ip.is_ipv4()) {
+            (false, _) => 0,
+            (true, true) => 2,
+            (true, false) => 1,
+        };
+        tally.count(
+            format!("{family} forwarding rules"),
+            have(&REFERENCE_CHAINS[..2]),
+            a.mappings_for(ip).count(),
+        );
+        tally.count(
+            format!("{family} masquerade rules"),
+            have(&REFERENCE_CHAINS[2..]),
+            masquerades,
+        );
+    }
+    Ok(tally)
 }
 
 /// GC: removes `network`'s rules whose attachment is not in `valid`.

@@ -21,6 +21,7 @@ use ipnetwork::IpNetwork;
 
 use sha2::Digest;
 
+use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, network_key};
 use super::portmap::Attachment;
@@ -100,11 +101,7 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
     };
     let mut lines = vec![format!(":{chain} - [0:0]")];
     let mut entries: Vec<(&str, u16)> = Vec::new();
-    for m in a
-        .mappings
-        .iter()
-        .filter(|m| m.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
-    {
+    for m in a.mappings_for(*ip) {
         let dest = match m.host_ip {
             Some(h) if !h.is_unspecified() => format!(" -d {h}"),
             _ => String::new(),
@@ -221,32 +218,144 @@ pub fn remove(families: &[Family], owner: &Owner<'_>) -> Result<()> {
     Ok(())
 }
 
-/// CHECK: every rule of the attachment's chain and every entry rule is there (counted per
-/// family); `Some(what is missing)` otherwise.
-pub fn missing(a: &Attachment<'_>) -> Result<Option<String>> {
+/// CHECK: what the attachment's chain and its entry rules hold, per family, and the shared
+/// chains its rules need; listed only where the chain may exist.
+pub fn tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
     let chain = chain(&a.owner);
     let key = a.owner.key();
+    let mut tally = Tally::new(format!("iptables {chain}"));
     for net in a.container_ips {
         let fam = family_of(&net.ip());
         let expected = attachment_lines(a, net);
         let want = |prefix: &str| expected.iter().filter(|l| l.starts_with(prefix)).count();
-        let own = iptables::list_chain(fam, "nat", &chain)?
-            .unwrap_or_default()
-            .len();
-        let entries = iptables::list_chain(fam, "nat", DNAT)?
-            .unwrap_or_default()
-            .iter()
-            .filter(|r| r.contains(&key))
-            .count();
-        let (want_own, want_entries) =
-            (want(&format!("-A {chain} ")), want(&format!("-A {DNAT} ")));
-        if own < want_own || entries < want_entries {
-            return Ok(Some(format!(
-                "{net}: {own} of {want_own} rules in {chain}, {entries} of {want_entries} entry rules in {DNAT}"
-            )));
+        let (mut own, mut entries) = (0, 0);
+        if iptables::chain_may_exist(nft, fam, "nat", &chain)? {
+            own = listed(fam, &chain)?.len();
+            entries = listed(fam, DNAT)?
+                .iter()
+                .filter(|r| r.contains(&key))
+                .count();
+        }
+        let program = fam.program();
+        tally.count(
+            format!("{program} rules in {chain}"),
+            own,
+            want(&format!("-A {chain} ")),
+        );
+        tally.count(
+            format!("{program} entry rules in {DNAT}"),
+            entries,
+            want(&format!("-A {DNAT} ")),
+        );
+        if own > 0 {
+            count_shared_chains(&mut tally, fam, a)?;
         }
     }
-    Ok(None)
+    Ok(tally)
+}
+
+/// CHECK: what the Go portmap's `CNI-DN-…` chain of the container and its entry rules hold,
+/// per family, as the reference's ADD makes them: per mapping of the family a DNAT rule and
+/// (with `snat`) a hairpin mark rule, and a localhost one for IPv4 without `masqAll`; an entry
+/// rule per protocol and 15 ports (of every mapping); the shared chains its rules need.
+pub fn reference_tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
+    let chain = reference_chain(a.owner.network, a.owner.container_id);
+    let set_mark = format!("-j {}", a.external_set_mark_chain.unwrap_or(SETMARK));
+    let jump = format!("-j {chain}");
+    let mut tally = Tally::new(format!("the reference's iptables {chain}"));
+    for net in a.container_ips {
+        let ip = net.ip();
+        let fam = family_of(&ip);
+        let mappings = a.mappings_for(ip).count();
+        let marks_per_mapping = match (a.snat, ip.is_ipv4() && !a.masq_all) {
+            (false, _) => 0,
+            (true, true) => 2,
+            (true, false) => 1,
+        };
+        let (mut dnat, mut marks, mut entries) = (0, 0, 0);
+        if iptables::chain_may_exist(nft, fam, "nat", &chain)? {
+            let rules = listed(fam, &chain)?;
+            dnat = rules.iter().filter(|r| r.contains(" -j DNAT ")).count();
+            marks = rules.iter().filter(|r| r.ends_with(&set_mark)).count();
+            entries = listed(fam, DNAT)?
+                .iter()
+                .filter(|r| r.ends_with(&jump))
+                .count();
+        }
+        let program = fam.program();
+        tally.count(format!("{program} DNAT rules"), dnat, mappings);
+        tally.count(
+            format!("{program} mark rules"),
+            marks,
+            mappings * marks_per_mapping,
+        );
+        tally.count(
+            format!("{program} entry rules in {DNAT}"),
+            entries,
+            reference_entry_rules(a),
+        );
+        if dnat + marks + entries > 0 {
+            count_shared_chains(&mut tally, fam, a)?;
+        }
+    }
+    Ok(tally)
+}
+
+/// The Go portmap's entry rules: one per protocol for each 15 host ports (multiport), over
+/// every mapping whatever its family.
+fn reference_entry_rules(a: &Attachment<'_>) -> usize {
+    let mut per_protocol: Vec<(crate::nf_tables::L4, usize)> = Vec::new();
+    for m in a.mappings {
+        match per_protocol.iter_mut().find(|(p, _)| *p == m.protocol) {
+            Some((_, n)) => *n += 1,
+            None => per_protocol.push((m.protocol, 1)),
+        }
+    }
+    per_protocol.iter().map(|(_, n)| n.div_ceil(15)).sum()
+}
+
+/// Counts what the mark rules of an attachment's chain need (with `snat` and the shared mark
+/// chain): the mark in `CNI-HOSTPORT-SETMARK`, the masquerade of marked traffic in
+/// `CNI-HOSTPORT-MASQ` and POSTROUTING's jump to it. Tiny chains and one exact rule: their
+/// cost does not grow with the pods.
+fn count_shared_chains(tally: &mut Tally, fam: Family, a: &Attachment<'_>) -> Result<()> {
+    if !a.snat || a.external_set_mark_chain.is_some() {
+        return Ok(());
+    }
+    let mark = format!("{:#x}", 1u32 << a.mark_bit);
+    let mark = format!("{mark}/{mark}");
+    let program = fam.program();
+    let set = listed(fam, SETMARK)?
+        .iter()
+        .filter(|r| r.contains(&format!("--set-xmark {mark}")))
+        .count();
+    tally.count(format!("{program} mark rule in {SETMARK}"), set, 1);
+    let masq = listed(fam, MASQ)?
+        .iter()
+        .filter(|r| r.contains(&format!("--mark {mark}")) && r.ends_with("-j MASQUERADE"))
+        .count();
+    tally.count(format!("{program} masquerade rule in {MASQ}"), masq, 1);
+    let hook = [
+        "-m",
+        "comment",
+        "--comment",
+        "CNI portfwd requiring masquerade",
+        "-j",
+        MASQ,
+    ]
+    .map(String::from);
+    let jumps = iptables::exists(fam, "nat", "POSTROUTING", &hook)?;
+    tally.count(
+        format!("{program} jump to {MASQ} in POSTROUTING"),
+        usize::from(jumps),
+        1,
+    );
+    Ok(())
+}
+
+/// The rules of a nat chain; none when it does not exist.
+fn listed(fam: Family, chain: &str) -> Result<Vec<String>> {
+    Ok(iptables::list_chain(fam, "nat", chain)?.unwrap_or_default())
 }
 
 /// GC: removes the chains of `network`'s attachments that are not in `valid` (listed only
@@ -309,6 +418,32 @@ mod tests {
         );
         assert_eq!(reference_chain("test", id), "CNI-DN-67e92b96e692a494b6b85");
         assert_eq!(chain(&OWNER).len(), 28);
+    }
+
+    #[test]
+    fn reference_entry_rules_per_protocol_and_15_ports() {
+        let mapping = |host_port, protocol| Mapping {
+            host_port,
+            container_port: 80,
+            protocol,
+            host_ip: None,
+        };
+        let mut mappings: Vec<Mapping> = (1..=16).map(|p| mapping(p, L4::Tcp)).collect();
+        mappings.push(mapping(53, L4::Udp));
+        let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
+        let a = Attachment {
+            owner: OWNER,
+            mappings: &mappings,
+            container_ips: &ips,
+            snat: true,
+            masq_all: false,
+            conditions_v4: &[],
+            conditions_v6: &[],
+            mark_bit: 13,
+            external_set_mark_chain: None,
+        };
+        assert_eq!(reference_entry_rules(&a), 3);
+        assert_eq!(reference_entry_rules(&Attachment { mappings: &[], ..a }), 0);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!        Any failure undoes what this ADD did (veth, IPAM lease) before it returns.
 //! DEL    delete the container's veth (both ends go), release the IPAM lease; also when the
 //!        namespace is gone. Never deletes the bridge.
-//! CHECK  bridge, veth pair, addresses and routes match prevResult; IPAM CHECK (L3 only).
+//! CHECK  bridge, veth pair, addresses and routes match prevResult; IPAM CHECK (L3 only); with
+//!        ipMasq, the masquerade of the addresses (ours, or the Go bridge's for its pods).
 //! GC     forwarded to IPAM.  STATUS: the bridge can be managed; IPAM STATUS.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -19,7 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{Backend, Owner, driver, masquerade, nftables, node_lock, spoofcheck};
+use libcni::firewall::{
+    Backend, Owner, check, driver, masquerade, nftables, node_lock, spoofcheck,
+};
 use libcni::netlink::{Created, Link, Netlink, VethSpec, block_on};
 use libcni::netns::Netns;
 use libcni::result::{CniResult, Interface, Route};
@@ -88,7 +91,11 @@ impl Plugin for Bridge {
         if let Some(ipam_type) = &conf.ipam {
             ipam::check(req, ipam_type)?;
         }
-        block_on(check_attachment(&ns, &conf, req, &prev))?
+        let cont_if = block_on(check_attachment(&ns, &conf, req, &prev))??;
+        if conf.ipam.is_some() && conf.raw.ip_masq {
+            check_masquerade(req, &prev, cont_if)?;
+        }
+        Ok(())
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
@@ -715,7 +722,14 @@ async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
     )))
 }
 
-async fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) -> Result<()> {
+/// CHECK of the container's interface, addresses and routes; the index of the container
+/// interface in `prev`.
+async fn check_attachment(
+    ns: &Netns,
+    conf: &Conf,
+    req: &Request,
+    prev: &CniResult,
+) -> Result<usize> {
     let host = Netlink::open(None)?;
     let cont = Netlink::open(Some(ns))?;
     let fail = |msg: String| Error::internal(format!("CHECK: {msg}"));
@@ -826,7 +840,24 @@ async fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResu
             }
         }
     }
-    Ok(())
+    Ok(cont_if)
+}
+
+/// CHECK of `ipMasq`: the masquerade of the container's addresses, ours or what the Go bridge
+/// made for a pod it ADDed.
+fn check_masquerade(req: &Request, prev: &CniResult, cont_if: usize) -> Result<()> {
+    let ips: Vec<IpNetwork> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(cont_if))
+        .map(|ip| ip.address)
+        .collect();
+    match check::masquerade(&owner(req), &ips)? {
+        Some(what) => Err(Error::internal(format!(
+            "CHECK: masquerade rules of this container are missing: {what}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

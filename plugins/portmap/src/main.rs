@@ -6,7 +6,8 @@
 //!        flushes UDP conntrack entries of the mapped ports.
 //! DEL    removes exactly this attachment's rules (and those the Go portmap made for the
 //!        container), flushes UDP conntrack entries; works without prevResult or netns.
-//! CHECK  every rule of this attachment is there.
+//! CHECK  every rule of this attachment is there, in our layout or in the Go portmap's (a pod
+//!        it ADDed before the node switched to ours), and nothing of it only in part.
 //! GC     removes the rules of attachments that are not valid.  STATUS: the backend works.
 
 mod config;
@@ -15,7 +16,9 @@ use ipnetwork::IpNetwork;
 use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment};
-use libcni::firewall::{Backend, Owner, driver, nftables, portmap_conditions, portmap_iptables};
+use libcni::firewall::{
+    Backend, Owner, check, driver, nftables, portmap_conditions, portmap_iptables,
+};
 use libcni::netlink::{Netlink, block_on};
 use libcni::nf_tables::L4;
 use libcni::result::CniResult;
@@ -78,7 +81,7 @@ impl Plugin for Portmap {
         require_backend(&conf)?;
         let ips = container_ips(&prev, req);
         let a = attachment(&conf, req, &ips);
-        match driver::open(conf.backend)?.missing_port_mappings(&a)? {
+        match check::port_mappings(&a)? {
             Some(what) => Err(Error::internal(format!(
                 "CHECK: port mapping rules of this container are missing: {what}"
             ))),
