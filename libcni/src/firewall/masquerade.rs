@@ -145,6 +145,22 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
     Ok(network_rules)
 }
 
+/// How many rules the attachment has in our nftables table and our iptables chain.
+pub fn own_rule_count(nft: &mut Client, owner: &Owner<'_>) -> Result<usize> {
+    let mut count = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c))?.len();
+    for fam in Family::BOTH {
+        if !iptables::chain_may_exist(nft, fam, "nat", IPT_CHAIN)? {
+            continue;
+        }
+        count += iptables::list_chain(fam, "nat", IPT_CHAIN)?
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| comment_arg(&split_rule(r)).is_some_and(|c| owner.owns(c)))
+            .count();
+    }
+    Ok(count)
+}
+
 /// Deletes the rules of our iptables chain whose comment `pick` accepts; whether any rule's
 /// comment `notice` accepts.
 fn sweep_iptables(
