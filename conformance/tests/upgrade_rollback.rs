@@ -367,3 +367,90 @@ fn rollback_to_1_9_1_with_nftables() {
         json!({"backend": "nftables"}),
     ));
 }
+
+/// Attachments the reference could not take over are listed with the reason and left as they
+/// are (exit status 1); the others are converted all the same.
+#[test]
+fn attachments_that_cannot_be_converted_are_listed_and_left() {
+    let reference = Reference::newest(json!({}), json!({}));
+    let node = Node::new(&reference);
+    let ours = bin_dir();
+    let kept = node.add(&ours, 18021);
+    let gone = node.add(&ours, 18022);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "del", &gone.ns.name])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A cache entry without a result, as a runtime may leave one.
+    let results = node.work.cache_dir().join("results");
+    let mut entry: Value = serde_json::from_slice(
+        &std::fs::read(results.join(format!("{NET}-{}-eth0", kept.cid))).unwrap(),
+    )
+    .unwrap();
+    entry.as_object_mut().unwrap().remove("result");
+    entry["containerId"] = json!("noresult");
+    std::fs::write(
+        results.join(format!("{NET}-noresult-eth0")),
+        entry.to_string(),
+    )
+    .unwrap();
+
+    let out = node.rollback(&[]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("{NET} {} eth0: converted", kept.cid)),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "{NET} {} eth0: not converted: its network namespace is gone",
+            gone.cid
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "{NET} noresult eth0: not converted: the cache entry holds no result"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("2 attachment(s) not converted"),
+        "{out:?}"
+    );
+    let firewall = node.firewall();
+    assert!(firewall.contains(&pod_key(&gone)), "{firewall}");
+    assert!(!firewall.contains(&pod_key(&kept)), "{firewall}");
+
+    // Our DEL still removes what stayed ours; the reference's DEL the converted pod.
+    node.runtime(&ours, "del", &gone.ns, gone.port).ok();
+    node.runtime(&reference.dir, "del", &kept.ns, kept.port)
+        .ok();
+    let left = node.firewall();
+    for pod in [&kept, &gone] {
+        assert_eq!(pod.lines_in(&left), Vec::<String>::new(), "{left}");
+    }
+}
+
+#[test]
+fn rollback_is_in_the_usage_and_checks_its_options() {
+    let node = Node::new(&Reference::debian());
+    let help = cnitool_env(&node.host, &node.work, &["-h"], &[]);
+    assert!(
+        help.stdout.contains("cnitool rollback [--dry-run]"),
+        "{help:?}"
+    );
+    for bad in [&["--reference", "2.0"][..], &["--force"]] {
+        let out = node.rollback(bad);
+        assert_ne!(out.status, 0, "{out:?}");
+        assert!(out.stderr.contains(bad[0]), "{out:?}");
+    }
+    let empty = node.rollback(&["--dry-run"]);
+    assert_eq!(empty.status, 0, "{empty:?}");
+    assert_eq!(empty.stdout.trim(), "no cached attachments");
+}
