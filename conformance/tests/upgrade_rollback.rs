@@ -2,7 +2,7 @@
 //! against Debian's 1.1.1 and the newest reference (1.9.1, with its iptables and its nftables
 //! backends). One node (a private host namespace), one network (loopback + bridge with
 //! ipMasq, isDefaultGateway and macspoofchk + host-local + portmap with a hostPort per pod),
-//! one result cache: the reference ADDs pods; ours ADDs, CHECKs and DELs a pod beside them and
+//! one result cache, dual-stack pods: the reference ADDs pods; ours ADDs, CHECKs and DELs a pod beside them and
 //! ADDs more that stay; `cnitool rollback` (a dry run first, then twice) converts ours' pods to
 //! the reference's layout; a hostPort still reaches its pod; the reference CHECKs and DELs
 //! every pod; nothing is left that names a pod, its address or its port.
@@ -76,6 +76,7 @@ struct Pod {
     ns: Netns,
     port: u16,
     ip: String,
+    ip6: String,
     cid: String,
     host_veth: String,
     mac: String,
@@ -89,7 +90,7 @@ impl Node {
             "type": "bridge", "bridge": unique("ur"), "isDefaultGateway": true, "ipMasq": true,
             "macspoofchk": true,
             "ipam": {"type": "host-local", "dataDir": data.path(),
-                     "ranges": [[{"subnet": "10.98.0.0/24"}]]},
+                     "ranges": [[{"subnet": "10.98.0.0/24"}], [{"subnet": "fd98::/64"}]]},
         });
         let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
         for (conf, extra) in [
@@ -130,11 +131,11 @@ impl Node {
     fn add(&self, plugins: &Path, port: u16) -> Pod {
         let ns = Netns::new("c");
         let result = self.runtime(plugins, "add", &ns, port).ok().clone();
-        let ip = result_ips(&result)[0]
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ips = result_ips(&result);
+        let addr = |v6: bool| {
+            let ip = ips.iter().find(|ip| ip.contains(':') == v6).unwrap();
+            ip.split('/').next().unwrap().to_string()
+        };
         let iface = |sandbox: bool| {
             result["interfaces"]
                 .as_array()
@@ -150,7 +151,8 @@ impl Node {
             mac: iface(true)[0].1.to_string(),
             ns,
             port,
-            ip,
+            ip: addr(false),
+            ip6: addr(true),
         }
     }
 
@@ -193,6 +195,7 @@ impl Pod {
             (self.host_veth.clone(), "<veth>"),
             (self.mac.clone(), "<mac>"),
             (self.ip.clone(), "<ip>"),
+            (self.ip6.clone(), "<ip6>"),
             (self.port.to_string(), "<port>"),
         ]
     }
