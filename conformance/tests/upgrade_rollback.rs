@@ -2,10 +2,11 @@
 //! against Debian's 1.1.1 and the newest reference (1.9.1, with its iptables and its nftables
 //! backends). One node (a private host namespace), one network (loopback + bridge with
 //! ipMasq, isDefaultGateway and macspoofchk + host-local + portmap with a hostPort per pod),
-//! one result cache, dual-stack pods: the reference ADDs pods; ours ADDs, CHECKs and DELs a pod beside them and
-//! ADDs more that stay; `cnitool rollback` (a dry run first, then twice) converts ours' pods to
-//! the reference's layout; a hostPort still reaches its pod; the reference CHECKs and DELs
-//! every pod; nothing is left that names a pod, its address or its port.
+//! one result cache, dual-stack pods: the reference ADDs pods; ours ADDs, CHECKs and DELs a
+//! pod beside them and ADDs more that stay; `cnitool rollback` (a dry run first, then twice)
+//! converts ours' pods to the reference's layout, line for line what the reference made for
+//! its own; a hostPort still reaches its pod; the reference CHECKs and DELs every pod; nothing
+//! is left that names a pod, its address or its port.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
