@@ -8,8 +8,9 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use libcni::args::CniArgs;
+use libcni::firewall::reference::Release;
 use libcni::netns::{Netns, NetnsError};
-use libcni::runtime::{ConfList, Runtime, RuntimeConf, cache};
+use libcni::runtime::{ConfList, Runtime, RuntimeConf, cache, rollback};
 use libcni::{Error, Result};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
@@ -18,6 +19,7 @@ const USAGE: &str = "\
 usage: cnitool [-i IFNAME] add|check|del NETWORK NETNS_PATH
        cnitool gc NETWORK
        cnitool status NETWORK
+       cnitool rollback [--dry-run] [--reference VERSION] [NETWORK...]
        cnitool --version
 
   add     attach the namespace to NETWORK and print the result
@@ -26,6 +28,12 @@ usage: cnitool [-i IFNAME] add|check|del NETWORK NETNS_PATH
   gc      delete cached attachments whose namespace is gone, then let every plugin
           release state that belongs to no remaining attachment (1.1.0 configs)
   status  fail unless every plugin of NETWORK is ready for ADD (1.1.0 configs)
+  rollback  hand every cached attachment (of the NETWORKs, default all) back to the
+          reference plugins: make the firewall state they would have made for it
+          (masquerade, host ports, spoof check; layout of reference VERSION, default
+          1.9.1; 1.1 has no nftables backends), then remove ours. --dry-run prints what
+          would change and changes nothing. Attachments that cannot be converted are
+          listed with the reason and left as they are (exit status 1)
 
 environment:
   NETCONFPATH   directory of .conflist/.conf/.json files (default /etc/cni/net.d)
@@ -59,6 +67,11 @@ fn run(args: &[String]) -> Result<Option<String>> {
         _ => (None, args),
     };
     let usage = || Error::invalid_env(format!("bad arguments\n{USAGE}"));
+    if let [c, rest @ ..] = args
+        && c == "rollback"
+    {
+        return rollback(rest).map(Some);
+    }
     let (command, network) = match args {
         [c, n, ..] => (c.as_str(), n.as_str()),
         [c] if c == "-h" || c == "--help" || c == "help" => return Ok(Some(USAGE.to_string())),
@@ -96,6 +109,50 @@ fn run(args: &[String]) -> Result<Option<String>> {
         "status" => runtime.status(&list).map(|()| None),
         _ => Err(usage()),
     }
+}
+
+/// `rollback [--dry-run] [--reference VERSION] [NETWORK...]`: the report; an error after it
+/// when an attachment could not be converted.
+fn rollback(args: &[String]) -> Result<String> {
+    let mut opts = rollback::Options {
+        release: Release::NEWEST,
+        dry_run: false,
+        networks: Vec::new(),
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--dry-run" => opts.dry_run = true,
+            "--reference" => {
+                let version = args.next().map(String::as_str).unwrap_or_default();
+                opts.release = Release::parse(version).ok_or_else(|| {
+                    Error::invalid_env(format!(
+                        "--reference {version:?}: expected a reference release 1.0 to 1.9 (e.g. 1.1.1)"
+                    ))
+                })?;
+            }
+            flag if flag.starts_with('-') => {
+                return Err(Error::invalid_env(format!(
+                    "rollback: unknown option {flag:?}\n{USAGE}"
+                )));
+            }
+            network => opts.networks.push(network.to_string()),
+        }
+    }
+    let cache_dir = std::env::var("CNI_CACHE_DIR")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| cache::DEFAULT_DIR.into());
+    let report = rollback::rollback(&cache::Cache::new(cache_dir), &opts)?;
+    let text = report.lines.join("\n");
+    if report.not_converted == 0 {
+        return Ok(text);
+    }
+    println!("{text}");
+    Err(Error::internal(format!(
+        "{} attachment(s) not converted",
+        report.not_converted
+    )))
 }
 
 /// Whether a cached attachment's namespace may still exist: only "no such path" and "not a

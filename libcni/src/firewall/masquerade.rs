@@ -156,6 +156,18 @@ fn iptables_rules(nft: &mut Client, fam: Family) -> Result<Vec<Vec<String>>> {
     Ok(rules.iter().map(|r| split_rule(r)).collect())
 }
 
+/// How many rules the attachment has in our nftables table and our iptables chain.
+pub fn own_rule_count(nft: &mut Client, owner: &Owner<'_>) -> Result<usize> {
+    let mut count = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c))?.len();
+    for fam in Family::BOTH {
+        count += iptables_rules(nft, fam)?
+            .iter()
+            .filter(|r| comment_arg(r).is_some_and(|c| owner.owns(c)))
+            .count();
+    }
+    Ok(count)
+}
+
 /// Deletes the rules of our iptables chain whose comment `pick` accepts; whether any rule's
 /// comment `notice` accepts.
 fn sweep_iptables(

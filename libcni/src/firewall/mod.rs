@@ -12,6 +12,8 @@ pub mod owner;
 pub mod portmap;
 pub mod portmap_conditions;
 pub mod portmap_iptables;
+pub mod reference;
+mod reference_portmap;
 pub mod spoofcheck;
 
 pub use owner::Owner;

@@ -39,11 +39,11 @@ const POSTROUTING: &str = "postrouting";
 /// The chains attachments own rules in.
 const OWNED: [&str; 2] = [HOSTPORTS, POSTROUTING];
 
-/// The Go portmap's tables (`ip` and `ip6`), the chains its rules are in (DNAT, DNAT,
-/// masquerade), and their comment: the container ID, cut to what knftables keeps.
-const REFERENCE_TABLE: &str = "cni_hostport";
-const REFERENCE_CHAINS: [&str; 3] = ["hostports", "hostip_hostports", "masquerading"];
-const REFERENCE_COMMENT_MAX: usize = 128;
+/// The Go portmap's tables (`ip` and `ip6`), the chains its rules are in, and their comment:
+/// the container ID, cut to what knftables keeps.
+pub(super) const REFERENCE_TABLE: &str = "cni_hostport";
+pub(super) const REFERENCE_CHAINS: [&str; 3] = ["hostports", "hostip_hostports", "masquerading"];
+pub(super) const REFERENCE_COMMENT_MAX: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
@@ -213,7 +213,7 @@ pub fn add(nft: &mut Client, a: &Attachment<'_>) -> Result<()> {
 }
 
 /// This attachment's rules in our table.
-fn rules_of(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<ListedRule>> {
+pub fn rules_of(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<ListedRule>> {
     nftables::rules_where(nft, NFT, TABLE, &OWNED, |c| owner.owns(c))
 }
 
@@ -246,6 +246,35 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     };
     let rules = find(nft)?;
     nftables::delete(nft, rules, find)
+}
+
+/// Removes the attachment's rules in our table only (rollback: the Go portmap's rules for the
+/// container stay).
+pub fn remove_own(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
+    let find = |nft: &mut Client| rules_of(nft, owner);
+    let rules = find(nft)?;
+    nftables::delete(nft, rules, find)
+}
+
+/// The container's first IPv4 and first IPv6 address (with their prefix length), as the Go
+/// portmap picks them: IPs that name another interface, or one outside a sandbox, are not the
+/// container's.
+pub fn container_ips(result: &crate::result::CniResult, ifname: &str) -> Vec<IpNetwork> {
+    let ours = |i: Option<usize>| match i {
+        None => true,
+        Some(i) => result
+            .interfaces
+            .get(i)
+            .is_some_and(|itf| itf.name == ifname && !itf.sandbox.is_empty()),
+    };
+    let pick = |v4: bool| {
+        result
+            .ips
+            .iter()
+            .find(|ip| ip.address.is_ipv4() == v4 && ours(ip.interface))
+            .map(|ip| ip.address)
+    };
+    [pick(true), pick(false)].into_iter().flatten().collect()
 }
 
 /// CHECK: what our table holds of the attachment's rules, counted per chain.

@@ -114,7 +114,7 @@ fn addr_text(net: &IpNetwork) -> String {
 
 /// Outcome of an `nft -f`.
 #[derive(Debug, PartialEq, Eq)]
-enum Applied {
+pub(super) enum Applied {
     Done,
     /// A table or chain the script refers to does not exist.
     Missing,
@@ -124,7 +124,7 @@ enum Applied {
 /// outcome, any other failure an error carrying what nft said. Text, not JSON: the conditions
 /// are nft text, and nft 1.0.6's JSON parser crashes on some NAT forms that its text parser
 /// accepts.
-fn apply(script: &str) -> Result<Applied> {
+pub(super) fn apply(script: &str) -> Result<Applied> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("nft")

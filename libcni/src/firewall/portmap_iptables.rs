@@ -29,9 +29,9 @@ use super::{hash16, subnet_of};
 use crate::error::Result;
 use crate::nf_tables::Client;
 
-const DNAT: &str = "CNI-HOSTPORT-DNAT";
-const SETMARK: &str = "CNI-HOSTPORT-SETMARK";
-const MASQ: &str = "CNI-HOSTPORT-MASQ";
+pub(super) const DNAT: &str = "CNI-HOSTPORT-DNAT";
+pub(super) const SETMARK: &str = "CNI-HOSTPORT-SETMARK";
+pub(super) const MASQ: &str = "CNI-HOSTPORT-MASQ";
 
 /// `RCNI-DN-` + 20 hex digits keyed by the owner (network, container ID, ifname): 28
 /// characters.
@@ -208,14 +208,51 @@ fn chains_of(owner: &Owner<'_>) -> [String; 2] {
 /// Removes, in `families`, the attachment's chain and the container's `CNI-DN-…` chain with
 /// their entry rules: one listing and one restore per family.
 pub fn remove(families: &[Family], owner: &Owner<'_>) -> Result<()> {
-    let chains = chains_of(owner);
+    remove_chains(families, &chains_of(owner))
+}
+
+fn remove_chains(families: &[Family], chains: &[String]) -> Result<()> {
     for &fam in families {
         let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
             continue;
         };
-        iptables::restore(fam, "nat", &removal(&entries, &chains))?;
+        iptables::restore(fam, "nat", &removal(&entries, chains))?;
     }
     Ok(())
+}
+
+/// The families where the attachment's own chain may exist (netlink lookups).
+fn own_families(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<Family>> {
+    let own = chain(owner);
+    let mut families = Vec::new();
+    for fam in Family::BOTH {
+        if iptables::chain_may_exist(nft, fam, "nat", &own)? {
+            families.push(fam);
+        }
+    }
+    Ok(families)
+}
+
+/// Removes the attachment's own chain and its entry rules only (rollback: the container's
+/// `CNI-DN-…` chain stays).
+pub fn remove_own(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
+    remove_chains(&own_families(nft, owner)?, &[chain(owner)])
+}
+
+/// How many rules the attachment has in its own chain and as entries to it.
+pub fn own_rule_count(nft: &mut Client, owner: &Owner<'_>) -> Result<usize> {
+    let own = chain(owner);
+    let jump = format!("-j {own}");
+    let mut count = 0;
+    for fam in own_families(nft, owner)? {
+        count += iptables::list_chain(fam, "nat", &own)?.map_or(0, |r| r.len());
+        count += iptables::list_chain(fam, "nat", DNAT)?
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.ends_with(&jump))
+            .count();
+    }
+    Ok(count)
 }
 
 /// CHECK: what the attachment's chain and its entry rules hold, per family, and the shared

@@ -56,6 +56,11 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     nftables::remove_where(nft, BRIDGE, TABLE, &[CHAIN], |c| owner.owns(c))
 }
 
+/// How many rules the attachment has in our table (0 or 1).
+pub fn own_rule_count(nft: &mut Client, owner: &Owner<'_>) -> Result<usize> {
+    Ok(nftables::rules_where(nft, BRIDGE, TABLE, &[CHAIN], |c| owner.owns(c))?.len())
+}
+
 /// GC: removes the checks of `network`'s attachments that are not in `valid`.
 pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
     nftables::remove_where(&mut nftables::open()?, BRIDGE, TABLE, &[CHAIN], |c| {

@@ -196,15 +196,27 @@ impl Cache {
 
     /// Every v1 entry of `network` (the attachments a runtime knows about).
     pub fn entries(&self, network: &str) -> Vec<Entry> {
+        let prefix = format!("{network}-");
+        self.entries_where(|name| name.starts_with(&prefix))
+            .into_iter()
+            .filter(|e| e.network == network)
+            .collect()
+    }
+
+    /// Every v1 entry of every network.
+    pub fn all_entries(&self) -> Vec<Entry> {
+        self.entries_where(|name| !name.starts_with('.'))
+    }
+
+    fn entries_where(&self, file_name: impl Fn(&str) -> bool) -> Vec<Entry> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        let prefix = format!("{network}-");
         dir.filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| file_name(&e.file_name().to_string_lossy()))
             .filter_map(|e| std::fs::read(e.path()).ok())
             .filter_map(|b| serde_json::from_slice::<Entry>(&b).ok())
-            .filter(|e| e.kind == KIND && e.network == network)
+            .filter(|e| e.kind == KIND)
             .collect()
     }
 
@@ -249,6 +261,7 @@ mod tests {
         assert_eq!(back.result, Some(json!({"cniVersion": "1.0.0"})));
         assert_eq!(cache.entries("n").len(), 1);
         assert!(cache.entries("m").is_empty());
+        assert_eq!(cache.all_entries().len(), 1);
         cache.remove("n", "c1", "eth0").unwrap();
         cache.remove("n", "c1", "eth0").unwrap();
         assert!(cache.read("n", "c1", "eth0").unwrap().is_none());

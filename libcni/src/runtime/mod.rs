@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod conflist;
+pub mod rollback;
 
 use std::path::PathBuf;
 

@@ -41,7 +41,7 @@ impl Plugin for Portmap {
             return Ok(prev);
         }
         require_backend(&conf)?;
-        let ips = container_ips(&prev, req);
+        let ips = portmap::container_ips(&prev, &req.ifname);
         if ips.is_empty() {
             return Ok(prev);
         }
@@ -79,7 +79,7 @@ impl Plugin for Portmap {
             return Ok(());
         }
         require_backend(&conf)?;
-        let ips = container_ips(&prev, req);
+        let ips = portmap::container_ips(&prev, &req.ifname);
         let a = attachment(&conf, req, &ips);
         match check::port_mappings(&a)? {
             Some(what) => Err(Error::internal(format!(
@@ -154,25 +154,6 @@ fn attachment<'a>(conf: &'a Conf, req: &'a Request, ips: &'a [IpNetwork]) -> Att
         mark_bit: conf.mark_bit,
         external_set_mark_chain: conf.external_set_mark_chain.as_deref(),
     }
-}
-
-/// The first IPv4 and first IPv6 address of the container interface: IPs that name another
-/// interface, or one outside a sandbox, are not the container's.
-fn container_ips(prev: &CniResult, req: &Request) -> Vec<IpNetwork> {
-    let ours = |i: Option<usize>| match i {
-        None => true,
-        Some(i) => prev
-            .interfaces
-            .get(i)
-            .is_some_and(|itf| itf.name == req.ifname && !itf.sandbox.is_empty()),
-    };
-    let pick = |v4: bool| {
-        prev.ips
-            .iter()
-            .find(|ip| ip.address.is_ipv4() == v4 && ours(ip.interface))
-            .map(|ip| ip.address)
-    };
-    [pick(true), pick(false)].into_iter().flatten().collect()
 }
 
 /// Lets 127.0.0.1:hostPort reach an IPv4 container (`route_localnet` on the interface that
