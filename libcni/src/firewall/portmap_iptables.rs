@@ -23,7 +23,7 @@ use sha2::Digest;
 
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, network_key};
-use super::portmap::Attachment;
+use super::portmap::{Attachment, Mapping};
 use super::{hash16, subnet_of};
 use crate::error::Result;
 use crate::nf_tables::Client;
@@ -75,6 +75,15 @@ fn base_lines(a: &Attachment<'_>) -> Vec<String> {
     lines
 }
 
+/// The mappings that apply to the family of `ip`: those without a `hostIP` or with one of
+/// that family.
+fn mappings_for<'a>(a: &'a Attachment<'_>, ip: &IpAddr) -> impl Iterator<Item = &'a Mapping> {
+    let v4 = ip.is_ipv4();
+    a.mappings
+        .iter()
+        .filter(move |m| m.host_ip.is_none_or(|h| h.is_ipv4() == v4))
+}
+
 /// The attachment's chain and entry rules for the family of `ip`.
 fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
     let ip = &net.ip();
@@ -100,11 +109,7 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
     };
     let mut lines = vec![format!(":{chain} - [0:0]")];
     let mut entries: Vec<(&str, u16)> = Vec::new();
-    for m in a
-        .mappings
-        .iter()
-        .filter(|m| m.host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
-    {
+    for m in mappings_for(a, ip) {
         let dest = match m.host_ip {
             Some(h) if !h.is_unspecified() => format!(" -d {h}"),
             _ => String::new(),
@@ -139,10 +144,14 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
 }
 
 /// Adds the attachment's chain and entry rules (and, the first time, the shared chains): one
-/// listing and one restore per family.
+/// listing and one restore per family that has a mapping (a family whose mappings all have a
+/// `hostIP` of the other family gets no chain: nothing would jump to it).
 pub fn add(a: &Attachment<'_>) -> Result<()> {
     for net in a.container_ips {
         let ip = &net.ip();
+        if mappings_for(a, ip).next().is_none() {
+            continue;
+        }
         let fam = family_of(ip);
         let mut lines = Vec::new();
         // Declaring a chain in a restore flushes it if it exists: the shared chains are made
@@ -160,8 +169,9 @@ pub fn add(a: &Attachment<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Lines that delete every entry rule jumping to one of `chains` and then the chains.
-fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
+/// Lines that delete every entry rule jumping to one of `chains` and then the chains, and the
+/// chains of `orphans` (found by name) that nothing jumps to.
+fn removal(entries: &[String], chains: &[String], orphans: &[String]) -> Vec<String> {
     let mut lines = Vec::new();
     let mut found = Vec::new();
     for rule in entries {
@@ -178,6 +188,11 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
             }
         }
     }
+    for orphan in orphans {
+        if !found.contains(orphan) {
+            found.push(orphan.clone());
+        }
+    }
     for chain in found {
         lines.push(format!("-F {chain}"));
         lines.push(format!("-X {chain}"));
@@ -185,17 +200,23 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
     lines
 }
 
-/// The families where the attachment's chain (ours) or the container's `CNI-DN-…` chain
-/// (the Go portmap's) may exist: netlink lookups, no iptables process.
-pub fn families_to_clean(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<Family>> {
-    let chains = chains_of(owner);
+/// Where the attachment's chain (ours) or the container's `CNI-DN-…` chain (the Go
+/// portmap's) may exist: per family, the chains that may be there (netlink lookups, no iptables
+/// process).
+pub fn families_to_clean(
+    nft: &mut Client,
+    owner: &Owner<'_>,
+) -> Result<Vec<(Family, Vec<String>)>> {
     let mut families = Vec::new();
     for fam in Family::BOTH {
-        for chain in &chains {
-            if iptables::chain_may_exist(nft, fam, "nat", chain)? {
-                families.push(fam);
-                break;
+        let mut present = Vec::new();
+        for chain in chains_of(owner) {
+            if iptables::chain_may_exist(nft, fam, "nat", &chain)? {
+                present.push(chain);
             }
+        }
+        if !present.is_empty() {
+            families.push((fam, present));
         }
     }
     Ok(families)
@@ -208,15 +229,26 @@ fn chains_of(owner: &Owner<'_>) -> [String; 2] {
     ]
 }
 
-/// Removes, in `families`, the attachment's chain and the container's `CNI-DN-…` chain with
-/// their entry rules: one listing and one restore per family.
-pub fn remove(families: &[Family], owner: &Owner<'_>) -> Result<()> {
+/// Removes, in each family, the attachment's chain and the container's `CNI-DN-…` chain with
+/// their entry rules: one listing and one restore per family. A chain that may be there but is
+/// not jumped to (an empty chain that earlier versions declared for a family without mappings)
+/// is listed by name and removed too.
+pub fn remove(families: &[(Family, Vec<String>)], owner: &Owner<'_>) -> Result<()> {
     let chains = chains_of(owner);
-    for &fam in families {
-        let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
-            continue;
+    for (fam, present) in families {
+        let entries = iptables::list_chain(*fam, "nat", DNAT)?.unwrap_or_default();
+        let jumped = |c: &String| {
+            entries
+                .iter()
+                .any(|r| split_rule(r).windows(2).any(|w| w[0] == "-j" && w[1] == *c))
         };
-        iptables::restore(fam, "nat", &removal(&entries, &chains))?;
+        let mut orphans = Vec::new();
+        for c in present.iter().filter(|c| !jumped(c)) {
+            if iptables::list_chain(*fam, "nat", c)?.is_some() {
+                orphans.push(c.clone());
+            }
+        }
+        iptables::restore(*fam, "nat", &removal(&entries, &chains, &orphans))?;
     }
     Ok(())
 }
@@ -282,7 +314,7 @@ pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]
             })
             .filter(|c| c.starts_with("RCNI-DN-") && !keep.contains(c))
             .collect();
-        iptables::restore(fam, "nat", &removal(&entries, &stale))?;
+        iptables::restore(fam, "nat", &removal(&entries, &stale, &[]))?;
     }
     Ok(())
 }
@@ -290,7 +322,6 @@ pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::portmap::Mapping;
     use crate::nf_tables::L4;
 
     const OWNER: Owner<'static> = Owner {
