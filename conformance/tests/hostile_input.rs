@@ -618,6 +618,100 @@ fn portmap_state(host: &Netns, net: &str, cid: &str) -> Vec<String> {
     state
 }
 
+/// portmap DEL and GC read only what they need (DEL: `runtimeConfig.portMappings`; GC: the
+/// valid attachments), leniently: keys of the wrong type that ADD rejects, a malformed
+/// `portMappings` and an unreadable `backend` do not fail them, and they remove the
+/// attachment's rules from both backends (DEL never reads `backend`). A neighbour attachment's
+/// rules stay.
+#[test]
+fn portmap_del_and_gc_survive_keys_of_the_wrong_type() {
+    let (host, _ext) = conformance::node_with_uplink();
+    let ctr = Netns::new("c");
+    let net = unique("pm");
+    let ips = ["192.168.77.50/24", "fd77::50/64"];
+    let add = |cid: &str, backend: &str| {
+        let conf = portmap_conf(&net, &ctr, &ips, json!({"backend": backend}));
+        Call::new(&host, bin("portmap"), "ADD", &ctr.path)
+            .env("CNI_CONTAINERID", cid)
+            .within(PROMPT)
+            .run(&conf.to_string())
+            .ok();
+        assert!(
+            !portmap_state(&host, &net, cid).is_empty(),
+            "{cid}: no rules"
+        );
+    };
+    add("neighbour4", "nftables");
+    add("neighbour6", "iptables");
+    let neighbours = |host: &Netns| {
+        [
+            portmap_state(host, &net, "neighbour4"),
+            portmap_state(host, &net, "neighbour6"),
+        ]
+    };
+    let before = neighbours(&host);
+    let rows: Vec<(&str, &str, Value)> = vec![
+        ("DEL", "nftables", json!({"snat": "yes"})),
+        (
+            "DEL",
+            "iptables",
+            json!({"conditionsV4": 5, "conditionsV6": {"a": 1}}),
+        ),
+        (
+            "DEL",
+            "iptables",
+            json!({"markMasqBit": "13", "masqAll": "no", "externalSetMarkChain": 7}),
+        ),
+        (
+            "DEL",
+            "nftables",
+            json!({"runtimeConfig": {"portMappings": "8080:80"}}),
+        ),
+        (
+            "DEL",
+            "iptables",
+            json!({"runtimeConfig": {"portMappings": [{"hostPort": "8080"}, 7]}}),
+        ),
+        ("DEL", "nftables", json!({"runtimeConfig": 5})),
+        ("DEL", "iptables", json!({"backend": 7})),
+        ("DEL", "nftables", json!({"backend": "pf"})),
+        (
+            "GC",
+            "iptables",
+            json!({"snat": "yes", "backend": 7, "runtimeConfig": 5}),
+        ),
+        (
+            "GC",
+            "nftables",
+            json!({"conditionsV4": 5, "backend": "pf"}),
+        ),
+    ];
+    for (i, (command, backend, broken)) in rows.into_iter().enumerate() {
+        let cid = format!("c{i}");
+        add(&cid, backend);
+        let mut conf = portmap_conf(&net, &ctr, &ips, broken.clone());
+        let call = Call::new(&host, bin("portmap"), command, &ctr.path)
+            .env("CNI_CONTAINERID", &cid)
+            .within(PROMPT);
+        if command == "GC" {
+            conf["cni.dev/valid-attachments"] = json!([
+                {"containerID": "neighbour4", "ifname": "eth0"},
+                {"containerID": "neighbour6", "ifname": "eth0"}]);
+        }
+        call.run(&conf.to_string()).ok();
+        assert_eq!(
+            portmap_state(&host, &net, &cid),
+            Vec::<String>::new(),
+            "{command} {broken} after an ADD on {backend} left rules"
+        );
+        assert_eq!(
+            neighbours(&host),
+            before,
+            "{command} {broken} touched a neighbour"
+        );
+    }
+}
+
 /// iptables backend, dual-stack pod, every mapping with an IPv4 `hostIP`: no IPv6 chain is
 /// made (nothing would jump to it), and DEL leaves nothing in either family. A chain left
 /// empty without a jump (as earlier versions declared it) is found by name and removed.
