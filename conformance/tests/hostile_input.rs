@@ -7,8 +7,9 @@ use std::time::Duration;
 use conformance::{Call, HostLocalNet, Netns, Outcome, Workdir, bin, cnitool, unique};
 use serde_json::{Value, json};
 
-/// Long enough for a debug build on a busy machine, far below a hang.
-const PROMPT: Duration = Duration::from_secs(10);
+/// Long enough for a debug build on a machine shared by parallel suites (10 MB inputs take
+/// seconds there), far below a hang.
+const PROMPT: Duration = Duration::from_secs(30);
 
 /// A bridge network with host-local IPAM (its own `dataDir`) on a unique bridge.
 fn bridge_conf(data: &std::path::Path, subnet: &str) -> Value {
