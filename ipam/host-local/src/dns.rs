@@ -1,17 +1,45 @@
 //! `ipam.resolvConf`: the DNS settings of a resolv.conf file, as the reference reads them.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use libcni::result::Dns;
 use libcni::{Error, Result};
 
+/// A resolv.conf is a few lines; anything bigger is not one.
+const MAX_SIZE: u64 = 1 << 20;
+
+/// Reads `ipam.resolvConf`: a regular file (symlinks followed, as `/etc/resolv.conf` often is
+/// one) of at most 1 MiB. Anything else (a FIFO, a device such as `/dev/zero`) is refused before
+/// it is opened, and the file is opened non-blocking and checked again, so nothing can hang the
+/// plugin or fill its memory.
 pub fn from_resolv_conf(path: &Path) -> Result<Dns> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let failed = |why: String| {
         Error::io(format!(
-            "ipam.resolvConf: cannot read {}: {e}",
+            "ipam.resolvConf: cannot read {}: {why}",
             path.display()
         ))
-    })?;
+    };
+    let regular = |meta: std::io::Result<std::fs::Metadata>| match meta {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(failed("not a regular file".into())),
+        Err(e) => Err(failed(e.to_string())),
+    };
+    regular(std::fs::metadata(path))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| failed(e.to_string()))?;
+    regular(file.metadata())?;
+    let mut text = String::new();
+    file.take(MAX_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| failed(e.to_string()))?;
+    if text.len() as u64 > MAX_SIZE {
+        return Err(failed(format!("larger than {MAX_SIZE} bytes")));
+    }
     Ok(parse(&text))
 }
 

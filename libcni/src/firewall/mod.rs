@@ -42,6 +42,7 @@ impl Backend {
 /// iptables chains, a bridge's MAC) across concurrent plugin runs on the node. Held only for
 /// those few milliseconds; fails with code 11 after `LOCK_WAIT`.
 pub fn node_lock(name: &str) -> crate::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::time::{Duration, Instant};
     const DIR: &str = "/run/cni-rs";
     const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -52,6 +53,8 @@ pub fn node_lock(name: &str) -> crate::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| crate::Error::io(format!("cannot open {path}: {e}")))?;
     let deadline = Instant::now() + LOCK_WAIT;

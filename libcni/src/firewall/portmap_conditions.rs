@@ -145,13 +145,19 @@ pub(super) fn apply(script: &str) -> Result<Applied> {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No such file or directory") {
-        Ok(Applied::Missing)
-    } else {
-        Err(Error::internal(format!(
-            "nft failed: {}\n{script}",
-            stderr.trim()
-        )))
+        return Ok(Applied::Missing);
     }
+    // Everything but the conditions is ours and known good: they are what nft refused. Its
+    // message quotes the offending line, which a huge condition makes huge.
+    eprintln!(
+        "nft failed: {}\n{}",
+        super::truncate_bytes(stderr.trim(), 4096),
+        super::truncate_bytes(script, 4096)
+    );
+    Err(Error::invalid_config(format!(
+        "conditionsV4/conditionsV6: nft refused the rules they are part of: {}",
+        super::truncate_bytes(stderr.trim(), 1024)
+    )))
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ fn base_lines(a: &Attachment<'_>) -> Vec<String> {
     lines
 }
 
+/// The mappings that apply to the family of `ip`: those without a `hostIP` or with one of
+/// that family.
 /// The attachment's chain and entry rules for the family of `ip`.
 fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
     let ip = &net.ip();
@@ -136,10 +138,14 @@ fn attachment_lines(a: &Attachment<'_>, net: &IpNetwork) -> Vec<String> {
 }
 
 /// Adds the attachment's chain and entry rules (and, the first time, the shared chains): one
-/// listing and one restore per family.
+/// listing and one restore per family that has a mapping (a family whose mappings all have a
+/// `hostIP` of the other family gets no chain: nothing would jump to it).
 pub fn add(a: &Attachment<'_>) -> Result<()> {
     for net in a.container_ips {
         let ip = &net.ip();
+        if a.mappings_for(*ip).next().is_none() {
+            continue;
+        }
         let fam = family_of(ip);
         let mut lines = Vec::new();
         // Declaring a chain in a restore flushes it if it exists: the shared chains are made
@@ -157,8 +163,9 @@ pub fn add(a: &Attachment<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Lines that delete every entry rule jumping to one of `chains` and then the chains.
-fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
+/// Lines that delete every entry rule jumping to one of `chains` and then the chains, and the
+/// chains of `orphans` (found by name) that nothing jumps to.
+fn removal(entries: &[String], chains: &[String], orphans: &[String]) -> Vec<String> {
     let mut lines = Vec::new();
     let mut found = Vec::new();
     for rule in entries {
@@ -175,6 +182,11 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
             }
         }
     }
+    for orphan in orphans {
+        if !found.contains(orphan) {
+            found.push(orphan.clone());
+        }
+    }
     for chain in found {
         lines.push(format!("-F {chain}"));
         lines.push(format!("-X {chain}"));
@@ -182,17 +194,23 @@ fn removal(entries: &[String], chains: &[String]) -> Vec<String> {
     lines
 }
 
-/// The families where the attachment's chain (ours) or the container's `CNI-DN-…` chain
-/// (the Go portmap's) may exist: netlink lookups, no iptables process.
-pub fn families_to_clean(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<Family>> {
-    let chains = chains_of(owner);
+/// Where the attachment's chain (ours) or the container's `CNI-DN-…` chain (the Go
+/// portmap's) may exist: per family, the chains that may be there (netlink lookups, no iptables
+/// process).
+pub fn families_to_clean(
+    nft: &mut Client,
+    owner: &Owner<'_>,
+) -> Result<Vec<(Family, Vec<String>)>> {
     let mut families = Vec::new();
     for fam in Family::BOTH {
-        for chain in &chains {
-            if iptables::chain_may_exist(nft, fam, "nat", chain)? {
-                families.push(fam);
-                break;
+        let mut present = Vec::new();
+        for chain in chains_of(owner) {
+            if iptables::chain_may_exist(nft, fam, "nat", &chain)? {
+                present.push(chain);
             }
+        }
+        if !present.is_empty() {
+            families.push((fam, present));
         }
     }
     Ok(families)
@@ -205,29 +223,41 @@ fn chains_of(owner: &Owner<'_>) -> [String; 2] {
     ]
 }
 
-/// Removes, in `families`, the attachment's chain and the container's `CNI-DN-…` chain with
-/// their entry rules: one listing and one restore per family.
-pub fn remove(families: &[Family], owner: &Owner<'_>) -> Result<()> {
+/// Removes, in each family, the attachment's chain and the container's `CNI-DN-…` chain with
+/// their entry rules: one listing and one restore per family. A chain that may be there but is
+/// not jumped to (an empty chain that earlier versions declared for a family without mappings)
+/// is listed by name and removed too.
+pub fn remove(families: &[(Family, Vec<String>)], owner: &Owner<'_>) -> Result<()> {
     remove_chains(families, &chains_of(owner))
 }
 
-fn remove_chains(families: &[Family], chains: &[String]) -> Result<()> {
-    for &fam in families {
-        let Some(entries) = iptables::list_chain(fam, "nat", DNAT)? else {
-            continue;
+/// `families`: each family with the chains of `chains` that may exist there.
+fn remove_chains(families: &[(Family, Vec<String>)], chains: &[String]) -> Result<()> {
+    for (fam, present) in families {
+        let entries = iptables::list_chain(*fam, "nat", DNAT)?.unwrap_or_default();
+        let jumped = |c: &String| {
+            entries
+                .iter()
+                .any(|r| split_rule(r).windows(2).any(|w| w[0] == "-j" && w[1] == *c))
         };
-        iptables::restore(fam, "nat", &removal(&entries, chains))?;
+        let mut orphans = Vec::new();
+        for c in present.iter().filter(|c| !jumped(c)) {
+            if iptables::list_chain(*fam, "nat", c)?.is_some() {
+                orphans.push(c.clone());
+            }
+        }
+        iptables::restore(*fam, "nat", &removal(&entries, chains, &orphans))?;
     }
     Ok(())
 }
 
 /// The families where the attachment's own chain may exist (netlink lookups).
-fn own_families(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<Family>> {
+fn own_families(nft: &mut Client, owner: &Owner<'_>) -> Result<Vec<(Family, Vec<String>)>> {
     let own = chain(owner);
     let mut families = Vec::new();
     for fam in Family::BOTH {
         if iptables::chain_may_exist(nft, fam, "nat", &own)? {
-            families.push(fam);
+            families.push((fam, vec![own.clone()]));
         }
     }
     Ok(families)
@@ -244,7 +274,7 @@ pub fn own_rule_count(nft: &mut Client, owner: &Owner<'_>) -> Result<usize> {
     let own = chain(owner);
     let jump = format!("-j {own}");
     let mut count = 0;
-    for fam in own_families(nft, owner)? {
+    for (fam, _) in own_families(nft, owner)? {
         count += iptables::list_chain(fam, "nat", &own)?.map_or(0, |r| r.len());
         count += iptables::list_chain(fam, "nat", DNAT)?
             .unwrap_or_default()
@@ -428,7 +458,7 @@ pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]
             })
             .filter(|c| c.starts_with("RCNI-DN-") && !keep.contains(c))
             .collect();
-        iptables::restore(fam, "nat", &removal(&entries, &stale))?;
+        iptables::restore(fam, "nat", &removal(&entries, &stale, &[]))?;
     }
     Ok(())
 }
@@ -436,8 +466,8 @@ pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::portmap::Mapping;
     use crate::nf_tables::L4;
+    use crate::firewall::portmap::Mapping;
 
     const OWNER: Owner<'static> = Owner {
         network: "net",

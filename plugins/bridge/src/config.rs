@@ -103,6 +103,10 @@ pub struct Conf {
     pub mac: Option<[u8; 6]>,
 }
 
+/// What the kernel accepts for a veth and a bridge (`ETH_MIN_MTU`, `ETH_MAX_MTU`); checked
+/// here so that a bad value is a config error naming the key, not a netlink EINVAL.
+const MTU: std::ops::RangeInclusive<u32> = 68..=65535;
+
 impl Conf {
     pub fn load(req: &Request) -> Result<Conf> {
         let raw: BridgeConf = req.plugin_conf()?;
@@ -110,6 +114,14 @@ impl Conf {
             return Err(Error::invalid_config(format!(
                 "invalid bridge name {:?}",
                 raw.bridge
+            )));
+        }
+        if raw.mtu != 0 && !MTU.contains(&raw.mtu) {
+            return Err(Error::invalid_config(format!(
+                "invalid MTU {} (key \"mtu\", must be {} to {}, or 0 for the default)",
+                raw.mtu,
+                MTU.start(),
+                MTU.end()
             )));
         }
         if !(0..=4094).contains(&raw.vlan) {

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use libcni::firewall::Backend;
 use libcni::firewall::portmap::Mapping;
+use libcni::json::Lenient;
 use libcni::nf_tables::L4;
 use libcni::skel::Request;
 use libcni::{Error, Result};
@@ -66,8 +67,6 @@ pub struct Conf {
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
     pub mappings: Vec<Mapping>,
-    /// Whether the runtime passed `portMappings` at all (DEL may come without it).
-    pub mappings_given: bool,
     /// iptables: the masquerade mark bit (default 13) or the chain that sets the mark.
     pub mark_bit: u32,
     pub external_set_mark_chain: Option<String>,
@@ -173,7 +172,6 @@ impl Conf {
         if raw.external_set_mark_chain.is_some() && backend == Backend::Nftables {
             return Err(bad("externalSetMarkChain needs the iptables backend".into()));
         }
-        let mappings_given = raw.runtime_config.port_mappings.is_some();
         let mappings = raw.runtime_config.mappings().collect::<Result<Vec<_>>>()?;
         Ok(Conf {
             backend,
@@ -182,33 +180,63 @@ impl Conf {
             conditions_v4,
             conditions_v6,
             mappings,
-            mappings_given,
             mark_bit: raw.mark_masq_bit.map_or(13, |b| b as u32),
             external_set_mark_chain: raw.external_set_mark_chain.filter(|c| !c.is_empty()),
         })
     }
+}
 
-    /// What DEL needs, without the checks that only matter for setting up: whether the runtime
-    /// passed mappings, and the valid ones (for the UDP conntrack flush). A config that fails
-    /// the checks must still let its pods be torn down.
-    pub fn load_for_teardown(req: &Request) -> Result<Conf> {
-        let raw: RawConf = req.plugin_conf()?;
-        let mappings_given = raw.runtime_config.port_mappings.is_some();
-        let mappings = raw
-            .runtime_config
-            .mappings()
-            .filter_map(Result::ok)
+/// What DEL reads: only `runtimeConfig.portMappings`, leniently, so that a config whose other
+/// keys (or this one) no longer validate still lets its pods be torn down. `backend` is not
+/// read: DEL removes the attachment's rules from both backends (a config may have switched).
+#[derive(Debug)]
+pub struct Teardown {
+    /// The runtime said there are no mappings (an empty list): no rules were made.
+    pub no_mappings: bool,
+    /// The mappings that still validate, for the UDP conntrack flush.
+    pub mappings: Vec<Mapping>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TeardownKeys {
+    #[serde(rename = "runtimeConfig")]
+    runtime_config: Lenient<TeardownRuntime>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TeardownRuntime {
+    #[serde(rename = "portMappings")]
+    port_mappings: Lenient<Vec<Lenient<RawMapping>>>,
+}
+
+impl Teardown {
+    pub fn load(req: &Request) -> Result<Teardown> {
+        let keys: TeardownKeys = req.plugin_conf()?;
+        let given = match keys.runtime_config {
+            Lenient::Valid(runtime) => runtime.port_mappings,
+            Lenient::Absent => Lenient::Absent,
+            Lenient::Invalid(why) => Lenient::Invalid(why),
+        };
+        let entries = match given {
+            Lenient::Absent => None,
+            Lenient::Valid(entries) => Some(entries),
+            Lenient::Invalid(why) => {
+                eprintln!("portmap: runtimeConfig.portMappings: {why}; removing the rules anyway");
+                None
+            }
+        };
+        let no_mappings = entries.as_ref().is_some_and(Vec::is_empty);
+        let mappings = entries
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, m)| mapping(i, &m.valid()?).ok())
             .collect();
-        Ok(Conf {
-            backend: Backend::Nftables,
-            snat: raw.snat.unwrap_or(true),
-            masq_all: raw.masq_all,
-            conditions_v4: Vec::new(),
-            conditions_v6: Vec::new(),
+        Ok(Teardown {
+            no_mappings,
             mappings,
-            mappings_given,
-            mark_bit: 13,
-            external_set_mark_chain: None,
         })
     }
 }

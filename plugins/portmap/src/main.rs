@@ -15,7 +15,7 @@ mod config;
 use ipnetwork::IpNetwork;
 use std::process::ExitCode;
 
-use libcni::firewall::portmap::{self, Attachment};
+use libcni::firewall::portmap::{self, Attachment, Mapping};
 use libcni::firewall::{
     Backend, Owner, check, driver, nftables, portmap_conditions, portmap_iptables,
 };
@@ -25,7 +25,7 @@ use libcni::result::CniResult;
 use libcni::skel::{self, Plugin, Request};
 use libcni::{Error, Result, conntrack, sysctl};
 
-use crate::config::Conf;
+use crate::config::{Conf, Teardown};
 
 struct Portmap;
 
@@ -60,13 +60,13 @@ impl Plugin for Portmap {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = Conf::load_for_teardown(req)?;
+        let teardown = Teardown::load(req)?;
         // A runtime that says "no mappings" made no rules; one that says nothing may have.
-        if conf.mappings_given && conf.mappings.is_empty() {
+        if teardown.no_mappings {
             return Ok(());
         }
         let removed = remove_rules(req);
-        flush_udp(&conf, &[true, false]);
+        flush_udp(&teardown.mappings, &[true, false]);
         removed
     }
 
@@ -169,12 +169,12 @@ fn after_rules(conf: &Conf, ips: &[IpNetwork], firewall: &mut dyn driver::Driver
         sysctl::set(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")?;
     }
     let families: Vec<bool> = ips.iter().map(|ip| ip.is_ipv4()).collect();
-    flush_udp(conf, &families);
+    flush_udp(&conf.mappings, &families);
     Ok(())
 }
 
-fn flush_udp(conf: &Conf, v4_families: &[bool]) {
-    for m in conf.mappings.iter().filter(|m| m.protocol == L4::Udp) {
+fn flush_udp(mappings: &[Mapping], v4_families: &[bool]) {
+    for m in mappings.iter().filter(|m| m.protocol == L4::Udp) {
         for v4 in v4_families {
             conntrack::flush_udp_port(m.host_port, !v4);
         }
