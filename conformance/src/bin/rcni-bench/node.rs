@@ -184,7 +184,7 @@ impl Node {
               add chain inet floor output { type nat hook output priority -100; }\n\
               add rule inet floor output fib daddr type local jump hostports\n\
               add chain inet floor postrouting { type nat hook postrouting priority srcnat; }\n\
-              add chain inet floor masquerade { type nat hook postrouting priority srcnat; }\n",
+              add chain inet floor podmasq { type nat hook postrouting priority srcnat; }\n",
         )?;
         Ok(())
     }
@@ -454,7 +454,7 @@ impl Pod {
              masquerade comment \"{id}\"\n\
              add rule inet floor postrouting ct status dnat ip saddr 127.0.0.1 ip daddr {ip} \
              masquerade comment \"{id}\"\n\
-             add rule inet floor masquerade ip saddr {ip} ip daddr != {SUBNET} \
+             add rule inet floor podmasq ip saddr {ip} ip daddr != {SUBNET} \
              ip daddr != 224.0.0.0/4 masquerade comment \"{id}\"\n"
         )
     }
