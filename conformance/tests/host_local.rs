@@ -473,6 +473,35 @@ fn requested_ip_errors_name_their_source() {
     }
 }
 
+/// `IgnoreUnknown` is read as Go's `strconv.ParseBool` reads it (and libcni's any-case
+/// `true`/`false`): a true spelling lets unknown CNI_ARGS keys through, a false one does not,
+/// anything else fails with code 4 naming the key.
+#[test]
+fn ignore_unknown_takes_every_go_bool_spelling() {
+    let net = HostLocalNet::new("1.0.0", request_ranges());
+    let add = |value: &str| {
+        net.exec("ADD", "c1", "eth0")
+            .env(
+                "CNI_ARGS",
+                &format!("IgnoreUnknown={value};K8S_POD_NAME=web"),
+            )
+            .run(&net.stdin())
+    };
+    for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+        assert_eq!(
+            result_ips(add(yes).ok()),
+            ["10.1.2.2", "10.1.3.10", "2001:db8::2"],
+            "IgnoreUnknown={yes}"
+        );
+    }
+    net.del("c1");
+    for no in ["0", "f", "F", "FALSE", "false", "False"] {
+        add(no).err(4, "K8S_POD_NAME");
+    }
+    add("yes").err(4, "IgnoreUnknown=\"yes\"");
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+}
+
 /// A requested address another attachment holds is refused, and the failed ADD releases what
 /// it had reserved in the other sets.
 #[test]
