@@ -91,7 +91,8 @@ fn every_version_has_its_result_shape() {
 }
 
 /// The on-disk layout is the reference's: one file per address named like Go prints it,
-/// holding `<id>\r\n<ifname>`, `last_reserved_ip.<set>`, `lock`, with the reference's modes;
+/// holding `<id>\r\n<ifname>`, `last_reserved_ip.<set>`, `lock`, with the current reference's
+/// modes (leases and markers 0600 since 1.4.0, lock 0750);
 /// each network has its own directory under `dataDir`.
 #[test]
 fn files_have_the_reference_layout() {
@@ -104,7 +105,7 @@ fn files_have_the_reference_layout() {
         .iter()
         .map(|(k, f)| (k.as_str(), (f.content.as_slice(), f.mode)))
         .collect();
-    let lease_mode = 0o644 & !mask;
+    let lease_mode = 0o600 & !mask;
     let expected: BTreeMap<&str, (&[u8], u32)> = BTreeMap::from([
         ("10.1.2.2", (&b"c1\r\neth0"[..], lease_mode)),
         ("10.1.2.3", (&b"c2\r\neth1"[..], lease_mode)),
