@@ -313,12 +313,11 @@ impl Workdir {
         self.dir.path().join("cache")
     }
 
+    /// Writes `conf` to `file` under the config directory (`file` may name a subdirectory).
     pub fn write_conf(&self, file: &str, conf: &Value) {
-        std::fs::write(
-            self.net_dir().join(file),
-            serde_json::to_vec_pretty(conf).unwrap(),
-        )
-        .unwrap();
+        let path = self.net_dir().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec_pretty(conf).unwrap()).unwrap();
     }
 }
 

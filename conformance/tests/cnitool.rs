@@ -151,6 +151,61 @@ fn single_plugin_conf_files_work() {
     assert!(!ctr.is_up("lo"));
 }
 
+/// libcni 1.3: a list may leave out `plugins` and keep them in `<dir>/<network name>/*.conf`,
+/// run after any inline ones in file-name order (other files there are not plugins);
+/// `loadOnlyInlinedPlugins` turns that off.
+#[test]
+fn plugins_load_from_the_network_directory() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let ctr = Netns::new("c");
+    let ns = ctr.path.to_str().unwrap();
+    let net = "lo-dir";
+    work.write_conf(
+        "10-lo-dir.conflist",
+        &json!({"cniVersion": "1.0.0", "name": net}),
+    );
+    work.write_conf(&format!("{net}/20-lo.conf"), &json!({"type": "loopback"}));
+    let missing = json!({"type": "rcni-no-such-plugin"});
+    work.write_conf(&format!("{net}/10-not-a-plugin.json"), &missing);
+    assert_eq!(
+        cnitool(&host, &work, &["add", net, ns]).ok()["cniVersion"],
+        "1.0.0"
+    );
+    assert!(ctr.is_up("lo"));
+    cnitool(&host, &work, &["check", net, ns]).ok();
+    cnitool(&host, &work, &["del", net, ns]).ok();
+    assert!(!ctr.is_up("lo"));
+
+    // A plugin after loopback's file: loopback runs first, and is undone when it fails.
+    work.write_conf(&format!("{net}/30-missing.conf"), &missing);
+    let add = cnitool(&host, &work, &["add", net, ns]);
+    assert_ne!(add.status, 0, "{add:?}");
+    assert!(add.stderr.contains("rcni-no-such-plugin"), "{}", add.stderr);
+    assert!(!ctr.is_up("lo"), "loopback's ADD was not undone");
+
+    work.write_conf(
+        "10-lo-dir.conflist",
+        &json!({"cniVersion": "1.0.0", "name": net, "loadOnlyInlinedPlugins": true,
+                "plugins": [{"type": "loopback"}]}),
+    );
+    cnitool(&host, &work, &["add", net, ns]).ok();
+    assert!(ctr.is_up("lo"));
+    cnitool(&host, &work, &["del", net, ns]).ok();
+
+    work.write_conf(
+        "10-lo-dir.conflist",
+        &json!({"cniVersion": "1.0.0", "name": net, "loadOnlyInlinedPlugins": true}),
+    );
+    let add = cnitool(&host, &work, &["add", net, ns]);
+    assert_ne!(add.status, 0, "{add:?}");
+    assert!(
+        add.stderr.contains("loadOnlyInlinedPlugins"),
+        "{}",
+        add.stderr
+    );
+}
+
 #[test]
 fn gc_deletes_attachments_whose_namespace_is_gone_and_status_works() {
     let host = Netns::new("h");
