@@ -892,6 +892,54 @@ fn container_sysctls_for_dad_and_arp_notify() {
     }
 }
 
+/// The gateways of the container's routes to `dst` (`-4`/`-6` by `family`), those of a
+/// multipath route's next hops included, sorted.
+fn gateways_to(ctr: &Netns, family: &str, dst: &str) -> Vec<String> {
+    let routes = ctr.ip_json(&[family, "route", "show", dst]);
+    let mut out: Vec<String> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| match r["nexthops"].as_array() {
+            Some(hops) => hops.iter().map(|h| h["gateway"].clone()).collect(),
+            None => vec![r["gateway"].clone()],
+        })
+        .filter_map(|g| g.as_str().map(String::from))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Routes to one destination via different gateways are all installed (ECMP, appended as the
+/// reference 1.9 does: IPv4 as routes side by side, IPv6 as one multipath route), not dropped
+/// as existing; CHECK finds each of them.
+#[test]
+fn routes_to_one_destination_via_two_gateways_are_all_installed() {
+    let host = Netns::new("h");
+    let mut net = Net::new("1.0.0", &["10.48.0.0/24", "fd48::/64"], json!({}));
+    net.conf["ipam"]["routes"] = json!([
+        {"dst": "0.0.0.0/0", "gw": "10.48.0.1"},
+        {"dst": "0.0.0.0/0", "gw": "10.48.0.254"},
+        {"dst": "::/0", "gw": "fd48::1"},
+        {"dst": "::/0", "gw": "fd48::fe"},
+    ]);
+    let ctr = Netns::new("c");
+    let result = net.add(&host, &ctr, "ctr1");
+    assert_eq!(result["routes"].as_array().unwrap().len(), 4, "{result}");
+    assert_eq!(
+        gateways_to(&ctr, "-4", "default"),
+        ["10.48.0.1", "10.48.0.254"]
+    );
+    assert_eq!(gateways_to(&ctr, "-6", "default"), ["fd48::1", "fd48::fe"]);
+    net.check(&host, &ctr, "ctr1", &result).ok();
+    // A route CHECK does not find still fails it.
+    let mut other = result.clone();
+    other["routes"][3]["gw"] = "fd48::fd".into();
+    net.check(&host, &ctr, "ctr1", &other)
+        .err(999, "route to ::/0 is missing");
+    net.del(&host, &ctr.path, "ctr1");
+}
+
 /// A reused address is learnt at once: the host forgets a stale neighbour entry for it (the
 /// previous container's MAC) when the new container gets the address.
 #[test]

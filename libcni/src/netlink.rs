@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
@@ -408,26 +408,42 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds a route through `link`, with every 1.1.0 route field. An identical route already
-    /// there is fine (ECMP-style append is not wanted for CNI's routes).
+    /// Adds a route through `link`, with every 1.1.0 route field. It is appended, as the
+    /// reference does (`RouteAddEcmp`): a route to a destination that already has one via
+    /// another gateway is installed beside it (IPv6 makes them one multipath route), not
+    /// refused. An identical route already there is fine.
     pub async fn add_route(
         &self,
         link: &Link,
         route: &Route,
         gateway: Option<IpAddr>,
     ) -> Result<()> {
-        let msg = route_message(link, route, gateway)?;
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-            Err(e) => Err(kernel(
+        use rtnetlink::packet_core::{
+            NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let fail = |e| {
+            kernel(
                 format_args!(
                     "cannot add route {} via {:?} dev {:?}",
                     route.dst, gateway, link.name
                 ),
                 e,
-            )),
+            )
+        };
+        let msg = route_message(link, route, gateway)?;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let mut answers = self.handle.clone().request(req).map_err(fail)?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                let e = rtnetlink::Error::NetlinkError(e);
+                if !is_errno(&e, libc::EEXIST) {
+                    return Err(fail(e));
+                }
+            }
         }
+        Ok(())
     }
 
     /// The link the kernel would route `dst` through (`ip route get`).
@@ -545,14 +561,25 @@ fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     IpNetwork::new(local.or(address)?, msg.header.prefix_len).ok()
 }
 
-/// Whether a kernel route has `route`'s destination (and gateway, when it names one).
+/// Whether a kernel route has `route`'s destination (and gateway, when it names one: the
+/// route's own or one of its next hops, for a multipath route).
 pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
     let mut dst = None;
-    let mut gw = None;
+    let mut gateways = Vec::new();
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(a) => dst = route_addr(a),
-            RouteAttribute::Gateway(a) => gw = route_addr(a),
+            RouteAttribute::Gateway(a) => gateways.extend(route_addr(a)),
+            RouteAttribute::MultiPath(hops) => {
+                gateways.extend(
+                    hops.iter()
+                        .flat_map(|h| &h.attributes)
+                        .filter_map(|a| match a {
+                            RouteAttribute::Gateway(a) => route_addr(a),
+                            _ => None,
+                        }),
+                );
+            }
             _ => {}
         }
     }
@@ -564,7 +591,7 @@ pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
     let dst = dst.unwrap_or(unspecified);
     dst == route.dst.network()
         && msg.header.destination_prefix_length == route.dst.prefix()
-        && route.gw.is_none_or(|want| gw == Some(want))
+        && route.gw.is_none_or(|want| gateways.contains(&want))
 }
 
 fn route_addr(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
@@ -614,6 +641,35 @@ fn route_message(link: &Link, route: &Route, gateway: Option<IpAddr>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_matches_by_its_gateway_or_a_next_hops() {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteNextHop};
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let mut msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+        let hop = |gw: &str| {
+            let mut hop = RouteNextHop::default();
+            hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet6(v6(gw)))];
+            hop
+        };
+        msg.attributes
+            .push(RouteAttribute::MultiPath(vec![hop("fd::1"), hop("fd::fe")]));
+        let route = |gw: Option<&str>| {
+            let mut r = Route::new("::/0".parse().unwrap(), None);
+            r.gw = gw.map(|g| IpAddr::V6(v6(g)));
+            r
+        };
+        assert!(route_matches(&msg, &route(Some("fd::fe"))));
+        assert!(route_matches(&msg, &route(Some("fd::1"))));
+        assert!(route_matches(&msg, &route(None)));
+        assert!(!route_matches(&msg, &route(Some("fd::2"))));
+        let mut single = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+        single
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(v6("fd::1"))));
+        assert!(route_matches(&single, &route(Some("fd::1"))));
+        assert!(!route_matches(&single, &route(Some("fd::fe"))));
+    }
 
     #[test]
     fn macs() {
