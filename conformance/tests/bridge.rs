@@ -90,6 +90,15 @@ impl Net {
             .run(&self.stdin_with("prevResult", prev.clone()))
     }
 
+    /// A STATUS, which names no container.
+    fn status(&self, host: &Netns) -> Outcome {
+        self.call(host, "STATUS", Path::new(""), "x")
+            .unset("CNI_CONTAINERID")
+            .unset("CNI_NETNS")
+            .unset("CNI_IFNAME")
+            .run(&self.stdin())
+    }
+
     /// The addresses host-local has leased on this network.
     fn leases(&self) -> Vec<String> {
         lease_files(&self.data.path().join(&self.name))
@@ -1349,13 +1358,7 @@ fn not_a_bridge(ns: &Netns, name: &str) {
 fn a_non_bridge_link_with_the_bridge_name() {
     let host = Netns::new("h");
     let net = Net::new("1.1.0", &["10.51.0.0/24"], json!({"isGateway": true}));
-    let status = |host: &Netns| {
-        net.call(host, "STATUS", Path::new(""), "x")
-            .unset("CNI_CONTAINERID")
-            .unset("CNI_NETNS")
-            .unset("CNI_IFNAME")
-            .run(&net.stdin())
-    };
+    let status = |host: &Netns| net.status(host);
     status(&host).ok();
     not_a_bridge(&host, &net.br);
     let ctr = Netns::new("c");
@@ -1371,6 +1374,31 @@ fn a_non_bridge_link_with_the_bridge_name() {
     assert_eq!(ctr.link_names(), ["lo"]);
     assert!(net.leases().is_empty());
     status(&host).err(50, "not a bridge");
+}
+
+/// A full range set does not make the network unavailable: STATUS succeeds (a runtime would
+/// mark the node not ready) and passes on host-local's warning on stderr, while ADD fails
+/// until DEL frees an address.
+#[test]
+fn status_succeeds_with_a_full_range_and_passes_the_warning_on() {
+    let host = Netns::new("h");
+    let net = Net::new("1.1.0", &["10.52.0.0/30"], json!({"isGateway": true}));
+    net.add(&host, &Netns::new("c"), "ctr1");
+    let out = net.status(&host);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("warning: no free addresses left in range set ipam.ranges[0]"),
+        "{out:?}"
+    );
+    let ctr2 = Netns::new("c");
+    net.run(&host, "ADD", &ctr2, "ctr2")
+        .err(999, "no IP addresses available");
+    net.del(&host, Path::new("/rcni-gone"), "ctr1");
+    let out = net.status(&host);
+    out.ok();
+    assert!(!out.stderr.contains("warning"), "{out:?}");
+    net.add(&host, &ctr2, "ctr2");
 }
 
 /// When the requested interface already exists in the container, ADD fails and leaves it (and

@@ -222,23 +222,33 @@ fn small_ranges_hand_out_exactly_their_usable_addresses() {
     }
 }
 
-/// STATUS (1.1.0) answers 50 naming the range set that has no free address, and succeeds again
-/// once an address is released; before 1.1.0 it is refused.
+/// STATUS (1.1.0) succeeds with a full range set (a runtime would mark the node not ready),
+/// naming the full set in a warning on stderr until an address is released; before 1.1.0 it
+/// is refused; an unusable store is code 50.
 #[test]
-fn status_reports_a_full_range_set() {
+fn status_warns_of_a_full_range_set() {
     let net = HostLocalNet::new("1.1.0", ranges(&[&["2001:db8::/64"], &["10.0.0.0/30"]]));
     let status = |net: &HostLocalNet| net.exec("STATUS", "", "").run(&net.stdin());
     let out = status(&net);
     out.ok();
-    assert!(out.stdout.is_empty());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
     assert!(!net.dir().exists(), "STATUS created the lease store");
     net.add("c1");
-    status(&net).err(50, "ipam.ranges[1]");
-    status(&net).err(50, "10.0.0.1-10.0.0.2");
+    let out = status(&net);
+    out.ok();
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let warning: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(warning.len(), 1, "{out:?}");
+    for needle in ["warning", "ipam.ranges[1]", "10.0.0.1-10.0.0.2"] {
+        assert!(warning[0].contains(needle), "{needle}: {out:?}");
+    }
+    assert!(!warning[0].contains("ipam.ranges[0]"), "{out:?}");
     net.run("ADD", "c2", "eth0")
         .err(999, "no IP addresses available");
     net.del("c1");
-    status(&net).ok();
+    let out = status(&net);
+    out.ok();
+    assert!(out.stderr.is_empty(), "{out:?}");
 
     let mut old = net.conf.clone();
     old["cniVersion"] = "1.0.0".into();
