@@ -594,6 +594,14 @@ impl Netns {
         v[0]["addr_info"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Sets `/proc/sys/<key>` (slash-separated) inside this namespace.
+    pub fn set_sysctl(&self, key: &str, value: &str) {
+        run_ok(
+            self.command("sysctl")
+                .args(["-qw", &format!("{key}={value}")]),
+        );
+    }
+
     /// `/proc/sys/<key>` (slash-separated) as read from inside this namespace.
     pub fn sysctl(&self, key: &str) -> String {
         let out = run_ok(self.command("cat").arg(format!("/proc/sys/{key}")));

@@ -949,6 +949,71 @@ fn routes_to_one_destination_via_two_gateways_are_all_installed() {
     net.del(&host, &ctr.path, "ctr1");
 }
 
+/// The container's IPv6 addresses (link-local included) that are still tentative.
+fn tentative_v6(ctr: &Netns) -> Vec<Value> {
+    ctr.addr_info("eth0")
+        .into_iter()
+        .filter(|a| a["family"] == "inet6" && a["tentative"] == true)
+        .collect()
+}
+
+/// With `enabledad`, ADD returns once the container's IPv6 addresses passed duplicate address
+/// detection (the kernel takes a second or more), so they are usable at once.
+#[test]
+fn enabledad_returns_with_usable_ipv6_addresses() {
+    let host = Netns::new("h");
+    let net = Net::new(
+        "1.0.0",
+        &["10.49.0.0/24", "fd49::/64"],
+        json!({"enabledad": true, "isGateway": true}),
+    );
+    let ctr = Netns::new("c");
+    net.add(&host, &ctr, "ctr1");
+    assert_eq!(tentative_v6(&ctr), Vec::<Value>::new());
+    let v6: Vec<String> = ctr
+        .global_addrs("eth0")
+        .into_iter()
+        .filter(|a| a.contains(':'))
+        .collect();
+    assert_eq!(v6, ["fd49::2/64"]);
+    net.del(&host, &ctr.path, "ctr1");
+}
+
+/// With `enabledad`, an address another host on the bridge already has fails the ADD, naming
+/// it, and the ADD is undone (no veth, no lease); so does detection that does not end within
+/// 5 s (here: ten probes a second apart).
+#[test]
+fn enabledad_fails_and_undoes_the_add_when_detection_does_not_pass() {
+    let host = Netns::new("h");
+    let net = Net::new("1.0.0", &["fd4a::/64"], json!({"enabledad": true}));
+    // The host, on the bridge, has the address host-local hands out first.
+    host.ip(&["link", "add", &net.br, "type", "bridge"]);
+    host.ip(&["addr", "add", "fd4a::2/64", "dev", &net.br, "nodad"]);
+    host.ip(&["link", "set", &net.br, "up"]);
+    let ctr = Netns::new("c");
+    let guard = std::time::Duration::from_secs(60);
+    net.call(&host, "ADD", &ctr.path, "ctr1")
+        .within(guard)
+        .run(&net.stdin())
+        .err(999, "duplicate address detection failed for fd4a::2/64");
+    assert_eq!(ctr.link_names(), ["lo"]);
+    assert!(ports(&host, &net.br).is_empty(), "{:?}", host.link_names());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+
+    host.ip(&["addr", "del", "fd4a::2/64", "dev", &net.br]);
+    ctr.set_sysctl("net/ipv6/conf/default/dad_transmits", "10");
+    let out = net
+        .call(&host, "ADD", &ctr.path, "ctr1")
+        .within(guard)
+        .run(&net.stdin());
+    out.err(999, "still has tentative addresses after 5 s");
+    // Round-robin: the address after the one the failed ADD released.
+    out.err(999, "fd4a::3/64");
+    assert_eq!(ctr.link_names(), ["lo"]);
+    assert!(ports(&host, &net.br).is_empty(), "{:?}", host.link_names());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+}
+
 /// A reused address is learnt at once: the host forgets a stale neighbour entry for it (the
 /// previous container's MAC) when the new container gets the address.
 #[test]

@@ -27,9 +27,15 @@ use crate::result::Route;
 pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the netlink runtime: {e}")))?;
     Ok(rt.block_on(fut))
+}
+
+/// Waits `time` without blocking the runtime of [`block_on`] (never `thread::sleep` there).
+pub async fn pause(time: std::time::Duration) {
+    tokio::time::sleep(time).await;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -391,6 +397,11 @@ impl Netlink {
         }
     }
 
+    /// Where duplicate address detection stands for the link's IPv6 addresses.
+    pub async fn ipv6_dad(&self, link: &Link) -> Result<Dad> {
+        Ok(dad_state(&self.address_messages(link).await?))
+    }
+
     pub async fn del_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
         let msgs = self.address_messages(link).await?;
         for msg in msgs.into_iter().filter(|m| address_of(m) == Some(address)) {
@@ -548,6 +559,51 @@ pub struct VethSpec<'a> {
     pub controller: u32,
 }
 
+/// Duplicate address detection of a link's IPv6 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dad {
+    /// No IPv6 address is tentative.
+    Done,
+    /// These are still being checked.
+    Tentative(Vec<IpNetwork>),
+    /// Another host on the link has this one (IFA_F_DADFAILED).
+    Failed(IpNetwork),
+}
+
+fn dad_state(msgs: &[AddressMessage]) -> Dad {
+    use rtnetlink::packet_route::AddressFamily;
+    use rtnetlink::packet_route::address::AddressFlags;
+    let mut tentative = Vec::new();
+    for msg in msgs
+        .iter()
+        .filter(|m| m.header.family == AddressFamily::Inet6)
+    {
+        // IFA_FLAGS has all 32 bits; the header's byte holds the ones we need when it is absent.
+        let flags = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            })
+            .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits())));
+        let Some(address) = address_of(msg) else {
+            continue;
+        };
+        if flags.contains(AddressFlags::Dadfailed) {
+            return Dad::Failed(address);
+        }
+        if flags.contains(AddressFlags::Tentative) {
+            tentative.push(address);
+        }
+    }
+    if tentative.is_empty() {
+        Dad::Done
+    } else {
+        Dad::Tentative(tentative)
+    }
+}
+
 fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     let mut local = None;
     let mut address = None;
@@ -641,6 +697,48 @@ fn route_message(link: &Link, route: &Route, gateway: Option<IpAddr>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dad_state_reads_the_flags_of_ipv6_addresses() {
+        use rtnetlink::packet_route::AddressFamily;
+        use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
+        let addr = |ip: &str, flags: Option<AddressFlags>, header: AddressHeaderFlags| {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut m = AddressMessage::default();
+            m.header.family = if ip.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            m.header.prefix_len = 64;
+            m.header.flags = header;
+            m.attributes.push(AddressAttribute::Address(ip));
+            m.attributes.extend(flags.map(AddressAttribute::Flags));
+            m
+        };
+        let none = AddressHeaderFlags::empty();
+        let done = addr("fd::2", Some(AddressFlags::Permanent), none);
+        let v4 = addr("10.0.0.2", Some(AddressFlags::Tentative), none);
+        let tentative = addr("fe80::1", Some(AddressFlags::Tentative), none);
+        let header_only = addr("fd::3", None, AddressHeaderFlags::Tentative);
+        let failed = addr(
+            "fd::4",
+            Some(AddressFlags::Tentative | AddressFlags::Dadfailed),
+            none,
+        );
+        assert_eq!(dad_state(&[done.clone(), v4.clone()]), Dad::Done);
+        assert_eq!(
+            dad_state(&[done.clone(), tentative.clone(), header_only.clone()]),
+            Dad::Tentative(vec![
+                "fe80::1/64".parse().unwrap(),
+                "fd::3/64".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            dad_state(&[tentative, failed, done]),
+            Dad::Failed("fd::4/64".parse().unwrap())
+        );
+    }
 
     #[test]
     fn a_route_matches_by_its_gateway_or_a_next_hops() {
