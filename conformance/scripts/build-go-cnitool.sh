@@ -31,8 +31,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-cache show "${pkgs[@]}" >/dev/null 2>&1 || apt-get update -q
 apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
 
-# Version and mirror of the installed libcni, e.g.
-#   "1.1.2-1"  and  "500 http://deb.debian.org/debian bookworm/main amd64 Packages"
+# Version and mirror of the installed libcni, as apt-cache policy prints them, e.g.
+#   "1.1.2-1"  and  "500 <mirror URI> bookworm/main amd64 Packages"
 version=$(dpkg-query -W -f '${Version}' golang-github-appc-cni-dev)
 read -r uri suite_comp < <(apt-cache policy golang-github-appc-cni-dev |
     awk '/:\/\// && / Packages$/ { print $2, $3; exit }') || true

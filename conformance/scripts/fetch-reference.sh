@@ -20,10 +20,16 @@ for dir in "$target"/reference-*; do
     have "$dir" && { echo "$dir"; exit 0; }
 done
 
-# The mirror of the installed Debian, e.g. http://deb.debian.org/debian.
-uri=$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' 2>/dev/null |
-    grep -v -- '-security' | head -n 1)
-uri=${uri:-http://deb.debian.org/debian/}
+# The mirror apt is configured to take the installed release from (its sources, not the
+# security or updates suites), exactly as written there.
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+[[ -n $codename ]] || { echo "$0: no VERSION_CODENAME in /etc/os-release" >&2; exit 1; }
+uri=$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' "Release: $codename" |
+    head -n 1)
+[[ -n $uri ]] || {
+    echo "$0: apt has no source for release $codename (apt-get indextargets)" >&2
+    exit 1
+}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -325,12 +325,11 @@ impl Workdir {
         self.dir.path().join("cache")
     }
 
+    /// Writes `conf` to `file` under the config directory (`file` may name a subdirectory).
     pub fn write_conf(&self, file: &str, conf: &Value) {
-        std::fs::write(
-            self.net_dir().join(file),
-            serde_json::to_vec_pretty(conf).unwrap(),
-        )
-        .unwrap();
+        let path = self.net_dir().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec_pretty(conf).unwrap()).unwrap();
     }
 }
 
@@ -605,6 +604,14 @@ impl Netns {
     pub fn addr_info(&self, dev: &str) -> Vec<Value> {
         let v = self.ip_json(&["addr", "show", "dev", dev]);
         v[0]["addr_info"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Sets `/proc/sys/<key>` (slash-separated) inside this namespace.
+    pub fn set_sysctl(&self, key: &str, value: &str) {
+        run_ok(
+            self.command("sysctl")
+                .args(["-qw", &format!("{key}={value}")]),
+        );
     }
 
     /// `/proc/sys/<key>` (slash-separated) as read from inside this namespace.

@@ -90,6 +90,15 @@ impl Net {
             .run(&self.stdin_with("prevResult", prev.clone()))
     }
 
+    /// A STATUS, which names no container.
+    fn status(&self, host: &Netns) -> Outcome {
+        self.call(host, "STATUS", Path::new(""), "x")
+            .unset("CNI_CONTAINERID")
+            .unset("CNI_NETNS")
+            .unset("CNI_IFNAME")
+            .run(&self.stdin())
+    }
+
     /// The addresses host-local has leased on this network.
     fn leases(&self) -> Vec<String> {
         lease_files(&self.data.path().join(&self.name))
@@ -892,6 +901,119 @@ fn container_sysctls_for_dad_and_arp_notify() {
     }
 }
 
+/// The gateways of the container's routes to `dst` (`-4`/`-6` by `family`), those of a
+/// multipath route's next hops included, sorted.
+fn gateways_to(ctr: &Netns, family: &str, dst: &str) -> Vec<String> {
+    let routes = ctr.ip_json(&[family, "route", "show", dst]);
+    let mut out: Vec<String> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| match r["nexthops"].as_array() {
+            Some(hops) => hops.iter().map(|h| h["gateway"].clone()).collect(),
+            None => vec![r["gateway"].clone()],
+        })
+        .filter_map(|g| g.as_str().map(String::from))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Routes to one destination via different gateways are all installed (ECMP, appended as the
+/// reference 1.9 does: IPv4 as routes side by side, IPv6 as one multipath route), not dropped
+/// as existing; CHECK finds each of them.
+#[test]
+fn routes_to_one_destination_via_two_gateways_are_all_installed() {
+    let host = Netns::new("h");
+    let mut net = Net::new("1.0.0", &["10.48.0.0/24", "fd48::/64"], json!({}));
+    net.conf["ipam"]["routes"] = json!([
+        {"dst": "0.0.0.0/0", "gw": "10.48.0.1"},
+        {"dst": "0.0.0.0/0", "gw": "10.48.0.254"},
+        {"dst": "::/0", "gw": "fd48::1"},
+        {"dst": "::/0", "gw": "fd48::fe"},
+    ]);
+    let ctr = Netns::new("c");
+    let result = net.add(&host, &ctr, "ctr1");
+    assert_eq!(result["routes"].as_array().unwrap().len(), 4, "{result}");
+    assert_eq!(
+        gateways_to(&ctr, "-4", "default"),
+        ["10.48.0.1", "10.48.0.254"]
+    );
+    assert_eq!(gateways_to(&ctr, "-6", "default"), ["fd48::1", "fd48::fe"]);
+    net.check(&host, &ctr, "ctr1", &result).ok();
+    // A route CHECK does not find still fails it.
+    let mut other = result.clone();
+    other["routes"][3]["gw"] = "fd48::fd".into();
+    net.check(&host, &ctr, "ctr1", &other)
+        .err(999, "route to ::/0 is missing");
+    net.del(&host, &ctr.path, "ctr1");
+}
+
+/// The container's IPv6 addresses (link-local included) that are still tentative.
+fn tentative_v6(ctr: &Netns) -> Vec<Value> {
+    ctr.addr_info("eth0")
+        .into_iter()
+        .filter(|a| a["family"] == "inet6" && a["tentative"] == true)
+        .collect()
+}
+
+/// With `enabledad`, ADD returns once the container's IPv6 addresses passed duplicate address
+/// detection (the kernel takes a second or more), so they are usable at once.
+#[test]
+fn enabledad_returns_with_usable_ipv6_addresses() {
+    let host = Netns::new("h");
+    let net = Net::new(
+        "1.0.0",
+        &["10.49.0.0/24", "fd49::/64"],
+        json!({"enabledad": true, "isGateway": true}),
+    );
+    let ctr = Netns::new("c");
+    net.add(&host, &ctr, "ctr1");
+    assert_eq!(tentative_v6(&ctr), Vec::<Value>::new());
+    let v6: Vec<String> = ctr
+        .global_addrs("eth0")
+        .into_iter()
+        .filter(|a| a.contains(':'))
+        .collect();
+    assert_eq!(v6, ["fd49::2/64"]);
+    net.del(&host, &ctr.path, "ctr1");
+}
+
+/// With `enabledad`, an address another host on the bridge already has fails the ADD, naming
+/// it, and the ADD is undone (no veth, no lease); so does detection that does not end within
+/// 5 s (here: ten probes a second apart).
+#[test]
+fn enabledad_fails_and_undoes_the_add_when_detection_does_not_pass() {
+    let host = Netns::new("h");
+    let net = Net::new("1.0.0", &["fd4a::/64"], json!({"enabledad": true}));
+    // The host, on the bridge, has the address host-local hands out first.
+    host.ip(&["link", "add", &net.br, "type", "bridge"]);
+    host.ip(&["addr", "add", "fd4a::2/64", "dev", &net.br, "nodad"]);
+    host.ip(&["link", "set", &net.br, "up"]);
+    let ctr = Netns::new("c");
+    let guard = std::time::Duration::from_secs(60);
+    net.call(&host, "ADD", &ctr.path, "ctr1")
+        .within(guard)
+        .run(&net.stdin())
+        .err(999, "duplicate address detection failed for fd4a::2/64");
+    assert_eq!(ctr.link_names(), ["lo"]);
+    assert!(ports(&host, &net.br).is_empty(), "{:?}", host.link_names());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+
+    host.ip(&["addr", "del", "fd4a::2/64", "dev", &net.br]);
+    ctr.set_sysctl("net/ipv6/conf/default/dad_transmits", "10");
+    let out = net
+        .call(&host, "ADD", &ctr.path, "ctr1")
+        .within(guard)
+        .run(&net.stdin());
+    out.err(999, "still has tentative addresses after 5 s");
+    // Round-robin: the address after the one the failed ADD released.
+    out.err(999, "fd4a::3/64");
+    assert_eq!(ctr.link_names(), ["lo"]);
+    assert!(ports(&host, &net.br).is_empty(), "{:?}", host.link_names());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+}
+
 /// A reused address is learnt at once: the host forgets a stale neighbour entry for it (the
 /// previous container's MAC) when the new container gets the address.
 #[test]
@@ -1301,13 +1423,7 @@ fn not_a_bridge(ns: &Netns, name: &str) {
 fn a_non_bridge_link_with_the_bridge_name() {
     let host = Netns::new("h");
     let net = Net::new("1.1.0", &["10.51.0.0/24"], json!({"isGateway": true}));
-    let status = |host: &Netns| {
-        net.call(host, "STATUS", Path::new(""), "x")
-            .unset("CNI_CONTAINERID")
-            .unset("CNI_NETNS")
-            .unset("CNI_IFNAME")
-            .run(&net.stdin())
-    };
+    let status = |host: &Netns| net.status(host);
     status(&host).ok();
     not_a_bridge(&host, &net.br);
     let ctr = Netns::new("c");
@@ -1323,6 +1439,31 @@ fn a_non_bridge_link_with_the_bridge_name() {
     assert_eq!(ctr.link_names(), ["lo"]);
     assert!(net.leases().is_empty());
     status(&host).err(50, "not a bridge");
+}
+
+/// A full range set does not make the network unavailable: STATUS succeeds (a runtime would
+/// mark the node not ready) and passes on host-local's warning on stderr, while ADD fails
+/// until DEL frees an address.
+#[test]
+fn status_succeeds_with_a_full_range_and_passes_the_warning_on() {
+    let host = Netns::new("h");
+    let net = Net::new("1.1.0", &["10.52.0.0/30"], json!({"isGateway": true}));
+    net.add(&host, &Netns::new("c"), "ctr1");
+    let out = net.status(&host);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("warning: no free addresses left in range set ipam.ranges[0]"),
+        "{out:?}"
+    );
+    let ctr2 = Netns::new("c");
+    net.run(&host, "ADD", &ctr2, "ctr2")
+        .err(999, "no IP addresses available");
+    net.del(&host, Path::new("/rcni-gone"), "ctr1");
+    let out = net.status(&host);
+    out.ok();
+    assert!(!out.stderr.contains("warning"), "{out:?}");
+    net.add(&host, &ctr2, "ctr2");
 }
 
 /// When the requested interface already exists in the container, ADD fails and leaves it (and

@@ -151,6 +151,150 @@ fn single_plugin_conf_files_work() {
     assert!(!ctr.is_up("lo"));
 }
 
+/// libcni 1.3: a list may leave out `plugins` and keep them in `<dir>/<network name>/*.conf`,
+/// run after any inline ones in file-name order (other files there are not plugins);
+/// `loadOnlyInlinedPlugins` turns that off.
+#[test]
+fn plugins_load_from_the_network_directory() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let ctr = Netns::new("c");
+    let ns = ctr.path.to_str().unwrap();
+    let net = "lo-dir";
+    work.write_conf(
+        "10-lo-dir.conflist",
+        &json!({"cniVersion": "1.0.0", "name": net}),
+    );
+    work.write_conf(&format!("{net}/20-lo.conf"), &json!({"type": "loopback"}));
+    let missing = json!({"type": "rcni-no-such-plugin"});
+    work.write_conf(&format!("{net}/10-not-a-plugin.json"), &missing);
+    assert_eq!(
+        cnitool(&host, &work, &["add", net, ns]).ok()["cniVersion"],
+        "1.0.0"
+    );
+    assert!(ctr.is_up("lo"));
+    cnitool(&host, &work, &["check", net, ns]).ok();
+    cnitool(&host, &work, &["del", net, ns]).ok();
+    assert!(!ctr.is_up("lo"));
+
+    // A plugin after loopback's file: loopback runs first, and is undone when it fails.
+    work.write_conf(&format!("{net}/30-missing.conf"), &missing);
+    let add = cnitool(&host, &work, &["add", net, ns]);
+    assert_ne!(add.status, 0, "{add:?}");
+    assert!(add.stderr.contains("rcni-no-such-plugin"), "{}", add.stderr);
+    assert!(!ctr.is_up("lo"), "loopback's ADD was not undone");
+
+    work.write_conf(
+        "10-lo-dir.conflist",
+        &json!({"cniVersion": "1.0.0", "name": net, "loadOnlyInlinedPlugins": true,
+                "plugins": [{"type": "loopback"}]}),
+    );
+    cnitool(&host, &work, &["add", net, ns]).ok();
+    assert!(ctr.is_up("lo"));
+    cnitool(&host, &work, &["del", net, ns]).ok();
+
+    work.write_conf(
+        "10-lo-dir.conflist",
+        &json!({"cniVersion": "1.0.0", "name": net, "loadOnlyInlinedPlugins": true}),
+    );
+    let add = cnitool(&host, &work, &["add", net, ns]);
+    assert_ne!(add.status, 0, "{add:?}");
+    assert!(
+        add.stderr.contains("loadOnlyInlinedPlugins"),
+        "{}",
+        add.stderr
+    );
+}
+
+/// `-i NAME`, `--ifname NAME` and `--ifname=NAME`, before or after the positional arguments,
+/// as the Go cnitool (cobra) takes them: each names the interface of the attachment.
+#[test]
+fn options_anywhere_name_the_interface() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let ctr = Netns::new("c");
+    let ns = ctr.path.to_str().unwrap();
+    work.write_conf("lo.conflist", &loopback_list("lo-opts", "1.0.0"));
+    let entry = |ifname: &str| {
+        work.cache_dir().join(format!(
+            "results/lo-opts-{}-{ifname}",
+            cnitool_container_id(&ctr.path)
+        ))
+    };
+    cnitool(&host, &work, &["add", "lo-opts", ns, "--ifname=net1"]).ok();
+    assert!(entry("net1").is_file());
+    assert!(!entry("eth0").exists());
+    cnitool(&host, &work, &["check", "lo-opts", ns, "-i", "net1"]).ok();
+    cnitool(&host, &work, &["--ifname", "net1", "del", "lo-opts", ns]).ok();
+    assert!(
+        !entry("net1").exists(),
+        "DEL with --ifname missed the entry"
+    );
+    let bad = cnitool(&host, &work, &["add", "lo-opts", ns, "--ifnam=x"]);
+    assert_ne!(bad.status, 0);
+    assert!(bad.stderr.contains("--ifnam=x"), "{}", bad.stderr);
+    assert!(!ctr.is_up("lo"));
+}
+
+/// A plugin in a temporary CNI_PATH directory: a shell script with `body`.
+fn script_plugin(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// What a failing plugin wrote on stderr is in the error cnitool reports: as the message when
+/// the plugin printed nothing on stdout (the Go library's "netplugin failed: …"), in the
+/// details of the CNI error it printed otherwise.
+#[test]
+fn a_failing_plugins_stderr_is_in_the_error() {
+    let host = Netns::new("h");
+    let work = Workdir::new();
+    let ctr = Netns::new("c");
+    let ns = ctr.path.to_str().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    script_plugin(
+        plugins.path(),
+        "rcni-test-crash",
+        "echo 'panic: the reason' >&2; exit 2",
+    );
+    script_plugin(
+        plugins.path(),
+        "rcni-test-refuse",
+        r#"echo 'warning: the context' >&2; echo '{"code":7,"msg":"refused"}'; exit 1"#,
+    );
+    let path = format!("{}:{}", plugins.path().display(), bin_dir().display());
+    let error_line = |plugin: &str| {
+        let net = format!("lo-{plugin}");
+        work.write_conf(
+            &format!("{net}.conflist"),
+            &json!({"cniVersion": "1.0.0", "name": net,
+                    "plugins": [{"type": "loopback"}, {"type": plugin}]}),
+        );
+        let add =
+            conformance::cnitool_env(&host, &work, &["add", &net, ns], &[("CNI_PATH", &path)]);
+        assert_ne!(add.status, 0, "{add:?}");
+        assert!(!ctr.is_up("lo"), "loopback's ADD was not undone");
+        add.stderr
+            .lines()
+            .find(|l| l.starts_with("cnitool: "))
+            .unwrap_or_else(|| panic!("no error line in {:?}", add.stderr))
+            .to_string()
+    };
+    let crash = error_line("rcni-test-crash");
+    assert!(
+        crash.contains(r#"netplugin failed: "panic: the reason""#),
+        "{crash}"
+    );
+    let refuse = error_line("rcni-test-refuse");
+    assert!(
+        refuse.contains("refused") && refuse.contains("warning: the context"),
+        "{refuse}"
+    );
+    assert!(refuse.contains("(code 7)"), "{refuse}");
+}
+
 #[test]
 fn gc_deletes_attachments_whose_namespace_is_gone_and_status_works() {
     let host = Netns::new("h");

@@ -91,7 +91,8 @@ fn every_version_has_its_result_shape() {
 }
 
 /// The on-disk layout is the reference's: one file per address named like Go prints it,
-/// holding `<id>\r\n<ifname>`, `last_reserved_ip.<set>`, `lock`, with the reference's modes;
+/// holding `<id>\r\n<ifname>`, `last_reserved_ip.<set>`, `lock`, with the current reference's
+/// modes (leases and markers 0600 since 1.4.0, lock 0750);
 /// each network has its own directory under `dataDir`.
 #[test]
 fn files_have_the_reference_layout() {
@@ -104,7 +105,7 @@ fn files_have_the_reference_layout() {
         .iter()
         .map(|(k, f)| (k.as_str(), (f.content.as_slice(), f.mode)))
         .collect();
-    let lease_mode = 0o644 & !mask;
+    let lease_mode = 0o600 & !mask;
     let expected: BTreeMap<&str, (&[u8], u32)> = BTreeMap::from([
         ("10.1.2.2", (&b"c1\r\neth0"[..], lease_mode)),
         ("10.1.2.3", (&b"c2\r\neth1"[..], lease_mode)),
@@ -221,23 +222,33 @@ fn small_ranges_hand_out_exactly_their_usable_addresses() {
     }
 }
 
-/// STATUS (1.1.0) answers 50 naming the range set that has no free address, and succeeds again
-/// once an address is released; before 1.1.0 it is refused.
+/// STATUS (1.1.0) succeeds with a full range set (a runtime would mark the node not ready),
+/// naming the full set in a warning on stderr until an address is released; before 1.1.0 it
+/// is refused; an unusable store is code 50.
 #[test]
-fn status_reports_a_full_range_set() {
+fn status_warns_of_a_full_range_set() {
     let net = HostLocalNet::new("1.1.0", ranges(&[&["2001:db8::/64"], &["10.0.0.0/30"]]));
     let status = |net: &HostLocalNet| net.exec("STATUS", "", "").run(&net.stdin());
     let out = status(&net);
     out.ok();
-    assert!(out.stdout.is_empty());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
     assert!(!net.dir().exists(), "STATUS created the lease store");
     net.add("c1");
-    status(&net).err(50, "ipam.ranges[1]");
-    status(&net).err(50, "10.0.0.1-10.0.0.2");
+    let out = status(&net);
+    out.ok();
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let warning: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(warning.len(), 1, "{out:?}");
+    for needle in ["warning", "ipam.ranges[1]", "10.0.0.1-10.0.0.2"] {
+        assert!(warning[0].contains(needle), "{needle}: {out:?}");
+    }
+    assert!(!warning[0].contains("ipam.ranges[0]"), "{out:?}");
     net.run("ADD", "c2", "eth0")
         .err(999, "no IP addresses available");
     net.del("c1");
-    status(&net).ok();
+    let out = status(&net);
+    out.ok();
+    assert!(out.stderr.is_empty(), "{out:?}");
 
     let mut old = net.conf.clone();
     old["cniVersion"] = "1.0.0".into();
@@ -471,6 +482,35 @@ fn requested_ip_errors_name_their_source() {
         }
         assert!(net.leases().is_empty(), "{}: {:?}", case.what, net.leases());
     }
+}
+
+/// `IgnoreUnknown` is read as Go's `strconv.ParseBool` reads it (and libcni's any-case
+/// `true`/`false`): a true spelling lets unknown CNI_ARGS keys through, a false one does not,
+/// anything else fails with code 4 naming the key.
+#[test]
+fn ignore_unknown_takes_every_go_bool_spelling() {
+    let net = HostLocalNet::new("1.0.0", request_ranges());
+    let add = |value: &str| {
+        net.exec("ADD", "c1", "eth0")
+            .env(
+                "CNI_ARGS",
+                &format!("IgnoreUnknown={value};K8S_POD_NAME=web"),
+            )
+            .run(&net.stdin())
+    };
+    for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+        assert_eq!(
+            result_ips(add(yes).ok()),
+            ["10.1.2.2", "10.1.3.10", "2001:db8::2"],
+            "IgnoreUnknown={yes}"
+        );
+    }
+    net.del("c1");
+    for no in ["0", "f", "F", "FALSE", "false", "False"] {
+        add(no).err(4, "K8S_POD_NAME");
+    }
+    add("yes").err(4, "IgnoreUnknown=\"yes\"");
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
 }
 
 /// A requested address another attachment holds is refused, and the failed ADD releases what

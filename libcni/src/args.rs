@@ -45,13 +45,11 @@ impl CniArgs {
     pub fn check_known(&self, known: &[&str]) -> Result<()> {
         let ignore = match self.get("IgnoreUnknown") {
             None => false,
-            Some("1" | "true" | "True") => true,
-            Some("0" | "false" | "False") => false,
-            Some(other) => {
-                return Err(Error::invalid_env(format!(
-                    "invalid CNI_ARGS IgnoreUnknown={other:?}: expected 1, true, True, 0, false or False"
-                )));
-            }
+            Some(value) => parse_bool(value).ok_or_else(|| {
+                Error::invalid_env(format!(
+                    "invalid CNI_ARGS IgnoreUnknown={value:?}: expected 1, t, true, 0, f or false (any case)"
+                ))
+            })?,
         };
         let unknown: Vec<&str> = self
             .pairs
@@ -66,6 +64,18 @@ impl CniArgs {
                 "unknown CNI_ARGS keys {unknown:?} (set IgnoreUnknown=1 to allow them)"
             )))
         }
+    }
+}
+
+/// What Go's `strconv.ParseBool` accepts (`1`, `t`, `T`, `TRUE`, `true`, `True` and the false
+/// counterparts), and every case of `true`/`false`, which libcni's own parser reads.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" => Some(true),
+        "0" | "f" | "F" => Some(false),
+        v if v.eq_ignore_ascii_case("true") => Some(true),
+        v if v.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
     }
 }
 
@@ -97,18 +107,21 @@ mod tests {
         let a = CniArgs::parse("MAC=aa:bb:cc:dd:ee:ff;K8S_POD_NAME=x").unwrap();
         let e = a.check_known(&["MAC"]).unwrap_err();
         assert!(e.msg.contains("K8S_POD_NAME"), "{}", e.msg);
-        for yes in ["1", "true", "True"] {
+        for yes in ["1", "t", "T", "TRUE", "true", "True", "tRuE"] {
             let a = CniArgs::parse(&format!("IgnoreUnknown={yes};X=1")).unwrap();
-            assert!(a.check_known(&[]).is_ok());
+            assert!(a.check_known(&[]).is_ok(), "{yes}");
         }
-        let a = CniArgs::parse("IgnoreUnknown=0;X=1").unwrap();
-        assert!(a.check_known(&[]).is_err());
-        let a = CniArgs::parse("IgnoreUnknown=yes").unwrap();
-        assert!(
-            a.check_known(&[])
-                .unwrap_err()
-                .msg
-                .contains("IgnoreUnknown")
-        );
+        for no in ["0", "f", "F", "FALSE", "false", "False"] {
+            let a = CniArgs::parse(&format!("IgnoreUnknown={no};X=1")).unwrap();
+            assert!(a.check_known(&[]).unwrap_err().msg.contains("X"), "{no}");
+            let a = CniArgs::parse(&format!("IgnoreUnknown={no}")).unwrap();
+            assert!(a.check_known(&[]).is_ok(), "{no} without unknown keys");
+        }
+        for bad in ["yes", "", "2", "tr", "on"] {
+            let a = CniArgs::parse(&format!("IgnoreUnknown={bad}")).unwrap();
+            let e = a.check_known(&[]).unwrap_err();
+            assert!(e.msg.contains("IgnoreUnknown"), "{bad}: {}", e.msg);
+            assert_eq!(e.code, 4);
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::{Command as Process, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -45,7 +45,9 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
 }
 
 /// Runs `plugin` with `command`, feeding `stdin`; returns its stdout on success, its CNI error
-/// otherwise. The plugin's stderr goes to ours.
+/// otherwise. What the plugin wrote on stderr goes to ours when it succeeds, and into the
+/// error when it fails (as the Go library's message when stdout is empty, else in `details`),
+/// so a runtime that logs only the error still sees it.
 pub fn exec(plugin: &Path, command: Command, env: &Env, stdin: &[u8]) -> Result<Vec<u8>> {
     let joined = std::env::join_paths(&env.path)
         .map_err(|e| Error::invalid_env(format!("CNI_PATH: {e}")))?;
@@ -60,7 +62,7 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, stdin: &[u8]) -> Result<
             .env("CNI_PATH", &joined)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn();
         match spawned {
             Ok(child) => break child,
@@ -85,22 +87,111 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, stdin: &[u8]) -> Result<
         Error::internal(format!("cannot wait for plugin {}: {e}", plugin.display()))
     })?;
     if out.status.success() {
+        // Informational only: a closed stderr must not fail the call.
+        let _ = std::io::stderr().write_all(&out.stderr);
         return Ok(out.stdout);
     }
     let name = plugin
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Err(match Error::from_plugin_output(&out.stdout) {
+    Err(failure(&name, out.status, &out.stdout, &out.stderr))
+}
+
+/// The most of a failing plugin's stderr kept in its error (the end, where the reason is).
+const STDERR_KEPT: usize = 16 * 1024;
+
+/// The error of a plugin that exited with `status`, from what it printed.
+fn failure(name: &str, status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> Error {
+    let stderr = stderr_text(stderr);
+    let error = match Error::from_plugin_output(stdout) {
         Some(e) => e,
-        None if out.stdout.is_empty() => Error::internal(format!(
-            "plugin {name:?} failed with no error message ({})",
-            out.status
-        )),
+        None if stdout.is_empty() => {
+            return match stderr {
+                // Go's wording, so logs read the same whichever library ran the plugin.
+                Some(text) => Error::internal(format!("netplugin failed: {text:?}"))
+                    .with_details(format!("plugin {name:?} exited with {status}")),
+                None => Error::internal(format!(
+                    "plugin {name:?} failed with no error message ({status})"
+                )),
+            };
+        }
         None => Error::internal(format!(
-            "plugin {name:?} failed ({}) and its output is not a CNI error: {:?}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout)
+            "plugin {name:?} failed ({status}) and its output is not a CNI error: {:?}",
+            String::from_utf8_lossy(stdout)
         )),
+    };
+    match stderr {
+        Some(text) => {
+            let details = match error.details.as_str() {
+                "" => format!("stderr of {name:?}: {text:?}"),
+                given => format!("{given}; stderr of {name:?}: {text:?}"),
+            };
+            error.with_details(details)
+        }
+        None => error,
+    }
+}
+
+/// Stderr as text without surrounding whitespace, its end only when long; `None` when empty.
+fn stderr_text(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let cut = text.len().saturating_sub(STDERR_KEPT);
+    Some(match text.char_indices().find(|(i, _)| *i >= cut) {
+        Some((0, _)) | None => text.to_string(),
+        Some((i, _)) => format!("…{}", &text[i..]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn exit(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn stderr_is_the_message_when_stdout_is_empty() {
+        let e = failure("bridge", exit(1), b"", b"panic: boom\n\tat main.go:1\n");
+        assert_eq!(e.msg, r#"netplugin failed: "panic: boom\n\tat main.go:1""#);
+        assert!(e.details.contains("\"bridge\""), "{}", e.details);
+        assert!(e.details.contains("exit status: 1"), "{}", e.details);
+        let e = failure("bridge", exit(2), b"", b" \n");
+        assert!(e.msg.contains("no error message"), "{}", e.msg);
+    }
+
+    #[test]
+    fn stderr_joins_the_details_of_a_cni_error() {
+        let stdout = br#"{"code":7,"msg":"bad mtu","details":"must be a number"}"#;
+        let e = failure("bridge", exit(1), stdout, b"warning: x\n");
+        assert_eq!((e.code, e.msg.as_str()), (7, "bad mtu"));
+        assert_eq!(
+            e.details,
+            r#"must be a number; stderr of "bridge": "warning: x""#
+        );
+        let e = failure("bridge", exit(1), br#"{"code":7,"msg":"m"}"#, b"");
+        assert_eq!(e.details, "");
+        let e = failure("bridge", exit(1), b"garbage", b"why");
+        assert!(
+            e.msg.contains("garbage") && e.details.contains("why"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn long_stderr_keeps_its_end() {
+        let long = format!("{}the reason", "é".repeat(STDERR_KEPT));
+        let text = stderr_text(long.as_bytes()).unwrap();
+        assert!(
+            text.starts_with('…') && text.ends_with("the reason"),
+            "{text}"
+        );
+        assert!(text.len() <= STDERR_KEPT + '…'.len_utf8() + 1);
+    }
 }

@@ -2,10 +2,11 @@
 //! result to an interface inside the container.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::invoke::{self, Env};
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{Dad, Link, Netlink};
 use crate::netns::Netns;
 use crate::result::{CniResult, IpConfig, Route};
 use crate::skel::{Command, Request};
@@ -54,15 +55,17 @@ pub fn status(req: &Request, ipam_type: &str) -> Result<()> {
     delegate(req, ipam_type, Command::Status).map(drop)
 }
 
-/// Puts `ips` on `link` in the container, brings it up, and adds `routes` (a route without a
-/// gateway uses the first gateway of its family, as the reference does). IPv6 is enabled on
-/// the interface first when an IPv6 address is configured.
+/// Puts `ips` on `link` in the container, brings it up, waits up to `dad_wait` (when given
+/// and there is an IPv6 address) for duplicate address detection, and adds `routes` (a route
+/// without a gateway uses the first gateway of its family, as the reference does). IPv6 is
+/// enabled on the interface first when an IPv6 address is configured.
 pub async fn configure_iface(
     nl: &Netlink,
     ns: &Netns,
     link: &Link,
     ips: &[IpConfig],
     routes: &[Route],
+    dad_wait: Option<Duration>,
 ) -> Result<()> {
     if ips.iter().any(|ip| ip.address.is_ipv6()) {
         ns.run(|| -> Result<()> {
@@ -79,11 +82,47 @@ pub async fn configure_iface(
         nl.add_address(link, ip.address).await?;
     }
     nl.set_up(link, true).await?;
+    if let Some(limit) = dad_wait
+        && ips.iter().any(|ip| ip.address.is_ipv6())
+    {
+        wait_dad(nl, link, limit).await?;
+    }
     for route in routes {
         let gateway = route.gw.or_else(|| first_gateway(ips, route.dst.is_ipv4()));
         nl.add_route(link, route, gateway).await?;
     }
     Ok(())
+}
+
+/// How often duplicate address detection is looked at (the reference's interval).
+const DAD_POLL: Duration = Duration::from_millis(50);
+
+/// Waits until no IPv6 address of `link` is tentative, so the container can use them when ADD
+/// returns; fails at once when another host has one of them, and after `limit` when some are
+/// still tentative.
+async fn wait_dad(nl: &Netlink, link: &Link, limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match nl.ipv6_dad(link).await? {
+            Dad::Done => return Ok(()),
+            Dad::Failed(address) => {
+                return Err(Error::internal(format!(
+                    "duplicate address detection failed for {address} on {:?}: another host on the link has that address",
+                    link.name
+                )));
+            }
+            Dad::Tentative(pending) if tokio::time::Instant::now() >= deadline => {
+                let pending: Vec<String> = pending.iter().map(ToString::to_string).collect();
+                return Err(Error::internal(format!(
+                    "{:?} still has tentative addresses after {} s of duplicate address detection: {}",
+                    link.name,
+                    limit.as_secs_f32(),
+                    pending.join(", ")
+                )));
+            }
+            Dad::Tentative(_) => crate::netlink::pause(DAD_POLL).await,
+        }
+    }
 }
 
 fn first_gateway(ips: &[IpConfig], v4: bool) -> Option<IpAddr> {

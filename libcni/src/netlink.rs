@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
@@ -27,9 +27,15 @@ use crate::result::Route;
 pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the netlink runtime: {e}")))?;
     Ok(rt.block_on(fut))
+}
+
+/// Waits `time` without blocking the runtime of [`block_on`] (never `thread::sleep` there).
+pub async fn pause(time: std::time::Duration) {
+    tokio::time::sleep(time).await;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -394,6 +400,11 @@ impl Netlink {
         }
     }
 
+    /// Where duplicate address detection stands for the link's IPv6 addresses.
+    pub async fn ipv6_dad(&self, link: &Link) -> Result<Dad> {
+        Ok(dad_state(&self.address_messages(link).await?))
+    }
+
     pub async fn del_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
         let msgs = self.address_messages(link).await?;
         for msg in msgs.into_iter().filter(|m| address_of(m) == Some(address)) {
@@ -411,26 +422,42 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds a route through `link`, with every 1.1.0 route field. An identical route already
-    /// there is fine (ECMP-style append is not wanted for CNI's routes).
+    /// Adds a route through `link`, with every 1.1.0 route field. It is appended, as the
+    /// reference does (`RouteAddEcmp`): a route to a destination that already has one via
+    /// another gateway is installed beside it (IPv6 makes them one multipath route), not
+    /// refused. An identical route already there is fine.
     pub async fn add_route(
         &self,
         link: &Link,
         route: &Route,
         gateway: Option<IpAddr>,
     ) -> Result<()> {
-        let msg = route_message(link, route, gateway)?;
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-            Err(e) => Err(kernel(
+        use rtnetlink::packet_core::{
+            NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let fail = |e| {
+            kernel(
                 format_args!(
                     "cannot add route {} via {:?} dev {:?}",
                     route.dst, gateway, link.name
                 ),
                 e,
-            )),
+            )
+        };
+        let msg = route_message(link, route, gateway)?;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let mut answers = self.handle.clone().request(req).map_err(fail)?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                let e = rtnetlink::Error::NetlinkError(e);
+                if !is_errno(&e, libc::EEXIST) {
+                    return Err(fail(e));
+                }
+            }
         }
+        Ok(())
     }
 
     /// The link the kernel would route `dst` through (`ip route get`).
@@ -535,6 +562,51 @@ pub struct VethSpec<'a> {
     pub controller: u32,
 }
 
+/// Duplicate address detection of a link's IPv6 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dad {
+    /// No IPv6 address is tentative.
+    Done,
+    /// These are still being checked.
+    Tentative(Vec<IpNetwork>),
+    /// Another host on the link has this one (IFA_F_DADFAILED).
+    Failed(IpNetwork),
+}
+
+fn dad_state(msgs: &[AddressMessage]) -> Dad {
+    use rtnetlink::packet_route::AddressFamily;
+    use rtnetlink::packet_route::address::AddressFlags;
+    let mut tentative = Vec::new();
+    for msg in msgs
+        .iter()
+        .filter(|m| m.header.family == AddressFamily::Inet6)
+    {
+        // IFA_FLAGS has all 32 bits; the header's byte holds the ones we need when it is absent.
+        let flags = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            })
+            .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits())));
+        let Some(address) = address_of(msg) else {
+            continue;
+        };
+        if flags.contains(AddressFlags::Dadfailed) {
+            return Dad::Failed(address);
+        }
+        if flags.contains(AddressFlags::Tentative) {
+            tentative.push(address);
+        }
+    }
+    if tentative.is_empty() {
+        Dad::Done
+    } else {
+        Dad::Tentative(tentative)
+    }
+}
+
 fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     let mut local = None;
     let mut address = None;
@@ -548,14 +620,25 @@ fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     IpNetwork::new(local.or(address)?, msg.header.prefix_len).ok()
 }
 
-/// Whether a kernel route has `route`'s destination (and gateway, when it names one).
+/// Whether a kernel route has `route`'s destination (and gateway, when it names one: the
+/// route's own or one of its next hops, for a multipath route).
 pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
     let mut dst = None;
-    let mut gw = None;
+    let mut gateways = Vec::new();
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(a) => dst = route_addr(a),
-            RouteAttribute::Gateway(a) => gw = route_addr(a),
+            RouteAttribute::Gateway(a) => gateways.extend(route_addr(a)),
+            RouteAttribute::MultiPath(hops) => {
+                gateways.extend(
+                    hops.iter()
+                        .flat_map(|h| &h.attributes)
+                        .filter_map(|a| match a {
+                            RouteAttribute::Gateway(a) => route_addr(a),
+                            _ => None,
+                        }),
+                );
+            }
             _ => {}
         }
     }
@@ -567,7 +650,7 @@ pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
     let dst = dst.unwrap_or(unspecified);
     dst == route.dst.network()
         && msg.header.destination_prefix_length == route.dst.prefix()
-        && route.gw.is_none_or(|want| gw == Some(want))
+        && route.gw.is_none_or(|want| gateways.contains(&want))
 }
 
 fn route_addr(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
@@ -617,6 +700,77 @@ fn route_message(link: &Link, route: &Route, gateway: Option<IpAddr>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dad_state_reads_the_flags_of_ipv6_addresses() {
+        use rtnetlink::packet_route::AddressFamily;
+        use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
+        let addr = |ip: &str, flags: Option<AddressFlags>, header: AddressHeaderFlags| {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut m = AddressMessage::default();
+            m.header.family = if ip.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            m.header.prefix_len = 64;
+            m.header.flags = header;
+            m.attributes.push(AddressAttribute::Address(ip));
+            m.attributes.extend(flags.map(AddressAttribute::Flags));
+            m
+        };
+        let none = AddressHeaderFlags::empty();
+        let done = addr("fd::2", Some(AddressFlags::Permanent), none);
+        let v4 = addr("10.0.0.2", Some(AddressFlags::Tentative), none);
+        let tentative = addr("fe80::1", Some(AddressFlags::Tentative), none);
+        let header_only = addr("fd::3", None, AddressHeaderFlags::Tentative);
+        let failed = addr(
+            "fd::4",
+            Some(AddressFlags::Tentative | AddressFlags::Dadfailed),
+            none,
+        );
+        assert_eq!(dad_state(&[done.clone(), v4.clone()]), Dad::Done);
+        assert_eq!(
+            dad_state(&[done.clone(), tentative.clone(), header_only.clone()]),
+            Dad::Tentative(vec![
+                "fe80::1/64".parse().unwrap(),
+                "fd::3/64".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            dad_state(&[tentative, failed, done]),
+            Dad::Failed("fd::4/64".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_route_matches_by_its_gateway_or_a_next_hops() {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteNextHop};
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let mut msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+        let hop = |gw: &str| {
+            let mut hop = RouteNextHop::default();
+            hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet6(v6(gw)))];
+            hop
+        };
+        msg.attributes
+            .push(RouteAttribute::MultiPath(vec![hop("fd::1"), hop("fd::fe")]));
+        let route = |gw: Option<&str>| {
+            let mut r = Route::new("::/0".parse().unwrap(), None);
+            r.gw = gw.map(|g| IpAddr::V6(v6(g)));
+            r
+        };
+        assert!(route_matches(&msg, &route(Some("fd::fe"))));
+        assert!(route_matches(&msg, &route(Some("fd::1"))));
+        assert!(route_matches(&msg, &route(None)));
+        assert!(!route_matches(&msg, &route(Some("fd::2"))));
+        let mut single = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+        single
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(v6("fd::1"))));
+        assert!(route_matches(&single, &route(Some("fd::1"))));
+        assert!(!route_matches(&single, &route(Some("fd::fe"))));
+    }
 
     #[test]
     fn macs() {

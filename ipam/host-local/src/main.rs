@@ -185,18 +185,20 @@ impl Plugin for HostLocal {
             creatable(&dir).map_err(unusable)?;
             store::Snapshot::default()
         };
-        match cfg
+        // A full range set is not "unavailable": a runtime turns a failed STATUS into a node
+        // that is not ready (and may evict its pods), while the next DEL makes room again.
+        for full in cfg
             .sets
             .iter()
-            .find(|s| !allocator::has_free(s, &snap.leases))
+            .filter(|s| !allocator::has_free(s, &snap.leases))
         {
-            Some(full) => Err(Error::not_available(format!(
-                "no free addresses left in range set {} ({})",
+            eprintln!(
+                "host-local: warning: no free addresses left in range set {} ({}): ADD fails until one is released",
                 full.key,
                 full.describe()
-            ))),
-            None => Ok(()),
+            );
         }
+        Ok(())
     }
 }
 

@@ -2,7 +2,8 @@
 //! downgrade: under `<dataDir>/<network>/`, one file per leased address holding
 //! `<containerID>\r\n<ifname>` (legacy files: just the ID), `last_reserved_ip.<set>`, and a
 //! `lock` file that every operation holds (flock) from its first read to its last write.
-//! File modes are the reference's too: leases and markers 0644, lock 0750.
+//! File modes are the current reference's (since 1.4.0): leases and markers 0600, as they name
+//! which container holds which address (Debian's 1.1.1 makes them 0644), lock 0750.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +19,8 @@ use libcni::{Error, Result, flock};
 use crate::ip::canonical;
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
+/// Leases and markers: readable by root only.
+const FILE_MODE: u32 = 0o600;
 const TEMP_MARK: &str = ".tmp.";
 /// How long an operation waits for another one on the same network before giving up (code 11).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -208,9 +211,10 @@ impl Store {
 
     fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
         let (tmp, mut file) =
-            libcni::temp_file::create(&self.dir, &format!(".{name}{TEMP_MARK}"), 0o644).map_err(
-                |e| Error::io(format!("cannot create a temporary file for {name}: {e}")),
-            )?;
+            libcni::temp_file::create(&self.dir, &format!(".{name}{TEMP_MARK}"), FILE_MODE)
+                .map_err(|e| {
+                    Error::io(format!("cannot create a temporary file for {name}: {e}"))
+                })?;
         match file.write_all(content) {
             Ok(()) => Ok(tmp),
             Err(e) => {
@@ -250,6 +254,7 @@ fn read_small(dir: &File, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn owners_parse_like_the_reference() {
@@ -290,6 +295,13 @@ mod tests {
             std::fs::read(dir.path().join("net/last_reserved_ip.0")).unwrap(),
             b"10.0.0.2"
         );
+        for written in ["10.0.0.2", "2001:db8::2", "last_reserved_ip.0"] {
+            let mode = std::fs::metadata(dir.path().join("net").join(written))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{written}: {mode:o}");
+        }
         let snap = store.scan().unwrap();
         assert_eq!(snap.leases.len(), 3);
         assert_eq!(

@@ -22,6 +22,10 @@ usage: cnitool [-i IFNAME] add|check|del NETWORK NETNS_PATH
        cnitool rollback [--dry-run] [--reference VERSION] [NETWORK...]
        cnitool --version
 
+options (before, between or after the arguments; -- ends them):
+  -i IFNAME, --ifname IFNAME, --ifname=IFNAME   interface name in the namespace
+  -h, --help                                    this text
+
   add     attach the namespace to NETWORK and print the result
   check   verify the attachment (configs of version 0.4.0 and later)
   del     detach the namespace
@@ -61,11 +65,71 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line. Options may come anywhere, as the Go cnitool (cobra) takes them.
+#[derive(Debug, Default, PartialEq)]
+struct Cli {
+    ifname: Option<String>,
+    help: bool,
+    version: bool,
+    positional: Vec<String>,
+}
+
+impl Cli {
+    fn parse(args: &[String]) -> Result<Cli> {
+        let mut cli = Cli::default();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--" => {
+                    cli.positional.extend(args.by_ref().cloned());
+                }
+                "-h" | "--help" => cli.help = true,
+                "--version" => cli.version = true,
+                "-i" | "--ifname" => {
+                    let name = args.next().ok_or_else(|| {
+                        Error::invalid_env(format!("{arg} needs an interface name\n{USAGE}"))
+                    })?;
+                    cli.set_ifname(arg, name)?;
+                }
+                _ => {
+                    if let Some(name) = arg.strip_prefix("--ifname=") {
+                        cli.set_ifname("--ifname", name)?;
+                    } else if let Some(name) = arg.strip_prefix("-i") {
+                        // `-iNAME` and `-i=NAME`, as pflag reads a shorthand with its value.
+                        cli.set_ifname("-i", name.strip_prefix('=').unwrap_or(name))?;
+                    } else if arg.starts_with('-') && arg != "-" {
+                        return Err(Error::invalid_env(format!(
+                            "unknown option {arg:?}\n{USAGE}"
+                        )));
+                    } else {
+                        cli.positional.push(arg.clone());
+                    }
+                }
+            }
+        }
+        Ok(cli)
+    }
+
+    fn set_ifname(&mut self, option: &str, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::invalid_env(format!(
+                "{option} needs an interface name"
+            )));
+        }
+        self.ifname = Some(name.to_string());
+        Ok(())
+    }
+}
+
 fn run(args: &[String]) -> Result<Option<String>> {
-    let (ifname_flag, args) = match args {
-        [flag, name, rest @ ..] if flag == "-i" || flag == "--ifname" => (Some(name.clone()), rest),
-        _ => (None, args),
-    };
+    let cli = Cli::parse(args)?;
+    if cli.help {
+        return Ok(Some(USAGE.to_string()));
+    }
+    if cli.version {
+        return Ok(Some(format!("cnitool {}", libcni::VERSION)));
+    }
+    let (ifname_flag, args) = (cli.ifname, cli.positional.as_slice());
     let usage = || Error::invalid_env(format!("bad arguments\n{USAGE}"));
     if let [c, rest @ ..] = args
         && c == "rollback"
@@ -74,8 +138,7 @@ fn run(args: &[String]) -> Result<Option<String>> {
     }
     let (command, network) = match args {
         [c, n, ..] => (c.as_str(), n.as_str()),
-        [c] if c == "-h" || c == "--help" || c == "help" => return Ok(Some(USAGE.to_string())),
-        [c] if c == "--version" => return Ok(Some(format!("cnitool {}", libcni::VERSION))),
+        [c] if c == "help" => return Ok(Some(USAGE.to_string())),
         _ => return Err(usage()),
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -235,6 +298,50 @@ mod tests {
             container_id("/tmp/cniexp/ns1"),
             "cnitool-3867bbbfe58a7e2e1aad"
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli> {
+        Cli::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_may_come_anywhere_in_every_spelling() {
+        let positional = ["add", "net", "/run/netns/x"];
+        for line in [
+            &["-i", "net1", "add", "net", "/run/netns/x"][..],
+            &["add", "net", "/run/netns/x", "-i", "net1"],
+            &["add", "--ifname", "net1", "net", "/run/netns/x"],
+            &["add", "net", "--ifname=net1", "/run/netns/x"],
+            &["add", "net", "/run/netns/x", "-inet1"],
+            &["-i=net1", "add", "net", "/run/netns/x"],
+            &["-i", "eth9", "add", "net", "/run/netns/x", "--ifname=net1"],
+        ] {
+            let cli = parse(line).unwrap();
+            assert_eq!(cli.ifname.as_deref(), Some("net1"), "{line:?}");
+            assert_eq!(cli.positional, positional, "{line:?}");
+        }
+        let cli = parse(&["add", "net", "--", "-odd-netns-path"]).unwrap();
+        assert_eq!(cli.positional, ["add", "net", "-odd-netns-path"]);
+        assert_eq!(cli.ifname, None);
+        assert!(parse(&["add", "--help"]).unwrap().help);
+        assert!(parse(&["--version"]).unwrap().version);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        for (line, needle) in [
+            (
+                &["add", "net", "/x", "-i"][..],
+                "-i needs an interface name",
+            ),
+            (&["add", "net", "/x", "--ifname"], "--ifname needs"),
+            (&["--ifname=", "add", "net", "/x"], "--ifname needs"),
+            (&["add", "net", "/x", "--frobnicate"], "\"--frobnicate\""),
+        ] {
+            let e = parse(line).unwrap_err();
+            assert_eq!(e.code, 4, "{line:?}");
+            assert!(e.msg.contains(needle), "{line:?}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -33,6 +33,10 @@ use crate::config::{Conf, Teardown};
 
 struct Bridge;
 
+/// How long `enabledad` waits for the container's IPv6 addresses to pass duplicate address
+/// detection (the reference's bound).
+const DAD_WAIT: Duration = Duration::from_secs(5);
+
 impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let conf = Conf::load(req)?;
@@ -352,7 +356,11 @@ async fn attach(
         result.dns = lease.dns;
         let gateways = calc_gateways(&mut result, conf);
         set_container_sysctls(ns, &req.ifname, conf.raw.enabledad)?;
-        libcni::ipam::configure_iface(cont, ns, &cont_veth, &result.ips, &result.routes).await?;
+        // With `enabledad`, addresses are usable when ADD returns, or ADD fails (as the
+        // reference: up to 5 s).
+        let dad_wait = conf.raw.enabledad.then_some(DAD_WAIT);
+        libcni::ipam::configure_iface(cont, ns, &cont_veth, &result.ips, &result.routes, dad_wait)
+            .await?;
         // The host may still know a previous owner of a reused address: forget it.
         for ip in &result.ips {
             host.forget_neighbour(bridge, ip.address.ip()).await?;
@@ -704,7 +712,7 @@ fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {
 async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
     let mut state = String::from("unknown");
     for pause_ms in [0u64, 50, 500, 1000, 1000] {
-        std::thread::sleep(Duration::from_millis(pause_ms));
+        libcni::netlink::pause(Duration::from_millis(pause_ms)).await;
         match host.link_by_index(veth.index).await? {
             Some(l) if l.oper_up => return Ok(()),
             Some(l) => {
