@@ -71,6 +71,10 @@ struct Cli {
     ifname: Option<String>,
     help: bool,
     version: bool,
+    /// `rollback` only.
+    dry_run: bool,
+    /// `rollback` only: `--reference VERSION`.
+    reference: Option<String>,
     positional: Vec<String>,
 }
 
@@ -85,6 +89,13 @@ impl Cli {
                 }
                 "-h" | "--help" => cli.help = true,
                 "--version" => cli.version = true,
+                "--dry-run" => cli.dry_run = true,
+                "--reference" => {
+                    let version = args.next().ok_or_else(|| {
+                        Error::invalid_env(format!("{arg} needs a version\n{USAGE}"))
+                    })?;
+                    cli.reference = Some(version.clone());
+                }
                 "-i" | "--ifname" => {
                     let name = args.next().ok_or_else(|| {
                         Error::invalid_env(format!("{arg} needs an interface name\n{USAGE}"))
@@ -92,7 +103,9 @@ impl Cli {
                     cli.set_ifname(arg, name)?;
                 }
                 _ => {
-                    if let Some(name) = arg.strip_prefix("--ifname=") {
+                    if let Some(version) = arg.strip_prefix("--reference=") {
+                        cli.reference = Some(version.to_string());
+                    } else if let Some(name) = arg.strip_prefix("--ifname=") {
                         cli.set_ifname("--ifname", name)?;
                     } else if let Some(name) = arg.strip_prefix("-i") {
                         // `-iNAME` and `-i=NAME`, as pflag reads a shorthand with its value.
@@ -129,12 +142,17 @@ fn run(args: &[String]) -> Result<Option<String>> {
     if cli.version {
         return Ok(Some(format!("cnitool {}", libcni::VERSION)));
     }
-    let (ifname_flag, args) = (cli.ifname, cli.positional.as_slice());
+    let (ifname_flag, args) = (cli.ifname.clone(), cli.positional.as_slice());
     let usage = || Error::invalid_env(format!("bad arguments\n{USAGE}"));
-    if let [c, rest @ ..] = args
+    if let [c, networks @ ..] = args
         && c == "rollback"
     {
-        return rollback(rest).map(Some);
+        return rollback(&cli, networks).map(Some);
+    }
+    if cli.dry_run || cli.reference.is_some() {
+        return Err(Error::invalid_env(format!(
+            "--dry-run and --reference are options of rollback\n{USAGE}"
+        )));
     }
     let (command, network) = match args {
         [c, n, ..] => (c.as_str(), n.as_str()),
@@ -142,8 +160,7 @@ fn run(args: &[String]) -> Result<Option<String>> {
         _ => return Err(usage()),
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let dir = PathBuf::from(env("NETCONFPATH").unwrap_or_else(|| "/etc/cni/net.d".into()));
-    let list = ConfList::load(&dir, network)?;
+    let list = ConfList::load(&conf_dir(), network)?;
     let path: Vec<PathBuf> = env("CNI_PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -176,32 +193,21 @@ fn run(args: &[String]) -> Result<Option<String>> {
 
 /// `rollback [--dry-run] [--reference VERSION] [NETWORK...]`: the report; an error after it
 /// when an attachment could not be converted.
-fn rollback(args: &[String]) -> Result<String> {
-    let mut opts = rollback::Options {
-        release: Release::NEWEST,
-        dry_run: false,
-        networks: Vec::new(),
+fn rollback(cli: &Cli, networks: &[String]) -> Result<String> {
+    let release = match &cli.reference {
+        None => Release::NEWEST,
+        Some(version) => Release::parse(version).ok_or_else(|| {
+            Error::invalid_env(format!(
+                "--reference {version:?}: expected a reference release 1.0 to 1.9 (e.g. 1.1.1)"
+            ))
+        })?,
     };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--dry-run" => opts.dry_run = true,
-            "--reference" => {
-                let version = args.next().map(String::as_str).unwrap_or_default();
-                opts.release = Release::parse(version).ok_or_else(|| {
-                    Error::invalid_env(format!(
-                        "--reference {version:?}: expected a reference release 1.0 to 1.9 (e.g. 1.1.1)"
-                    ))
-                })?;
-            }
-            flag if flag.starts_with('-') => {
-                return Err(Error::invalid_env(format!(
-                    "rollback: unknown option {flag:?}\n{USAGE}"
-                )));
-            }
-            network => opts.networks.push(network.to_string()),
-        }
-    }
+    let opts = rollback::Options {
+        release,
+        dry_run: cli.dry_run,
+        networks: networks.to_vec(),
+        conf_dir: conf_dir(),
+    };
     let cache_dir = std::env::var("CNI_CACHE_DIR")
         .ok()
         .filter(|d| !d.is_empty())
@@ -216,6 +222,13 @@ fn rollback(args: &[String]) -> Result<String> {
         "{} attachment(s) not converted",
         report.not_converted
     )))
+}
+
+/// `NETCONFPATH`, default `/etc/cni/net.d`.
+fn conf_dir() -> PathBuf {
+    std::env::var_os("NETCONFPATH")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/etc/cni/net.d"), PathBuf::from)
 }
 
 /// Whether a cached attachment's namespace may still exist: only "no such path" and "not a

@@ -466,8 +466,8 @@ pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nf_tables::L4;
     use crate::firewall::portmap::Mapping;
+    use crate::nf_tables::L4;
 
     const OWNER: Owner<'static> = Owner {
         network: "net",

@@ -25,6 +25,9 @@ pub struct Options {
     pub dry_run: bool,
     /// Only these networks; every network when empty.
     pub networks: Vec<String>,
+    /// Where the network configs are (`NETCONFPATH`): a list whose plugins live in its
+    /// network's directory is cached without them, as libcni caches it.
+    pub conf_dir: std::path::PathBuf,
 }
 
 /// What became of one attachment.
@@ -92,7 +95,7 @@ pub fn rollback(cache: &Cache, opts: &Options) -> Result<Report> {
 /// Plans and (unless a dry run) makes the reference's state of one attachment, then removes
 /// ours.
 pub fn convert(nft: &mut Client, entry: &Entry, opts: &Options) -> Outcome {
-    let state = match State::read(entry, opts.release) {
+    let state = match State::read(entry, opts) {
         Ok(state) => state,
         Err(e) => return Outcome::NotConverted(e.msg),
     };
@@ -233,7 +236,8 @@ fn refuse(msg: impl Into<String>) -> Error {
 }
 
 impl State {
-    fn read(entry: &Entry, release: Release) -> Result<State> {
+    fn read(entry: &Entry, opts: &Options) -> Result<State> {
+        let release = opts.release;
         let raw = entry
             .result
             .as_ref()
@@ -242,6 +246,7 @@ impl State {
             return Err(refuse("the cache entry holds no network configuration"));
         }
         let list = ConfList::from_list_bytes(&entry.config)
+            .or_else(|e| ConfList::load(&opts.conf_dir, &entry.network).map_err(|_| e))
             .map_err(|e| refuse(format!("cached configuration: {}", e.msg)))?;
         let (_, result) = CniResult::parse(raw, list.version)
             .map_err(|e| refuse(format!("cached result: {}", e.msg)))?;
