@@ -89,10 +89,10 @@ impl Socket {
         Ok(())
     }
 
-    /// Reads one datagram and returns the messages in it.
+    /// Reads one datagram and returns the control messages in it (see [`control_messages`]).
     pub fn recv(&mut self) -> Result<Vec<Message>> {
         self.recv_raw()?;
-        split_datagram(&self.buf)
+        control_messages(&self.buf)
     }
 
     /// Reads one datagram and returns its bytes.
@@ -119,9 +119,30 @@ fn recv_error(e: std::io::Error) -> Error {
     }
 }
 
-/// The netlink messages packed in one datagram.
-pub fn split_datagram(bytes: &[u8]) -> Result<Vec<Message>> {
+/// Every netlink message packed in one datagram (our own requests, in tests).
+#[cfg(test)]
+pub(super) fn split_datagram(bytes: &[u8]) -> Result<Vec<Message>> {
     frames(bytes)
+        .map(|frame| {
+            Message::deserialize(frame?.into_inner()).map_err(|e| Error::Decode(e.to_string()))
+        })
+        .collect()
+}
+
+/// `NLMSG_MIN_TYPE`: types below it are netlink's own (NOOP, ERROR, DONE, OVERRUN).
+const NLMSG_MIN_TYPE: u16 = 0x10;
+
+/// Whether a frame is one of netlink's control messages rather than an nf_tables object.
+pub fn is_control(frame: &NetlinkBuffer<&[u8]>) -> bool {
+    frame.message_type() < NLMSG_MIN_TYPE
+}
+
+/// The control messages (errors, ACKs, dump ends) of a reply datagram: all a reply to a
+/// transaction or a lookup is judged by. Object messages are skipped without being decoded:
+/// the crate's parser panics on some malformed ones (unchecked attribute lengths).
+pub fn control_messages(bytes: &[u8]) -> Result<Vec<Message>> {
+    frames(bytes)
+        .filter(|frame| frame.as_ref().map_or(true, is_control))
         .map(|frame| {
             Message::deserialize(frame?.into_inner()).map_err(|e| Error::Decode(e.to_string()))
         })
