@@ -51,7 +51,8 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Link {
+    /// What a kernel link message says about the link.
+    pub fn from_message(msg: &LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
             up: msg.header.flags.contains(LinkFlags::Up),
@@ -532,7 +533,8 @@ pub struct VethSpec<'a> {
     pub controller: u32,
 }
 
-fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
+/// The address of a kernel address message (IFA_LOCAL, else IFA_ADDRESS) with its prefix.
+pub fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     let mut local = None;
     let mut address = None;
     for attr in &msg.attributes {
