@@ -220,4 +220,42 @@ mod tests {
         assert!(matches!(split_datagram(&bytes), Err(Error::Decode(_))));
         assert!(split_datagram(&[]).unwrap().is_empty());
     }
+
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    fn frame(message_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = ((16 + payload.len()) as u32).to_ne_bytes().to_vec();
+        out.extend_from_slice(&message_type.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn object_messages_in_a_reply_are_skipped_undecoded() {
+        // A NEWRULE whose cmp data claims 1670 bytes: the crate's parser would panic on it.
+        const NESTED: u16 = 0x8000;
+        let cmp_data = nla(3, &[0x86, 0x06, 1, 0]);
+        let element = [nla(1, b"cmp\0"), nla(2 | NESTED, &cmp_data)].concat();
+        let expressions = nla(4 | NESTED, &nla(1 | NESTED, &element));
+        let rule = frame(
+            (10 << 8) | 6,
+            &[[1, 0, 0, 0].as_slice(), &expressions].concat(),
+        );
+        let mut error = frame(2, &(-libc::ENOENT).to_ne_bytes());
+        error.extend_from_slice(&[0; 16]); // the echoed request header
+        error[..4].copy_from_slice(&36u32.to_ne_bytes());
+        let msgs = control_messages(&[rule, error].concat()).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert!(matches!(
+            msgs[0].payload,
+            netlink_packet_core::NetlinkPayload::Error(_)
+        ));
+    }
 }
