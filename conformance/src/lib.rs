@@ -200,6 +200,18 @@ pub fn outcome_within(
         let mut input = input;
         let _ = input.write_all(stdin.as_bytes());
     });
+    // Readers too: a plugin printing more than a pipe holds must not look like a hang.
+    let read_all = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as _));
     if let Some(limit) = limit {
         let deadline = std::time::Instant::now() + limit;
         while child.try_wait().unwrap().is_none() {
@@ -211,14 +223,14 @@ pub fn outcome_within(
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
-    let out = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
     let _ = writer.join();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
     Outcome {
-        status: out.status.code().unwrap_or(-1),
+        status: status.code().unwrap_or(-1),
         json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
         stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
     }
 }
 

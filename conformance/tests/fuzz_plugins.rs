@@ -169,7 +169,7 @@ fn fuzz_plugin(name: &str, plugin: &str, cases: u64, regressions: &[u64]) {
 
 #[test]
 fn fuzz_bridge_config() {
-    fuzz_plugin("fuzz_bridge_config", "bridge", 250, &[]);
+    fuzz_plugin("fuzz_bridge_config", "bridge", 250, &[2001224]);
 }
 
 #[test]
@@ -245,11 +245,17 @@ fn lease_name(g: &mut Gen) -> String {
     if g.chance(85) {
         return g.pick(LEASE_NAMES).to_string();
     }
-    let name: String = fuzz::odd_string(g)
+    // A file name is at most 255 bytes.
+    let mut name = String::new();
+    for c in fuzz::odd_string(g)
         .chars()
         .filter(|c| *c != '/' && *c != '\0')
-        .take(200)
-        .collect();
+    {
+        if name.len() + c.len_utf8() > 255 {
+            break;
+        }
+        name.push(c);
+    }
     match name.as_str() {
         "" | "." | ".." => "x".into(),
         _ => name,
@@ -336,7 +342,7 @@ fn fuzz_host_local_lease_files() {
     let host = Netns::new("fz");
     let scratch = Scratch::new();
     fuzz::run(
-        target("fuzz_host_local_lease_files", 250, &[]),
+        target("fuzz_host_local_lease_files", 250, &[2000097]),
         |g| lease_case(g, &scratch),
         |case| {
             let net_dir = scratch.data_dir().join(seeds::NET);
