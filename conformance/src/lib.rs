@@ -4,6 +4,8 @@
 //! Every object gets a name with a per-process unique prefix and is removed on drop, also when
 //! the test fails. Nothing here touches the machine's own network namespace.
 
+pub mod fuzz;
+
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;

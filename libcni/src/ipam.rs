@@ -14,6 +14,12 @@ use crate::sysctl;
 
 fn delegate(req: &Request, ipam_type: &str, command: Command) -> Result<Vec<u8>> {
     let plugin = invoke::find_plugin(ipam_type, &req.path)?;
+    if is_this_program(&plugin) {
+        // It would get the same config and delegate again, without end (a chain of processes).
+        return Err(Error::invalid_config(format!(
+            "ipam.type {ipam_type:?} is this plugin itself: it cannot be its own IPAM plugin"
+        )));
+    }
     let env = Env {
         container_id: req.container_id.clone(),
         netns: req
@@ -26,6 +32,16 @@ fn delegate(req: &Request, ipam_type: &str, command: Command) -> Result<Vec<u8>>
         path: req.path.clone(),
     };
     invoke::exec(&plugin, command, &env, &req.stdin)
+}
+
+/// Whether `path` is the executable of this process (the same file, under any name).
+fn is_this_program(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(this), Ok(that)) = (std::fs::metadata("/proc/self/exe"), std::fs::metadata(path))
+    else {
+        return false;
+    };
+    (this.dev(), this.ino()) == (that.dev(), that.ino())
 }
 
 /// IPAM ADD: the abbreviated result (addresses, routes, DNS).

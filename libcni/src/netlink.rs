@@ -57,7 +57,8 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Link {
+    /// What a kernel link message says about the link.
+    pub fn from_message(msg: &LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
             up: msg.header.flags.contains(LinkFlags::Up),
@@ -607,7 +608,8 @@ fn dad_state(msgs: &[AddressMessage]) -> Dad {
     }
 }
 
-fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
+/// The address of a kernel address message (IFA_LOCAL, else IFA_ADDRESS) with its prefix.
+pub fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     let mut local = None;
     let mut address = None;
     for attr in &msg.attributes {

@@ -237,7 +237,7 @@ pub(super) fn append(out: &mut Vec<u8>, msg: NetfilterMessage, seq: u32, flags: 
 }
 
 /// The replies of one transaction as they come in.
-pub(super) struct Acks<'a> {
+pub struct Acks<'a> {
     batch: &'a Batch,
     first_seq: u32,
     answered: Vec<bool>,
@@ -246,7 +246,8 @@ pub(super) struct Acks<'a> {
 }
 
 impl<'a> Acks<'a> {
-    pub(super) fn new(batch: &'a Batch, first_seq: u32) -> Acks<'a> {
+    /// For `batch` sent with sequence numbers from `first_seq` on.
+    pub fn new(batch: &'a Batch, first_seq: u32) -> Acks<'a> {
         Acks {
             batch,
             first_seq,
@@ -256,12 +257,12 @@ impl<'a> Acks<'a> {
         }
     }
 
-    pub(super) fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.remaining == 0
     }
 
     /// Takes one reply; a refusal of the batch as a whole ends the transaction at once.
-    pub(super) fn record(&mut self, msg: &Message) -> Result<()> {
+    pub fn record(&mut self, msg: &Message) -> Result<()> {
         let NetlinkPayload::Error(err) = &msg.payload else {
             return Ok(());
         };
@@ -292,7 +293,7 @@ impl<'a> Acks<'a> {
         Ok(())
     }
 
-    pub(super) fn outcome(self) -> Result<()> {
+    pub fn outcome(self) -> Result<()> {
         match self.failure {
             None => Ok(()),
             Some((index, errno, message)) => Err(Error::Rejected {
@@ -312,7 +313,7 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSG_HDRLEN: usize = 16;
 
 /// The extended-ack text after the echoed request header of an error reply.
-pub(super) fn ext_ack_text(flags: u16, payload: &[u8]) -> Option<String> {
+pub fn ext_ack_text(flags: u16, payload: &[u8]) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }

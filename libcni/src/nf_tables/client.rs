@@ -10,7 +10,7 @@ use super::batch::{Acks, Batch, append};
 use super::error::{Errno, Error, Result};
 use super::objects::{Chain, Family, chain_key, checked_name, table_key};
 use super::rule::{ListedRule, Rule};
-use super::socket::{Message, Socket, frames};
+use super::socket::{Message, Socket, frames, is_control};
 
 /// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: a rule in a dump.
 const NEWRULE: u16 = (10 << 8) | 6;
@@ -147,45 +147,19 @@ impl Client {
         Err(Error::Interrupted)
     }
 
-    /// The rules of a dump, or `None` when it was interrupted and must be restarted. Rule
-    /// frames are read directly (see [`ListedRule`]); the rest goes through the crate.
+    /// The rules of a dump, or `None` when it was interrupted and must be restarted.
     fn read_rule_dump(
         &mut self,
         family: Family,
         seq: u32,
         op: &str,
     ) -> Result<Option<Vec<ListedRule>>> {
-        let mut rules = Vec::new();
-        let mut interrupted = false;
+        let mut dump = RuleDump::new(family, seq, op);
         loop {
-            for frame in frames(self.socket.recv_raw()?) {
-                let frame = frame?;
-                if frame.sequence_number() != seq {
-                    continue;
-                }
-                interrupted |= frame.flags() & NLM_F_DUMP_INTR != 0;
-                if frame.message_type() == NEWRULE {
-                    let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
-                    rules.push(ListedRule::decode(family, attributes)?);
-                    continue;
-                }
-                let msg = Message::deserialize(frame.into_inner())
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                let code = match msg.payload {
-                    NetlinkPayload::Done(done) => done.code,
-                    NetlinkPayload::Error(err) => match err.code {
-                        Some(code) => code.get(),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                if code != 0 {
-                    return Err(Error::Request {
-                        op: op.to_string(),
-                        errno: Errno::from_code(code),
-                    });
-                }
-                return Ok((!interrupted).then_some(rules));
+            match dump.read(self.socket.recv_raw()?)? {
+                DumpStep::More => {}
+                DumpStep::Done(rules) => return Ok(Some(rules)),
+                DumpStep::Interrupted => return Ok(None),
             }
         }
     }
@@ -197,5 +171,80 @@ impl Client {
         append(&mut bytes, msg, seq, flags);
         self.socket.send(&bytes)?;
         Ok(seq)
+    }
+}
+
+/// The rules of one dump of one chain, read datagram by datagram as the kernel sends them.
+/// Rule frames are read directly (see [`ListedRule`]); the rest goes through the crate.
+pub struct RuleDump {
+    family: Family,
+    seq: u32,
+    op: String,
+    rules: Vec<ListedRule>,
+    interrupted: bool,
+}
+
+/// Where a dump stands after one datagram.
+#[derive(Debug)]
+pub enum DumpStep {
+    /// The dump goes on in the next datagram.
+    More,
+    Done(Vec<ListedRule>),
+    /// Concurrent changes interrupted it: it must be restarted.
+    Interrupted,
+}
+
+impl RuleDump {
+    /// A dump of `family` requested with sequence number `seq`; `op` names it in errors.
+    pub fn new(family: Family, seq: u32, op: &str) -> RuleDump {
+        RuleDump {
+            family,
+            seq,
+            op: op.to_string(),
+            rules: Vec::new(),
+            interrupted: false,
+        }
+    }
+
+    /// Reads one datagram of the dump's replies (frames of other requests are skipped).
+    pub fn read(&mut self, datagram: &[u8]) -> Result<DumpStep> {
+        for frame in frames(datagram) {
+            let frame = frame?;
+            if frame.sequence_number() != self.seq {
+                continue;
+            }
+            self.interrupted |= frame.flags() & NLM_F_DUMP_INTR != 0;
+            if frame.message_type() == NEWRULE {
+                let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
+                self.rules
+                    .push(ListedRule::decode(self.family, attributes)?);
+                continue;
+            }
+            if !is_control(&frame) {
+                continue;
+            }
+            let msg = Message::deserialize(frame.into_inner())
+                .map_err(|e| Error::Decode(e.to_string()))?;
+            let code = match msg.payload {
+                NetlinkPayload::Done(done) => done.code,
+                NetlinkPayload::Error(err) => match err.code {
+                    Some(code) => code.get(),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if code != 0 {
+                return Err(Error::Request {
+                    op: self.op.clone(),
+                    errno: Errno::from_code(code),
+                });
+            }
+            return Ok(if self.interrupted {
+                DumpStep::Interrupted
+            } else {
+                DumpStep::Done(std::mem::take(&mut self.rules))
+            });
+        }
+        Ok(DumpStep::More)
     }
 }

@@ -27,10 +27,11 @@ mod rule;
 mod socket;
 mod userdata;
 
-pub use batch::Batch;
-pub use client::Client;
+pub use batch::{Acks, Batch, ext_ack_text};
+pub use client::{Client, DumpStep, RuleDump};
 pub use error::{Errno, Error, Result};
 pub use matches::L4;
 pub use objects::{BaseChain, Chain, ChainType, Family, Hook, Policy, priority};
 pub use rule::{ListedRule, Rule};
+pub use socket::{Message, control_messages, frames};
 pub use userdata::COMMENT_MAX;

@@ -193,6 +193,12 @@ impl ListedRule {
         let Some(raw) = &self.raw_expressions else {
             return Ok(Vec::new());
         };
+        if !crate_parses_safely(raw) {
+            return Err(Error::Decode(format!(
+                "rule {} expressions: a malformed data attribute",
+                self.handle
+            )));
+        }
         let nla = NlaBuffer::new_checked(raw.as_slice())
             .and_then(|b| RuleAttribute::parse(&b))
             .map_err(|e| Error::Decode(format!("rule {} expressions: {e}", self.handle)))?;
@@ -203,6 +209,59 @@ impl ListedRule {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+// `enum nft_expr_attributes` and the attributes of `cmp`, `bitwise` and `immediate` that hold
+// an NFTA_DATA_* attribute.
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_BITWISE_DATA: u16 = 7;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+
+/// Whether `netlink-packet-netfilter` (0.4) can parse this NFTA_RULE_EXPRESSIONS attribute
+/// without panicking. It reads the NFTA_DATA_* attribute inside the data of `cmp`, `bitwise`
+/// and `immediate` without checking its length against the bytes there, and slices past them
+/// (or underflows) when it is wrong; everything else it reads through checked iterators.
+fn crate_parses_safely(raw: &[u8]) -> bool {
+    let Ok(list) = NlaBuffer::new_checked(raw) else {
+        return true; // The crate reports it.
+    };
+    attributes(value_of(list)).all(|element| {
+        let attrs = || attributes(value_of(element));
+        let names: Vec<&[u8]> = attrs()
+            .filter(|a| a.kind() & NLA_TYPE_MASK == NFTA_EXPR_NAME)
+            .map(|a| value_of(a).split(|b| *b == 0).next().unwrap_or_default())
+            .collect();
+        let holds_data = |kind: u16| {
+            names.iter().any(|name| match *name {
+                b"cmp" => kind == NFTA_CMP_DATA,
+                b"bitwise" => {
+                    [NFTA_BITWISE_MASK, NFTA_BITWISE_XOR, NFTA_BITWISE_DATA].contains(&kind)
+                }
+                b"immediate" => kind == NFTA_IMMEDIATE_DATA,
+                _ => false,
+            })
+        };
+        attrs()
+            .filter(|a| a.kind() & NLA_TYPE_MASK == NFTA_EXPR_DATA)
+            .flat_map(|data| attributes(value_of(data)))
+            .filter(|a| holds_data(a.kind() & NLA_TYPE_MASK))
+            .all(|a| NlaBuffer::new_checked(value_of(a)).is_ok())
+    })
+}
+
+/// The well-formed attributes at the start of `bytes` (the crate reports the others).
+fn attributes(bytes: &[u8]) -> impl Iterator<Item = NlaBuffer<&[u8]>> {
+    NlasIterator::new(bytes).map_while(|a| a.ok())
+}
+
+/// An attribute's value, borrowed from the message (not from the buffer view).
+fn value_of(nla: NlaBuffer<&[u8]>) -> &[u8] {
+    let len = usize::from(nla.length());
+    nla.into_inner().get(4..len).unwrap_or_default()
 }
 
 fn expression_of(elem: ListAttribute<ExpressionAttribute>) -> Option<Expressions> {
@@ -218,6 +277,7 @@ fn expression_of(elem: ListAttribute<ExpressionAttribute>) -> Option<Expressions
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::Emitable;
+    use netlink_packet_netfilter::nftables::Register;
 
     use super::*;
 
@@ -258,6 +318,31 @@ mod tests {
         );
         assert!(ListedRule::decode(Family::Ip, &emit(&attrs[..1])).is_err());
         assert!(ListedRule::decode(Family::Ip, &[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_data_attribute_longer_than_its_bytes_is_an_error_not_a_panic() {
+        // Found by fuzz_nf_tables_rule_dump: `cmp` data whose NFTA_DATA_VALUE claims 1670 bytes.
+        let attrs = [
+            RuleAttribute::Table("t".into()),
+            RuleAttribute::Chain("c".into()),
+            RuleAttribute::Handle(7),
+            RuleAttribute::Expressions(vec![
+                expr::cmp(expr::CmpOp::Eq, Register::Reg1, vec![6]).into(),
+            ]),
+        ];
+        let mut bytes = emit(&attrs);
+        // The NFTA_DATA_VALUE header is the 8 bytes before the compared value.
+        let value = bytes.len() - 8;
+        assert_eq!(&bytes[value..value + 5], &[5, 0, 1, 0, 6]);
+        bytes[value..value + 2].copy_from_slice(&1670u16.to_ne_bytes());
+        let listed = ListedRule::decode(Family::Ip, &bytes).unwrap();
+        let err = listed.expressions().unwrap_err().to_string();
+        assert!(err.contains("malformed data attribute"), "{err}");
+        // Too short to hold an attribute header at all.
+        bytes[value..value + 2].copy_from_slice(&2u16.to_ne_bytes());
+        let listed = ListedRule::decode(Family::Ip, &bytes).unwrap();
+        assert!(listed.expressions().is_err());
     }
 
     fn emit(attrs: &[RuleAttribute]) -> Vec<u8> {

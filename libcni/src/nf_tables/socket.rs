@@ -89,10 +89,10 @@ impl Socket {
         Ok(())
     }
 
-    /// Reads one datagram and returns the messages in it.
+    /// Reads one datagram and returns the control messages in it (see [`control_messages`]).
     pub fn recv(&mut self) -> Result<Vec<Message>> {
         self.recv_raw()?;
-        split_datagram(&self.buf)
+        control_messages(&self.buf)
     }
 
     /// Reads one datagram and returns its bytes.
@@ -119,9 +119,30 @@ fn recv_error(e: std::io::Error) -> Error {
     }
 }
 
-/// The netlink messages packed in one datagram.
-pub fn split_datagram(bytes: &[u8]) -> Result<Vec<Message>> {
+/// Every netlink message packed in one datagram (our own requests, in tests).
+#[cfg(test)]
+pub(super) fn split_datagram(bytes: &[u8]) -> Result<Vec<Message>> {
     frames(bytes)
+        .map(|frame| {
+            Message::deserialize(frame?.into_inner()).map_err(|e| Error::Decode(e.to_string()))
+        })
+        .collect()
+}
+
+/// `NLMSG_MIN_TYPE`: types below it are netlink's own (NOOP, ERROR, DONE, OVERRUN).
+const NLMSG_MIN_TYPE: u16 = 0x10;
+
+/// Whether a frame is one of netlink's control messages rather than an nf_tables object.
+pub fn is_control(frame: &NetlinkBuffer<&[u8]>) -> bool {
+    frame.message_type() < NLMSG_MIN_TYPE
+}
+
+/// The control messages (errors, ACKs, dump ends) of a reply datagram: all a reply to a
+/// transaction or a lookup is judged by. Object messages are skipped without being decoded:
+/// the crate's parser panics on some malformed ones (unchecked attribute lengths).
+pub fn control_messages(bytes: &[u8]) -> Result<Vec<Message>> {
+    frames(bytes)
+        .filter(|frame| frame.as_ref().map_or(true, is_control))
         .map(|frame| {
             Message::deserialize(frame?.into_inner()).map_err(|e| Error::Decode(e.to_string()))
         })
@@ -198,5 +219,43 @@ mod tests {
         bytes[0] = 64;
         assert!(matches!(split_datagram(&bytes), Err(Error::Decode(_))));
         assert!(split_datagram(&[]).unwrap().is_empty());
+    }
+
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    fn frame(message_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = ((16 + payload.len()) as u32).to_ne_bytes().to_vec();
+        out.extend_from_slice(&message_type.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn object_messages_in_a_reply_are_skipped_undecoded() {
+        // A NEWRULE whose cmp data claims 1670 bytes: the crate's parser would panic on it.
+        const NESTED: u16 = 0x8000;
+        let cmp_data = nla(3, &[0x86, 0x06, 1, 0]);
+        let element = [nla(1, b"cmp\0"), nla(2 | NESTED, &cmp_data)].concat();
+        let expressions = nla(4 | NESTED, &nla(1 | NESTED, &element));
+        let rule = frame(
+            (10 << 8) | 6,
+            &[[1, 0, 0, 0].as_slice(), &expressions].concat(),
+        );
+        let mut error = frame(2, &(-libc::ENOENT).to_ne_bytes());
+        error.extend_from_slice(&[0; 16]); // the echoed request header
+        error[..4].copy_from_slice(&36u32.to_ne_bytes());
+        let msgs = control_messages(&[rule, error].concat()).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert!(matches!(
+            msgs[0].payload,
+            netlink_packet_core::NetlinkPayload::Error(_)
+        ));
     }
 }
