@@ -2,8 +2,9 @@
 //! against Debian's 1.1.1 and the newest reference (1.9.1, with its iptables and its nftables
 //! backends). One node (a private host namespace), one network (loopback + bridge with
 //! ipMasq, isDefaultGateway and macspoofchk + host-local + portmap with a hostPort per pod),
-//! one result cache, dual-stack pods: the reference ADDs pods; ours ADDs, CHECKs and DELs a
-//! pod beside them and ADDs more that stay; `cnitool rollback` (a dry run first, then twice)
+//! one result cache, dual-stack pods: the reference ADDs pods, which ours CHECKs; ours ADDs,
+//! CHECKs and DELs a pod beside them and ADDs more that stay; `cnitool rollback` (a dry run
+//! first, then twice)
 //! converts ours' pods to the reference's layout, line for line what the reference made for
 //! its own; a hostPort still reaches its pod; the reference CHECKs and DELs every pod; nothing
 //! is left that names a pod, its address or its port.
@@ -228,8 +229,12 @@ fn upgrade_and_roll_back(reference: Reference) {
         "{theirs:?} holds no reference plugins"
     );
 
-    // The reference's pods, then ours beside them: one ADDed, CHECKed and DELeted, two that stay.
+    // The reference's pods, which ours CHECKs after the switch; then ours beside them: one
+    // ADDed, CHECKed and DELeted, two that stay.
     let ref_pods = [node.add(theirs, 18001), node.add(theirs, 18002)];
+    for pod in &ref_pods {
+        node.runtime(&ours, "check", &pod.ns, pod.port).ok();
+    }
     let passing = node.add(&ours, 18010);
     node.runtime(&ours, "check", &passing.ns, passing.port).ok();
     node.runtime(&ours, "del", &passing.ns, passing.port).ok();
