@@ -10,12 +10,12 @@ use std::time::Duration;
 use conformance::VERSIONS;
 use conformance::fuzz::{self, Gen, seeds};
 use libcni::Version;
-use libcni::args::CniArgs;
-use libcni::nf_tables::expr::{self, CmpOp, PayloadBase, Verdict};
-use libcni::nf_tables::{Acks, Batch, Chain, DumpStep, Family, Rule, RuleDump};
-use libcni::result::CniResult;
+use libcni::kernel::nf_tables::expr::{self, CmpOp, PayloadBase, Verdict};
+use libcni::kernel::nf_tables::{Acks, Batch, Chain, DumpStep, Family, Rule, RuleDump};
+use libcni::protocol::args::CniArgs;
+use libcni::protocol::result::CniResult;
+use libcni::protocol::skel::{Plugin, Request};
 use libcni::runtime::{Cache, ConfList, Runtime, RuntimeConf};
-use libcni::skel::{Plugin, Request};
 use netlink_packet_core::{
     DoneMessage, ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
@@ -139,8 +139,13 @@ fn fuzz_plugin_request() {
                     .map(|(_, v)| v.clone())
             };
             let mut out = Vec::new();
-            let status =
-                libcni::skel::dispatch(&Probe, "probe", &env, &mut &inv.stdin[..], &mut out);
+            let status = libcni::protocol::skel::dispatch(
+                &Probe,
+                "probe",
+                &env,
+                &mut &inv.stdin[..],
+                &mut out,
+            );
             let stdout = String::from_utf8_lossy(&out).into_owned();
             let outcome = conformance::Outcome {
                 status: i32::from(status),
@@ -439,7 +444,7 @@ fn fuzz_nf_tables_rule_dump() {
                 }
                 break;
             }
-            let _ = libcni::nf_tables::control_messages(&datagrams.concat());
+            let _ = libcni::kernel::nf_tables::control_messages(&datagrams.concat());
             Ok(())
         },
     );
@@ -476,10 +481,11 @@ fn fuzz_nf_tables_errors() {
             let batch = transaction();
             let mut acks = Acks::new(&batch, 100);
             let mut refused = false;
-            if let Ok(msgs) = libcni::nf_tables::control_messages(datagram) {
+            if let Ok(msgs) = libcni::kernel::nf_tables::control_messages(datagram) {
                 for msg in &msgs {
                     if let NetlinkPayload::Error(err) = &msg.payload {
-                        let _ = libcni::nf_tables::ext_ack_text(msg.header.flags, &err.header);
+                        let _ =
+                            libcni::kernel::nf_tables::ext_ack_text(msg.header.flags, &err.header);
                     }
                     refused |= acks.record(msg).is_err();
                 }
@@ -487,10 +493,10 @@ fn fuzz_nf_tables_errors() {
             if !refused && acks.done() {
                 let _ = acks
                     .outcome()
-                    .map_err(|e: libcni::nf_tables::Error| e.to_string());
+                    .map_err(|e: libcni::kernel::nf_tables::Error| e.to_string());
             }
             for flags in [0x200, 0x300] {
-                let _ = libcni::nf_tables::ext_ack_text(flags, datagram);
+                let _ = libcni::kernel::nf_tables::ext_ack_text(flags, datagram);
             }
             Ok(())
         },
@@ -569,16 +575,16 @@ fn fuzz_rtnetlink_replies() {
             let Ok(msg) = NetlinkMessage::<M>::deserialize(bytes) else {
                 return Ok(());
             };
-            let route = libcni::result::Route::new("10.9.0.0/16".parse().unwrap(), None);
+            let route = libcni::protocol::result::Route::new("10.9.0.0/16".parse().unwrap(), None);
             match msg.payload {
                 NetlinkPayload::InnerMessage(M::NewLink(m)) => {
-                    let _ = libcni::netlink::Link::from_message(&m).mac_string();
+                    let _ = libcni::kernel::netlink::Link::from_message(&m).mac_string();
                 }
                 NetlinkPayload::InnerMessage(M::NewAddress(m)) => {
-                    let _ = libcni::netlink::address_of(&m);
+                    let _ = libcni::kernel::netlink::address_of(&m);
                 }
                 NetlinkPayload::InnerMessage(M::NewRoute(m)) => {
-                    let _ = libcni::netlink::route_matches(&m, &route);
+                    let _ = libcni::kernel::netlink::route_matches(&m, &route);
                 }
                 _ => {}
             }

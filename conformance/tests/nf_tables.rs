@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use conformance::Netns;
 use ipnetwork::IpNetwork;
-use libcni::nf_tables::{
+use libcni::kernel::nf_tables::{
     BaseChain, Batch, Chain, ChainType, Client, Errno, Error, Family, Hook, L4, ListedRule, Policy,
     Rule, priority,
 };
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// A client whose socket lives in `ns`.
 fn client(ns: &Netns) -> Client {
-    let netns = libcni::netns::Netns::open(&ns.path).unwrap();
+    let netns = libcni::kernel::netns::Netns::open(&ns.path).unwrap();
     let _inside = netns.enter().unwrap();
     Client::open().unwrap()
 }

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
-use libcni::args::CniArgs;
-use libcni::result::Route;
-use libcni::skel::Request;
+use libcni::protocol::args::CniArgs;
+use libcni::protocol::result::Route;
+use libcni::protocol::skel::Request;
 use libcni::{Error, Result};
 use serde::Deserialize;
 

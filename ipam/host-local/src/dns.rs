@@ -4,7 +4,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use libcni::result::Dns;
+use libcni::protocol::result::Dns;
 use libcni::{Error, Result};
 
 /// A resolv.conf is a few lines; anything bigger is not one.

@@ -21,8 +21,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use libcni::result::{CniResult, Dns, IpConfig};
-use libcni::skel::{self, Plugin, Request};
+use libcni::protocol::result::{CniResult, Dns, IpConfig};
+use libcni::protocol::skel::{self, Plugin, Request};
 use libcni::{Error, Result};
 use serde::Deserialize;
 

@@ -14,7 +14,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use libcni::{Error, Result, flock};
+use libcni::kernel::lock;
+use libcni::{Error, Result};
 
 use crate::ip::canonical;
 
@@ -85,7 +86,7 @@ impl Store {
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         // The skel admits only names matching ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$; check again here,
         // since the name becomes a path component.
-        if !libcni::conf::valid_identifier(network) {
+        if !libcni::protocol::conf::valid_identifier(network) {
             return Err(Error::invalid_config(format!(
                 "invalid network name {network:?}"
             )));
@@ -111,7 +112,7 @@ impl Store {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("cannot open lock {}: {e}", lock_path.display())))?;
-        flock::lock_within(&lock, flock::Mode::Exclusive, LOCK_WAIT, &lock_path)?;
+        lock::lock_within(&lock, lock::Mode::Exclusive, LOCK_WAIT, &lock_path)?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -211,7 +212,7 @@ impl Store {
 
     fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf> {
         let (tmp, mut file) =
-            libcni::temp_file::create(&self.dir, &format!(".{name}{TEMP_MARK}"), FILE_MODE)
+            libcni::kernel::temp_file::create(&self.dir, &format!(".{name}{TEMP_MARK}"), FILE_MODE)
                 .map_err(|e| {
                     Error::io(format!("cannot create a temporary file for {name}: {e}"))
                 })?;

@@ -7,9 +7,9 @@
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use libcni::args::CniArgs;
 use libcni::firewall::reference::Release;
-use libcni::netns::{Netns, NetnsError};
+use libcni::kernel::netns::{Netns, NetnsError};
+use libcni::protocol::args::CniArgs;
 use libcni::runtime::{ConfList, Runtime, RuntimeConf, cache, rollback};
 use libcni::{Error, Result};
 use serde_json::{Map, Value};
@@ -177,7 +177,10 @@ fn run(args: &[String]) -> Result<Option<String>> {
             let rt = runtime_conf(netns, ifname_flag, &env)?;
             match command {
                 "add" => runtime.add(&list, &rt).map(|r| {
-                    Some(String::from_utf8_lossy(&libcni::json::to_pretty(&r)).into_owned())
+                    Some(
+                        String::from_utf8_lossy(&libcni::protocol::json::to_pretty(&r))
+                            .into_owned(),
+                    )
                 }),
                 "check" => runtime.check(&list, &rt).map(|()| None),
                 _ => runtime.del(&list, &rt).map(|()| None),

@@ -11,7 +11,7 @@ use std::fmt;
 use ipnetwork::IpNetwork;
 
 use super::{Owner, masquerade, nftables, portmap, portmap_iptables};
-use crate::error::Result;
+use crate::protocol::error::Result;
 
 /// How many of one kind of rule a layout holds, and how many the attachment needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

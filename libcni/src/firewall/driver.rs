@@ -11,8 +11,8 @@
 use ipnetwork::IpNetwork;
 
 use super::{Backend, Owner, iptables, localnet, masquerade, nftables, portmap, portmap_iptables};
-use crate::error::{Error, Result};
-use crate::nf_tables::Client;
+use crate::kernel::nf_tables::Client;
+use crate::protocol::error::{Error, Result};
 
 pub trait Driver {
     /// Masquerades traffic from the attachment's addresses leaving their subnets.

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::error::{Error, Result};
+use crate::protocol::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -37,18 +37,18 @@ impl Family {
 /// list is read through /proc/thread-self: /proc/net follows the thread-group leader, which
 /// may be in another namespace than this thread.
 pub fn chain_may_exist(
-    nft: &mut crate::nf_tables::Client,
+    nft: &mut crate::kernel::nf_tables::Client,
     family: Family,
     table: &str,
     chain: &str,
 ) -> Result<bool> {
     let (nft_family, legacy) = match family {
         Family::V4 => (
-            crate::nf_tables::Family::Ip,
+            crate::kernel::nf_tables::Family::Ip,
             "/proc/thread-self/net/ip_tables_names",
         ),
         Family::V6 => (
-            crate::nf_tables::Family::Ip6,
+            crate::kernel::nf_tables::Family::Ip6,
             "/proc/thread-self/net/ip6_tables_names",
         ),
     };

@@ -17,8 +17,10 @@
 use ipnetwork::IpNetwork;
 
 use super::iptables::{self, Family};
-use crate::error::Result;
-use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
+use crate::kernel::nf_tables::{
+    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
+};
+use crate::protocol::error::Result;
 
 pub const TABLE: &str = "rcni_localnet";
 const CHAIN: &str = "input";
@@ -91,7 +93,7 @@ pub fn ensure_nft(nft: &mut Client) -> Result<()> {
 
 /// Makes the node's guard (iptables filter INPUT), once.
 pub fn ensure_iptables() -> Result<()> {
-    let _lock = super::node_lock("localnet")?;
+    let _lock = crate::kernel::lock::node_lock("localnet")?;
     let rule = iptables_rule();
     if iptables::exists(Family::V4, "filter", "INPUT", &rule)? {
         return Ok(());

@@ -28,8 +28,10 @@ use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
 use super::{hash16, nftables, subnet_of};
-use crate::error::Result;
-use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
+use crate::kernel::nf_tables::{
+    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
+};
+use crate::protocol::error::Result;
 
 pub const TABLE: &str = "rcni_masquerade";
 pub const CHAIN: &str = "postrouting";
@@ -106,7 +108,7 @@ pub fn add_nft(nft: &mut Client, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result
 /// Masquerades the traffic of `ips`, the attachment's addresses (iptables).
 pub fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
     // Creating the chain and its jump is check-then-act: one ADD at a time.
-    let _lock = super::node_lock("masquerade")?;
+    let _lock = crate::kernel::lock::node_lock("masquerade")?;
     for fam in Family::BOTH {
         let mine: Vec<&IpNetwork> = ips.iter().filter(|ip| family(ip) == fam).collect();
         if mine.is_empty() {
@@ -250,7 +252,7 @@ pub fn remove_network_rules(nft: &mut Client, network: &str) -> Result<()> {
 
 /// GC: removes `network`'s masquerade of attachments not in `valid`, and the earlier
 /// per-network rules once no attachment is left.
-pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+pub fn retain(network: &str, valid: &[crate::protocol::conf::Attachment]) -> Result<()> {
     let mut nft = nftables::open()?;
     let pick = |c: &str| stale(network, valid, c);
     let removed = nftables::remove_where(&mut nft, NFT, TABLE, &[CHAIN], pick)

@@ -1,5 +1,5 @@
 //! Firewall state of the plugins: masquerade (bridge `ipMasq`), MAC spoof checks and port
-//! forwarding. nftables first, over netlink in process (`nftables`, on `crate::nf_tables`);
+//! forwarding. nftables first, over netlink in process (`nftables`, on `crate::kernel::nf_tables`);
 //! iptables for configs that ask for it. Every rule carries its owner's key (`owner`).
 
 pub mod check;
@@ -34,44 +34,6 @@ impl Backend {
         match configured {
             Some("iptables") => Backend::Iptables,
             _ => Backend::Nftables,
-        }
-    }
-}
-
-/// Serialises check-then-create of shared objects (a network's masquerade rule, the shared
-/// iptables chains, a bridge's MAC) across concurrent plugin runs on the node. Held only for
-/// those few milliseconds; fails with code 11 after `LOCK_WAIT`.
-pub fn node_lock(name: &str) -> crate::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::time::{Duration, Instant};
-    const DIR: &str = "/run/cni-rs";
-    const LOCK_WAIT: Duration = Duration::from_secs(30);
-    std::fs::create_dir_all(DIR)
-        .map_err(|e| crate::Error::io(format!("cannot create {DIR}: {e}")))?;
-    let path = format!("{DIR}/{name}.lock");
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| crate::Error::io(format!("cannot open {path}: {e}")))?;
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(crate::Error::try_again(format!(
-                    "{path} is held by another plugin run"
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(crate::Error::io(format!("cannot lock {path}: {e}")));
-            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //! they are missing), and find or remove the rules an owner's comment marks, reading only the
 //! chains asked for.
 
-use crate::error::{Error, Result};
-use crate::nf_tables::{self, Batch, Client, Family, ListedRule, Rule};
+use crate::kernel::nf_tables::{self, Batch, Client, Family, ListedRule, Rule};
+use crate::protocol::error::{Error, Result};
 
 impl From<nf_tables::Error> for Error {
     fn from(e: nf_tables::Error) -> Error {

@@ -50,7 +50,7 @@ impl Owner<'_> {
 }
 
 /// Whether a comment marks a rule of `network` whose attachment is not among `valid` (GC).
-pub fn stale(network: &str, valid: &[crate::conf::Attachment], comment: &str) -> bool {
+pub fn stale(network: &str, valid: &[crate::protocol::conf::Attachment], comment: &str) -> bool {
     comment.starts_with(&network_key(network))
         && !valid.iter().any(|a| {
             Owner {
@@ -98,7 +98,7 @@ mod tests {
             container_id: "c1",
             ifname: "eth0",
         };
-        let valid = [crate::conf::Attachment {
+        let valid = [crate::protocol::conf::Attachment {
             container_id: "c1".into(),
             ifname: "eth0".into(),
         }];

@@ -27,10 +27,10 @@ use ipnetwork::IpNetwork;
 use super::check::Tally;
 use super::owner::{Owner, stale};
 use super::{nftables, portmap_conditions, subnet_of};
-use crate::error::Result;
-use crate::nf_tables::{
+use crate::kernel::nf_tables::{
     self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Policy, Rule,
 };
+use crate::protocol::error::Result;
 
 pub const TABLE: &str = "rcni_portmap";
 pub(super) const NFT: Family = Family::Inet;
@@ -259,7 +259,7 @@ pub fn remove_own(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
 /// The container's first IPv4 and first IPv6 address (with their prefix length), as the Go
 /// portmap picks them: IPs that name another interface, or one outside a sandbox, are not the
 /// container's.
-pub fn container_ips(result: &crate::result::CniResult, ifname: &str) -> Vec<IpNetwork> {
+pub fn container_ips(result: &crate::protocol::result::CniResult, ifname: &str) -> Vec<IpNetwork> {
     let ours = |i: Option<usize>| match i {
         None => true,
         Some(i) => result
@@ -329,7 +329,11 @@ pub fn reference_tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
 }
 
 /// GC: removes `network`'s rules whose attachment is not in `valid`.
-pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+pub fn retain(
+    nft: &mut Client,
+    network: &str,
+    valid: &[crate::protocol::conf::Attachment],
+) -> Result<()> {
     nftables::remove_where(nft, NFT, TABLE, &OWNED, |c| stale(network, valid, c))
 }
 

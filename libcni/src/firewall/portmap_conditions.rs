@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::portmap::{Attachment, NFT, Planned, TABLE, base_objects};
-use crate::error::{Error, Result};
-use crate::nf_tables::{Batch, Client};
+use crate::kernel::nf_tables::{Batch, Client};
+use crate::protocol::error::{Error, Result};
 
 /// Whether the `nft` tool is installed.
 pub fn installed() -> bool {

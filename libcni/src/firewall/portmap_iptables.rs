@@ -26,8 +26,8 @@ use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, network_key};
 use super::portmap::Attachment;
 use super::{hash16, subnet_of};
-use crate::error::Result;
-use crate::nf_tables::Client;
+use crate::kernel::nf_tables::Client;
+use crate::protocol::error::Result;
 
 pub(super) const DNAT: &str = "CNI-HOSTPORT-DNAT";
 pub(super) const SETMARK: &str = "CNI-HOSTPORT-SETMARK";
@@ -152,7 +152,7 @@ pub fn add(a: &Attachment<'_>) -> Result<()> {
         // once, under the node lock, after checking again that no one made them meanwhile.
         let _lock;
         if iptables::list_chain(fam, "nat", DNAT)?.is_none() {
-            _lock = super::node_lock("iptables-hostport")?;
+            _lock = crate::kernel::lock::node_lock("iptables-hostport")?;
             if iptables::list_chain(fam, "nat", DNAT)?.is_none() {
                 lines.extend(base_lines(a));
             }
@@ -371,7 +371,7 @@ pub fn reference_tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
 /// The Go portmap's entry rules: one per protocol for each 15 host ports (multiport), over
 /// every mapping whatever its family.
 fn reference_entry_rules(a: &Attachment<'_>) -> usize {
-    let mut per_protocol: Vec<(crate::nf_tables::L4, usize)> = Vec::new();
+    let mut per_protocol: Vec<(crate::kernel::nf_tables::L4, usize)> = Vec::new();
     for m in a.mappings {
         match per_protocol.iter_mut().find(|(p, _)| *p == m.protocol) {
             Some((_, n)) => *n += 1,
@@ -427,7 +427,11 @@ fn listed(fam: Family, chain: &str) -> Result<Vec<String>> {
 
 /// GC: removes the chains of `network`'s attachments that are not in `valid` (listed only
 /// where `CNI-HOSTPORT-DNAT` may exist).
-pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+pub fn retain(
+    nft: &mut Client,
+    network: &str,
+    valid: &[crate::protocol::conf::Attachment],
+) -> Result<()> {
     let keep: Vec<String> = valid
         .iter()
         .map(|v| {
@@ -467,7 +471,7 @@ pub fn retain(nft: &mut Client, network: &str, valid: &[crate::conf::Attachment]
 mod tests {
     use super::*;
     use crate::firewall::portmap::Mapping;
-    use crate::nf_tables::L4;
+    use crate::kernel::nf_tables::L4;
 
     const OWNER: Owner<'static> = Owner {
         network: "net",

@@ -25,8 +25,8 @@ use super::iptables::{self, Family, quote};
 use super::portmap_conditions::{self, Applied};
 use super::{Backend, Owner, masquerade, nftables, portmap, portmap_iptables, spoofcheck};
 use super::{reference_portmap, subnet_of};
-use crate::error::{Error, Result};
-use crate::nf_tables::{self, Client, ListedRule};
+use crate::kernel::nf_tables::{self, Client, ListedRule};
+use crate::protocol::error::{Error, Result};
 
 /// The reference release whose layout is made (1.0 … 1.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +319,7 @@ pub(super) fn family_of(ip: &IpNetwork) -> Family {
 
 /// Go's `%q` of a name the skel accepts (letters, digits, `_ . -`): just quoted.
 pub(super) fn go_quoted(name: &str) -> Result<String> {
-    if crate::conf::valid_identifier(name) {
+    if crate::protocol::conf::valid_identifier(name) {
         Ok(format!("\"{name}\""))
     } else {
         Err(Error::invalid_config(format!(
@@ -473,7 +473,7 @@ fn spoof_check(
     if jumps.len() == 1 && chain_rules.len() == 1 && mac_rules.len() == 2 {
         return Ok(Vec::new());
     }
-    if !crate::conf::valid_identifier(host_veth) {
+    if !crate::protocol::conf::valid_identifier(host_veth) {
         return Err(Error::invalid_config(format!(
             "host interface name {host_veth:?} cannot be written in an nft rule"
         )));
@@ -493,7 +493,7 @@ fn spoof_check(
          add rule bridge nat {c} jump {m} comment \"{comment}\"\n\
          add rule bridge nat {m} ether saddr {} return comment \"{comment}\"\n\
          add rule bridge nat {m} drop comment \"{comment}\"\n",
-        crate::netlink::format_mac(mac)
+        crate::kernel::netlink::format_mac(mac)
     ));
     Ok(vec![Write::Nft { script }])
 }

@@ -23,8 +23,8 @@ use super::portmap::{Attachment, REFERENCE_CHAINS, REFERENCE_COMMENT_MAX, REFERE
 use super::portmap_iptables::{self, DNAT, MASQ, SETMARK};
 use super::reference::{Missing, Release, Write, args, delete_lines, family_of};
 use super::{nftables, subnet_of};
-use crate::error::{Error, Result};
-use crate::nf_tables::{self, Client};
+use crate::kernel::nf_tables::{self, Client};
+use crate::protocol::error::{Error, Result};
 
 /// `ip:port`, `[ip6]:port`.
 fn ip_port(ip: IpAddr, port: u16) -> String {
@@ -281,7 +281,7 @@ mod tests {
     use super::super::Owner;
     use super::super::portmap::Mapping;
     use super::*;
-    use crate::nf_tables::L4;
+    use crate::kernel::nf_tables::L4;
 
     fn attachment<'a>(mappings: &'a [Mapping], ips: &'a [IpNetwork]) -> Attachment<'a> {
         Attachment {

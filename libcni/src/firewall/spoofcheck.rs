@@ -16,8 +16,10 @@
 
 use super::nftables;
 use super::owner::{Owner, stale};
-use crate::error::{Error, Result};
-use crate::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule};
+use crate::kernel::nf_tables::{
+    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
+};
+use crate::protocol::error::{Error, Result};
 
 pub const TABLE: &str = "rcni_spoofcheck";
 pub const CHAIN: &str = "prerouting";
@@ -41,7 +43,7 @@ fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
 
 /// Adds the check for the port `host_veth`, whose container end has `mac`.
 pub fn add(nft: &mut Client, owner: &Owner<'_>, host_veth: &str, mac: &str) -> Result<()> {
-    let mac = crate::netlink::parse_mac(mac)
+    let mac = crate::kernel::netlink::parse_mac(mac)
         .ok_or_else(|| Error::internal(format!("{mac:?} is not a MAC address")))?;
     let rule = Rule::new(BRIDGE, TABLE, CHAIN)
         .match_iifname(host_veth)
@@ -62,7 +64,7 @@ pub fn own_rule_count(nft: &mut Client, owner: &Owner<'_>) -> Result<usize> {
 }
 
 /// GC: removes the checks of `network`'s attachments that are not in `valid`.
-pub fn retain(network: &str, valid: &[crate::conf::Attachment]) -> Result<()> {
+pub fn retain(network: &str, valid: &[crate::protocol::conf::Attachment]) -> Result<()> {
     nftables::remove_where(&mut nftables::open()?, BRIDGE, TABLE, &[CHAIN], |c| {
         stale(network, valid, c)
     })

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::protocol::error::{Error, Result};
 
 pub const DEFAULT_DIR: &str = "/var/lib/cni";
 const KIND: &str = "cniCacheV1";
@@ -87,7 +87,7 @@ impl Cache {
     /// The lock that orders the runtime's operations on this cache: ADD and DEL hold it
     /// shared, GC exclusive, so a GC never runs between a chain ADD and its cache write.
     /// Held until the file is dropped.
-    pub fn lock(&self, mode: crate::flock::Mode) -> Result<std::fs::File> {
+    pub fn lock(&self, mode: crate::kernel::lock::Mode) -> Result<std::fs::File> {
         self.create_dir()?;
         let path = self.dir.join(LOCK);
         let file = std::fs::OpenOptions::new()
@@ -99,7 +99,7 @@ impl Cache {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display())))?;
-        crate::flock::lock_within(&file, mode, LOCK_WAIT, &path)?;
+        crate::kernel::lock::lock_within(&file, mode, LOCK_WAIT, &path)?;
         Ok(file)
     }
 
@@ -130,7 +130,8 @@ impl Cache {
             ".{}-{}-{}.tmp",
             entry.network, entry.container_id, entry.ifname
         );
-        let (tmp, mut file) = crate::temp_file::create(&self.dir, &stem, 0o600).map_err(failed)?;
+        let (tmp, mut file) =
+            crate::kernel::temp_file::create(&self.dir, &stem, 0o600).map_err(failed)?;
         file.write_all(&data)
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &path))

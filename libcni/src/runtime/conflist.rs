@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, Result};
-use crate::version::{Version, highest_supported};
+use crate::protocol::error::{Error, Result};
+use crate::protocol::version::{Version, highest_supported};
 
 #[derive(Debug, Clone)]
 pub struct ConfList {
@@ -185,7 +185,7 @@ fn has_type(conf: &Map<String, Value>) -> bool {
 /// directory does not exist. Any file there that does not load fails the whole list.
 fn plugin_dir_confs(dir: &Path, network: &str) -> Result<Vec<Map<String, Value>>> {
     // The name becomes a path component: never one that leaves `dir`.
-    if !crate::conf::valid_identifier(network) {
+    if !crate::protocol::conf::valid_identifier(network) {
         return Err(Error::invalid_config(format!(
             "invalid network name {network:?}: cannot look for its plugin directory"
         )));

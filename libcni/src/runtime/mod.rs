@@ -3,20 +3,21 @@
 
 pub mod cache;
 pub mod conflist;
+pub mod invoke;
 pub mod rollback;
 
 use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 
-use crate::conf::Attachment;
-use crate::error::{Error, Result};
-use crate::flock::Mode;
-use crate::invoke::{self, Env};
-use crate::result::CniResult;
-use crate::skel::Command;
+use crate::kernel::lock::Mode;
+use crate::protocol::conf::Attachment;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::result::CniResult;
+use crate::protocol::skel::Command;
 pub use cache::{Cache, Entry};
 pub use conflist::ConfList;
+use invoke::Env;
 
 /// One attachment as the runtime describes it.
 #[derive(Debug, Clone, Default)]

@@ -11,14 +11,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Cache, ConfList, Entry, RuntimeConf, plugin_stdin};
-use crate::error::{Error, Result};
 use crate::firewall::portmap::{self, Mapping};
 use crate::firewall::reference::{Part, Release};
 use crate::firewall::{Backend, Owner, iptables, nftables};
-use crate::netlink::{Netlink, block_on};
-use crate::netns::{Netns, NetnsError};
-use crate::nf_tables::{Client, L4};
-use crate::result::CniResult;
+use crate::kernel::netlink::{Netlink, block_on};
+use crate::kernel::netns::{Netns, NetnsError};
+use crate::kernel::nf_tables::{Client, L4};
+use crate::protocol::error::{Error, Result};
+use crate::protocol::result::CniResult;
 
 pub struct Options {
     pub release: Release,
@@ -50,7 +50,7 @@ pub struct Report {
 /// Converts every cached attachment of `opts.networks` (all networks when empty), holding the
 /// cache lock against our ADD, DEL and GC.
 pub fn rollback(cache: &Cache, opts: &Options) -> Result<Report> {
-    let _lock = cache.lock(crate::flock::Mode::Exclusive)?;
+    let _lock = cache.lock(crate::kernel::lock::Mode::Exclusive)?;
     let mut nft = nftables::open()?;
     let mut report = Report::default();
     let mut entries: Vec<Entry> = cache
@@ -291,7 +291,7 @@ impl State {
         release: Release,
         iptables_usable: &mut dyn FnMut() -> bool,
     ) -> Result<()> {
-        let keys: BridgeKeys = crate::json::from_value(stdin)
+        let keys: BridgeKeys = crate::protocol::json::from_value(stdin)
             .map_err(|e| refuse(format!("bridge configuration: {e}")))?;
         let layer3 = keys.ipam.kind.is_some_and(|t| !t.is_empty());
         if keys.ip_masq && layer3 {
@@ -331,7 +331,7 @@ impl State {
         release: Release,
         iptables_usable: &mut dyn FnMut() -> bool,
     ) -> Result<()> {
-        let keys: PortmapKeys = crate::json::from_value(stdin)
+        let keys: PortmapKeys = crate::protocol::json::from_value(stdin)
             .map_err(|e| refuse(format!("portmap configuration: {e}")))?;
         let container_ips = portmap::container_ips(result, &self.ifname);
         if keys.runtime_config.port_mappings.is_empty() || container_ips.is_empty() {
@@ -462,7 +462,7 @@ fn spoof_check_ends(result: &CniResult, bridge: &str, ifname: &str) -> Result<(S
         .interfaces
         .iter()
         .find(|i| i.name == ifname && !i.sandbox.is_empty())
-        .and_then(|i| crate::netlink::parse_mac(&i.mac))
+        .and_then(|i| crate::kernel::netlink::parse_mac(&i.mac))
         .ok_or_else(|| refuse("the cached result has no MAC of the container interface"))?;
     let exists = block_on(async { Netlink::open(None)?.link_by_name(&host.name).await })??;
     if exists.is_none() {
@@ -587,7 +587,7 @@ mod tests {
     use super::*;
 
     fn keys(v: Value) -> PortmapKeys {
-        crate::json::from_value(v).unwrap()
+        crate::protocol::json::from_value(v).unwrap()
     }
 
     #[test]

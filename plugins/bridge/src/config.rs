@@ -1,9 +1,9 @@
 //! The bridge plugin's keys, with the reference's defaults and checks.
 
-use libcni::args::CniArgs;
-use libcni::json::Lenient;
-use libcni::netlink::parse_mac;
-use libcni::skel::Request;
+use libcni::kernel::netlink::parse_mac;
+use libcni::protocol::args::CniArgs;
+use libcni::protocol::json::Lenient;
+use libcni::protocol::skel::Request;
 use libcni::{Error, Result};
 use serde::Deserialize;
 

@@ -20,14 +20,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libcni::firewall::{
-    Backend, Owner, check, driver, masquerade, nftables, node_lock, spoofcheck,
-};
-use libcni::netlink::{Created, Link, Netlink, VethSpec, block_on};
-use libcni::netns::Netns;
-use libcni::result::{CniResult, Interface, Route};
-use libcni::skel::{self, Plugin, Request};
-use libcni::{Error, Result, ipam, sysctl};
+use libcni::firewall::{Backend, Owner, check, driver, masquerade, nftables, spoofcheck};
+use libcni::kernel::lock::node_lock;
+use libcni::kernel::netlink::{Created, Link, Netlink, VethSpec, block_on};
+use libcni::kernel::netns::Netns;
+use libcni::kernel::sysctl;
+use libcni::protocol::ipam;
+use libcni::protocol::result::{CniResult, Interface, Route};
+use libcni::protocol::skel::{self, Plugin, Request};
+use libcni::{Error, Result};
 
 use crate::config::{Conf, Teardown};
 
@@ -359,8 +360,15 @@ async fn attach(
         // With `enabledad`, addresses are usable when ADD returns, or ADD fails (as the
         // reference: up to 5 s).
         let dad_wait = conf.raw.enabledad.then_some(DAD_WAIT);
-        libcni::ipam::configure_iface(cont, ns, &cont_veth, &result.ips, &result.routes, dad_wait)
-            .await?;
+        libcni::protocol::ipam::configure_iface(
+            cont,
+            ns,
+            &cont_veth,
+            &result.ips,
+            &result.routes,
+            dad_wait,
+        )
+        .await?;
         // The host may still know a previous owner of a reused address: forget it.
         for ip in &result.ips {
             host.forget_neighbour(bridge, ip.address.ip()).await?;
@@ -490,7 +498,8 @@ async fn add_port_veth(
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
-    libcni::random::bytes().map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))
+    libcni::kernel::random::bytes()
+        .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))
 }
 
 /// A random unicast, locally administered MAC.
@@ -712,7 +721,7 @@ fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {
 async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
     let mut state = String::from("unknown");
     for pause_ms in [0u64, 50, 500, 1000, 1000] {
-        libcni::netlink::pause(Duration::from_millis(pause_ms)).await;
+        libcni::kernel::netlink::pause(Duration::from_millis(pause_ms)).await;
         match host.link_by_index(veth.index).await? {
             Some(l) if l.oper_up => return Ok(()),
             Some(l) => {
@@ -839,7 +848,7 @@ async fn check_attachment(
         for route in wanted {
             if !present
                 .iter()
-                .any(|m| libcni::netlink::route_matches(m, route))
+                .any(|m| libcni::kernel::netlink::route_matches(m, route))
             {
                 return Err(fail(format!(
                     "route to {} is missing in the container",

@@ -8,10 +8,10 @@
 
 use std::process::ExitCode;
 
-use libcni::netlink::{Netlink, block_on};
-use libcni::netns::Netns;
-use libcni::result::{CniResult, Interface, IpConfig};
-use libcni::skel::{self, Plugin, Request};
+use libcni::kernel::netlink::{Netlink, block_on};
+use libcni::kernel::netns::Netns;
+use libcni::protocol::result::{CniResult, Interface, IpConfig};
+use libcni::protocol::skel::{self, Plugin, Request};
 use libcni::{Error, Result};
 
 const LO: &str = "lo";

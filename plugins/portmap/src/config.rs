@@ -4,9 +4,9 @@ use std::net::IpAddr;
 
 use libcni::firewall::Backend;
 use libcni::firewall::portmap::Mapping;
-use libcni::json::Lenient;
-use libcni::nf_tables::L4;
-use libcni::skel::Request;
+use libcni::kernel::nf_tables::L4;
+use libcni::protocol::json::Lenient;
+use libcni::protocol::skel::Request;
 use libcni::{Error, Result};
 use serde::Deserialize;
 

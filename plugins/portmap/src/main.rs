@@ -19,11 +19,12 @@ use libcni::firewall::portmap::{self, Attachment, Mapping};
 use libcni::firewall::{
     Backend, Owner, check, driver, nftables, portmap_conditions, portmap_iptables,
 };
-use libcni::netlink::{Netlink, block_on};
-use libcni::nf_tables::L4;
-use libcni::result::CniResult;
-use libcni::skel::{self, Plugin, Request};
-use libcni::{Error, Result, conntrack, sysctl};
+use libcni::kernel::netlink::{Netlink, block_on};
+use libcni::kernel::nf_tables::L4;
+use libcni::kernel::{conntrack, sysctl};
+use libcni::protocol::result::CniResult;
+use libcni::protocol::skel::{self, Plugin, Request};
+use libcni::{Error, Result};
 
 use crate::config::{Conf, Teardown};
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use libcni::netns::Netns;
+use libcni::kernel::netns::Netns;
 
 use crate::forks::Watch;
 

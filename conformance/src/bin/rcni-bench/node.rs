@@ -58,7 +58,7 @@ pub enum Kind {
 pub struct Node {
     pub host: Netns,
     /// The host namespace, held open: processes are started from a thread inside it.
-    host_ns: libcni::netns::Netns,
+    host_ns: libcni::kernel::netns::Netns,
     kind: Kind,
     /// Configs, host-local's data and the result cache live here.
     work: tempfile::TempDir,
@@ -142,7 +142,7 @@ impl Node {
         std::fs::write(work.path().join("net.d/10-bench.conflist"), &bytes)
             .map_err(|e| e.to_string())?;
         let list = ConfList::from_list_bytes(&bytes).map_err(|e| e.to_string())?;
-        let host_ns = libcni::netns::Netns::open(&host.path).map_err(|e| e.to_string())?;
+        let host_ns = libcni::kernel::netns::Netns::open(&host.path).map_err(|e| e.to_string())?;
         let node = Node {
             host,
             host_ns,

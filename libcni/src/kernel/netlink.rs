@@ -18,9 +18,9 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-use crate::error::{Error, Result};
-use crate::netns::Netns;
-use crate::result::Route;
+use crate::kernel::netns::Netns;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::result::Route;
 
 /// Runs `fut` on a current-thread runtime: plugins are short-lived and single-threaded, and
 /// namespace switches must stay on the one thread.

@@ -1,7 +1,7 @@
 //! `CNI_ARGS`: `KEY=VALUE;KEY2=VALUE2`, with `IgnoreUnknown` deciding whether keys a plugin does
 //! not know are an error.
 
-use crate::error::{Error, Result};
+use crate::protocol::error::{Error, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniArgs {

@@ -340,7 +340,7 @@ mod tests {
     use netlink_packet_core::{ErrorMessage, NetlinkBuffer};
 
     use super::*;
-    use crate::nf_tables::socket::split_datagram;
+    use crate::kernel::nf_tables::socket::split_datagram;
 
     fn sample() -> Batch {
         let mut b = Batch::new();

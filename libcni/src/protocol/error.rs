@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::version::Version;
+use crate::protocol::version::Version;
 
 /// Error codes of the spec (and the two the Go library adds, kept for drop-in parity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,10 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::json::Lenient;
-use crate::result::{CniResult, Dns};
-use crate::version::Version;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::json::Lenient;
+use crate::protocol::result::{CniResult, Dns};
+use crate::protocol::version::Version;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -52,8 +52,8 @@ impl NetConf {
     /// Reads the shared keys of a config object. libcni sends the attachment lists of a
     /// network without attachments as a nil Go slice, `null`: that is an empty list, not an
     /// absent key (CRI-O's GC of an unused network).
-    pub fn parse(raw: &Value) -> std::result::Result<NetConf, crate::json::KeyError> {
-        let mut conf: NetConf = crate::json::from_value(raw.clone())?;
+    pub fn parse(raw: &Value) -> std::result::Result<NetConf, crate::protocol::json::KeyError> {
+        let mut conf: NetConf = crate::protocol::json::from_value(raw.clone())?;
         let sent_null = |key: &str| raw.get(key).is_some_and(Value::is_null);
         if conf.valid_attachments.is_none() && sent_null("cni.dev/valid-attachments") {
             conf.valid_attachments = Some(Vec::new());
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn shared_keys() {
-        let c: NetConf = crate::json::from_value(json!({
+        let c: NetConf = crate::protocol::json::from_value(json!({
             "cniVersion": "1.1.0", "Name": "n", "type": "bridge", "ipam": {},
             "runtimeConfig": {"mac": "aa:bb:cc:dd:ee:ff"}, "args": {"cni": {"ips": ["10.0.0.9"]}},
             "cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]

@@ -16,7 +16,7 @@ pub fn create(dir: &Path, stem: &str, mode: u32) -> io::Result<(PathBuf, File)> 
         Ok(format!(
             "{}.{}",
             std::process::id(),
-            crate::random::hex::<8>()?
+            crate::kernel::random::hex::<8>()?
         ))
     })
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::skel::Command;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::skel::Command;
 
 /// The `CNI_*` environment of one invocation. Everything else is inherited from our own
 /// environment, as the Go library does.

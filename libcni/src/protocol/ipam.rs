@@ -4,13 +4,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::invoke::{self, Env};
-use crate::netlink::{Dad, Link, Netlink};
-use crate::netns::Netns;
-use crate::result::{CniResult, IpConfig, Route};
-use crate::skel::{Command, Request};
-use crate::sysctl;
+use crate::kernel::netlink::{Dad, Link, Netlink};
+use crate::kernel::netns::Netns;
+use crate::kernel::sysctl;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::result::{CniResult, IpConfig, Route};
+use crate::protocol::skel::{Command, Request};
+use crate::runtime::invoke::{self, Env};
 
 fn delegate(req: &Request, ipam_type: &str, command: Command) -> Result<Vec<u8>> {
     let plugin = invoke::find_plugin(ipam_type, &req.path)?;
@@ -136,7 +136,7 @@ async fn wait_dad(nl: &Netlink, link: &Link, limit: Duration) -> Result<()> {
                     pending.join(", ")
                 )));
             }
-            Dad::Tentative(_) => crate::netlink::pause(DAD_POLL).await,
+            Dad::Tentative(_) => crate::kernel::netlink::pause(DAD_POLL).await,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::ErrorKind;
 
-use crate::error::{Error, Result};
+use crate::protocol::error::{Error, Result};
 
 fn path(key: &str) -> String {
     format!("/proc/sys/{}", key.trim_start_matches('/'))

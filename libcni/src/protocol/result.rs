@@ -7,8 +7,8 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, Result};
-use crate::version::{Family, Version};
+use crate::protocol::error::{Error, Result};
+use crate::protocol::version::{Family, Version};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CniResult {
@@ -154,12 +154,13 @@ impl CniResult {
                     .with_details(format!("supported: {}", Version::list()))
             })?,
         };
-        let decode = |e: crate::json::KeyError| {
+        let decode = |e: crate::protocol::json::KeyError| {
             Error::decode(format!("cannot decode {version} result: {e}"))
         };
         let result = match version.family() {
             Family::Legacy020 => {
-                let old: Result020 = crate::json::from_value(value.clone()).map_err(decode)?;
+                let old: Result020 =
+                    crate::protocol::json::from_value(value.clone()).map_err(decode)?;
                 let mut result = CniResult {
                     dns: old.dns,
                     ..Default::default()
@@ -178,7 +179,7 @@ impl CniResult {
             }
             // 0.3.x/0.4.0 differ from 1.x only by the `version` of each IP, derived from the address.
             Family::Legacy040 | Family::Current => {
-                crate::json::from_value(value.clone()).map_err(decode)?
+                crate::protocol::json::from_value(value.clone()).map_err(decode)?
             }
         };
         if let Some((i, ip)) = result

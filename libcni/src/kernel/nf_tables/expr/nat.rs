@@ -4,7 +4,7 @@
 use netlink_packet_netfilter::nftables::{Expressions, Register};
 
 use super::attrs;
-use crate::nf_tables::objects::Family;
+use crate::kernel::nf_tables::objects::Family;
 
 const NFTA_NAT_TYPE: u16 = 1;
 const NFTA_NAT_FAMILY: u16 = 2;

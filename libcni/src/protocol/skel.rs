@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use crate::args::CniArgs;
-use crate::conf::{NetConf, valid_identifier, validate_ifname};
-use crate::error::{Code, Error, Result};
-use crate::netns::{Netns, NetnsError};
-use crate::result::CniResult;
-use crate::version::Version;
+use crate::kernel::netns::{Netns, NetnsError};
+use crate::protocol::args::CniArgs;
+use crate::protocol::conf::{NetConf, valid_identifier, validate_ifname};
+use crate::protocol::error::{Code, Error, Result};
+use crate::protocol::result::CniResult;
+use crate::protocol::version::Version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -87,7 +87,7 @@ impl Request {
 
     /// The plugin's own config type, read with Go's key matching; errors name the bad key.
     pub fn plugin_conf<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        crate::json::from_value(self.raw.clone())
+        crate::protocol::json::from_value(self.raw.clone())
             .map_err(|e| Error::invalid_config(format!("invalid network config: {e}")))
     }
 
@@ -161,7 +161,9 @@ fn install_panic_hook() {
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
         let err = Error::internal(format!("internal error: {msg}{where_}"));
-        let _ = std::io::stdout().write_all(&crate::json::to_pretty(&err.to_json(Version::LATEST)));
+        let _ = std::io::stdout().write_all(&crate::protocol::json::to_pretty(
+            &err.to_json(Version::LATEST),
+        ));
         let _ = std::io::stdout().flush();
         eprintln!("internal error: {msg}{where_}");
     }));
@@ -205,7 +207,7 @@ pub fn dispatch(
         }
         Ok(None) => 0,
         Err(e) => {
-            let _ = stdout.write_all(&crate::json::to_pretty(&e.to_json(version)));
+            let _ = stdout.write_all(&crate::protocol::json::to_pretty(&e.to_json(version)));
             1
         }
     }
@@ -369,7 +371,7 @@ fn execute(plugin: &impl Plugin, req: &Request) -> Result<Option<Vec<u8>>> {
         Command::Add => {
             let result = plugin.add(req)?;
             match result.render(req.version) {
-                Ok(rendered) => Ok(Some(crate::json::to_pretty(&rendered))),
+                Ok(rendered) => Ok(Some(crate::protocol::json::to_pretty(&rendered))),
                 Err(e) => {
                     // The version cannot express what was set up (e.g. no IP for 0.2.0): the ADD
                     // fails, so it must not leave anything behind.

@@ -1,11 +1,14 @@
-//! Waiting for an advisory lock (flock) for a bounded time: an operation that cannot get it in
-//! time fails with code 11 ("try again later") instead of hanging or running unprotected.
+//! Advisory locks (flock) waited for a bounded time: an operation that cannot get one in time
+//! fails with code 11 ("try again later") instead of hanging or running unprotected. The
+//! node's locks for shared firewall objects live here; host-local and the result cache lock
+//! files of their own.
 
 use std::fs::{File, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::protocol::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -29,7 +32,8 @@ pub fn lock_within(file: &File, mode: Mode, wait: Duration, path: &Path) -> Resu
             Ok(()) => return Ok(()),
             Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
+                // Locks are held for milliseconds: a waiter never sleeps much past a release.
+                pause = (pause * 2).min(Duration::from_millis(4));
             }
             Err(TryLockError::WouldBlock) => {
                 return Err(Error::try_again(format!(
@@ -43,6 +47,26 @@ pub fn lock_within(file: &File, mode: Mode, wait: Duration, path: &Path) -> Resu
             }
         }
     }
+}
+
+/// Serialises check-then-create of shared objects (a network's masquerade rule, the shared
+/// iptables chains, a bridge's MAC) across concurrent plugin runs on the node: the exclusive
+/// lock of `/run/cni-rs/<name>.lock`, held only for those few milliseconds.
+pub fn node_lock(name: &str) -> Result<File> {
+    const DIR: &str = "/run/cni-rs";
+    const WAIT: Duration = Duration::from_secs(30);
+    std::fs::create_dir_all(DIR).map_err(|e| Error::io(format!("cannot create {DIR}: {e}")))?;
+    let path = Path::new(DIR).join(format!("{name}.lock"));
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::io(format!("cannot open {}: {e}", path.display())))?;
+    lock_within(&file, Mode::Exclusive, WAIT, &path)?;
+    Ok(file)
 }
 
 #[cfg(test)]

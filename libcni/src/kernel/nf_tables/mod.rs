@@ -2,7 +2,7 @@
 //!
 //! Built on `netlink-packet-netfilter` (messages, objects, the expressions it types) with a
 //! small blocking socket. A [`Client`] works in the network namespace the calling thread was
-//! in when it was opened; enter the target namespace (`crate::netns::Netns::enter`) first.
+//! in when it was opened; enter the target namespace (`crate::kernel::netns::Netns::enter`) first.
 //!
 //! ```text
 //! let mut nft = Client::open()?;
