@@ -3,6 +3,7 @@
 //! locks, temp files and random names the on-disk state needs.
 
 pub mod conntrack;
+pub mod deferred_close;
 pub mod lock;
 pub mod netlink;
 pub mod netns;

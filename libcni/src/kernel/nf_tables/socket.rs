@@ -33,6 +33,15 @@ pub struct Socket {
     buf: Vec<u8>,
 }
 
+/// The kernel's flush at close would hold every other nf_tables transaction of the node for a
+/// grace period (see `deferred_close`): the socket is released after we exit instead.
+impl Drop for Socket {
+    fn drop(&mut self) {
+        use std::os::fd::AsFd;
+        crate::kernel::deferred_close::release(self.raw.as_fd());
+    }
+}
+
 impl Socket {
     /// Opens the socket in the network namespace of the calling thread.
     pub fn open() -> Result<Socket> {
