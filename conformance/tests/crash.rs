@@ -1,9 +1,10 @@
 //! Crash safety: our cnitool and the plugins it runs are SIGKILLed at random points of ADD and
 //! DEL — the whole process group (the runtime and every plugin, as a node losing power or an
 //! OOM kill of the runtime's cgroup), or one plugin alone — round after round, each with a
-//! fresh container namespace. A DEL through the runtime afterwards must leave the node as it
-//! was: no link, lease, nft or iptables rule, chain or set element, result-cache entry or temp
-//! file. On both firewall backends, with a conflist like containerd's default.
+//! fresh container namespace. A DEL through the runtime afterwards (in some rounds after the
+//! namespace is gone, or without the capability arguments) must leave the node as it was: no
+//! link, lease, nft or iptables rule, chain or set element, result-cache entry or temp file.
+//! On both firewall backends, with a conflist like containerd's default.
 //!
 //! Delays are drawn uniformly from [0, 1.2 × one ADD's (or DEL's) duration] measured first, so
 //! the kills spread over every stage of the chain. The seed is printed first; set
@@ -12,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,17 +76,18 @@ impl Node {
         }
     }
 
-    fn tool(&self, verb: &str, ctr: &Netns) -> Command {
+    /// cnitool `verb` for the container namespace at `ctr`.
+    fn tool(&self, verb: &str, ctr: &Path) -> Command {
         cnitool_command(
             &self.host,
             &self.work,
-            &[verb, NET, ctr.path.to_str().unwrap()],
+            &[verb, NET, ctr.to_str().unwrap()],
             &[("CAP_ARGS", &self.caps)],
         )
     }
 
     /// cnitool `verb` to its end: what it did, and how long it took.
-    fn run(&self, verb: &str, ctr: &Netns) -> (Outcome, Duration) {
+    fn run(&self, verb: &str, ctr: &Path) -> (Outcome, Duration) {
         let start = Instant::now();
         let out = outcome_within(&mut self.tool(verb, ctr), "", Some(LIMIT));
         (out, start.elapsed())
@@ -92,7 +95,7 @@ impl Node {
 
     /// Starts cnitool `verb` as a process group of its own and after `delay` SIGKILLs `victim`;
     /// returns once every process of the group is gone.
-    fn kill_during(&self, verb: &str, ctr: &Netns, delay: Duration, victim: Victim) {
+    fn kill_during(&self, verb: &str, ctr: &Path, delay: Duration, victim: Victim) {
         let mut cmd = self.tool(verb, ctr);
         cmd.process_group(0)
             .stdin(Stdio::null())
@@ -110,14 +113,29 @@ impl Node {
         reap_group(pid);
     }
 
-    fn state(&self, ctr: &Netns) -> State {
+    /// Waits (up to 10 s) until the host has exactly `links`: the kernel removes a veth whose
+    /// peer's namespace is gone in the background.
+    fn wait_for_links(&self, links: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let mut now = self.host.link_names();
+            now.sort();
+            if now == links {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node's state, and the container's links while its namespace exists.
+    fn state(&self, ctr: Option<&Netns>) -> State {
         let sorted = |mut v: Vec<String>| {
             v.sort();
             v
         };
         State {
             host_links: sorted(self.host.link_names()),
-            container_links: sorted(ctr.link_names()),
+            container_links: sorted(ctr.map_or(vec!["lo".into()], Netns::link_names)),
             lease_dir: files_under(&self.data.path().join(NET), &|f| {
                 f == "lock" || f.starts_with("last_reserved_ip.")
             }),
@@ -279,14 +297,14 @@ fn crash_rounds(backend: &str) {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let ctr = Netns::new("c");
-        let (add, took_add) = node.run("add", &ctr);
+        let (add, took_add) = node.run("add", &ctr.path);
         add.ok();
-        let (del, took_del) = node.run("del", &ctr);
+        let (del, took_del) = node.run("del", &ctr.path);
         del.ok();
         (add_time, del_time) = (took_add, took_del);
         ids.push(cnitool_container_id(&ctr.path));
     }
-    let empty = node.state(&Netns::new("c"));
+    let empty = node.state(None);
     for id in &ids {
         assert!(
             !empty.firewall.contains(id.as_str()),
@@ -314,26 +332,43 @@ fn crash_rounds(backend: &str) {
         let context = format!(
             "seed {seed} round {round} (kill {kind:?}, kill after {d_add:?} in ADD / {d_del:?} in DEL)"
         );
+        let path = ctr.path.clone();
         match kind {
-            Kill::Add => node.kill_during("add", &ctr, d_add, Victim::Group),
-            Kill::PluginDuringAdd => node.kill_during("add", &ctr, d_add, Victim::Plugin),
+            Kill::Add => node.kill_during("add", &path, d_add, Victim::Group),
+            Kill::PluginDuringAdd => node.kill_during("add", &path, d_add, Victim::Plugin),
             Kill::Del => {
-                node.run("add", &ctr).0.ok();
-                node.kill_during("del", &ctr, d_del, Victim::Group);
+                node.run("add", &path).0.ok();
+                node.kill_during("del", &path, d_del, Victim::Group);
             }
             Kill::AddThenDel => {
-                node.kill_during("add", &ctr, d_add, Victim::Group);
-                node.kill_during("del", &ctr, d_del, Victim::Group);
+                node.kill_during("add", &path, d_add, Victim::Group);
+                node.kill_during("del", &path, d_del, Victim::Group);
             }
         }
-        let left = left_over(&node.state(&ctr), &empty);
+        let left = left_over(&node.state(Some(&ctr)), &empty);
         *seen.entry(format!("kill {kind:?}: {left}")).or_default() += 1;
-        let (del, _) = node.run("del", &ctr);
+        // Now and then the pod's namespace is gone by the time the runtime gets to the DEL
+        // (the runtime restarted after the sandbox was torn down).
+        let ctr = (rng.u32(0..4) != 0).then_some(ctr);
+        let mut context = format!(
+            "{context}, namespace {}",
+            if ctr.is_some() { "kept" } else { "gone" }
+        );
+        // … and now and then it does not repeat the capability arguments either.
+        let mut del = node.tool("del", &path);
+        if rng.u32(0..4) == 0 {
+            del.env_remove("CAP_ARGS");
+            context.push_str(", DEL without CAP_ARGS");
+        }
+        let del = outcome_within(&mut del, "", Some(LIMIT));
         assert_eq!(
             del.status, 0,
             "{context}: DEL after the kill failed: {del:?}"
         );
-        assert_clean(&node.state(&ctr), &empty, &context);
+        if ctr.is_none() {
+            node.wait_for_links(&empty.host_links);
+        }
+        assert_clean(&node.state(ctr.as_ref()), &empty, &context);
     }
     eprintln!("crash ({backend}): what the kills left for the DEL: {seen:#?}");
 }
