@@ -19,18 +19,22 @@ use std::time::{Duration, Instant};
 
 use conformance::{
     Netns, Outcome, Workdir, cnitool_command, cnitool_container_id, containerd_conflist,
-    files_under, node_with_uplink, outcome_within, unique,
+    files_under, node_with_uplink, outcome_within,
 };
 use serde_json::json;
 use tempfile::TempDir;
 
 const NET: &str = "crashnet";
+/// Every node is a namespace of its own: one bridge name for all, so that their states compare.
+const BRIDGE: &str = "crash0";
 /// A hang guard for every process the test waits for.
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A node with the network `NET` on `backend`, and its state when no pod is attached.
 struct Node {
     host: Netns,
+    /// The host's links before any CNI operation (lo and the uplink).
+    own_links: Vec<String>,
     _ext: Netns,
     work: Workdir,
     data: TempDir,
@@ -40,6 +44,7 @@ struct Node {
 /// What the node holds; equal to the node's empty state when nothing leaked.
 #[derive(Debug, PartialEq, Eq)]
 struct State {
+    /// The host's links but its own: the bridge and veths.
     host_links: Vec<String>,
     container_links: Vec<String>,
     /// Files in the network's lease directory other than `lock` and the round-robin markers:
@@ -57,7 +62,7 @@ impl Node {
         let work = Workdir::new();
         let conflist = containerd_conflist(
             NET,
-            &unique("cr"),
+            BRIDGE,
             data.path(),
             &["10.66.0.0/24", "fd66::/64"],
             backend,
@@ -68,6 +73,7 @@ impl Node {
             {"hostPort": 8053, "containerPort": 53, "protocol": "udp"},
         ]});
         Node {
+            own_links: host.link_names(),
             host,
             _ext: ext,
             work,
@@ -118,13 +124,23 @@ impl Node {
     fn wait_for_links(&self, links: &[String]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let mut now = self.host.link_names();
-            now.sort();
-            if now == links {
+            if self.cni_links() == links {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The host's links that CNI made (sorted).
+    fn cni_links(&self) -> Vec<String> {
+        let mut links: Vec<String> = self
+            .host
+            .link_names()
+            .into_iter()
+            .filter(|l| !self.own_links.contains(l))
+            .collect();
+        links.sort();
+        links
     }
 
     /// The node's state, and the container's links while its namespace exists.
@@ -134,7 +150,7 @@ impl Node {
             v
         };
         State {
-            host_links: sorted(self.host.link_names()),
+            host_links: self.cni_links(),
             container_links: sorted(ctr.map_or(vec!["lo".into()], Netns::link_names)),
             lease_dir: files_under(&self.data.path().join(NET), &|f| {
                 f == "lock" || f.starts_with("last_reserved_ip.")
@@ -371,6 +387,53 @@ fn crash_rounds(backend: &str) {
         assert_clean(&node.state(ctr.as_ref()), &empty, &context);
     }
     eprintln!("crash ({backend}): what the kills left for the DEL: {seen:#?}");
+}
+
+/// The first ADD on a fresh node also makes what every pod shares (bridge, tables, hook chains,
+/// the shared iptables chains and jumps, the localnet guard): killed at a random point of it,
+/// the next pod's ADD (checked) must complete them, and once both pods are deleted the node
+/// must hold exactly what a node that never crashed holds.
+fn first_add_killed(backend: &str) {
+    become_subreaper();
+    let seed = seed();
+    let rounds = rounds().div_ceil(4);
+    eprintln!(
+        "crash ({backend}, fresh nodes): seed {seed}, {rounds} rounds (replay: RCNI_CRASH_SEED={seed})"
+    );
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let clean = Node::new(backend);
+    let ctr = Netns::new("c");
+    let (add, first_add) = clean.run("add", &ctr.path);
+    add.ok();
+    clean.run("del", &ctr.path).0.ok();
+    let clean = clean.state(None);
+
+    for round in 0..rounds {
+        let node = Node::new(backend);
+        let (crashed, next) = (Netns::new("c"), Netns::new("c"));
+        let delay = first_add.mul_f64(1.2 * rng.f64());
+        let context = format!("seed {seed} round {round} (first ADD killed after {delay:?})");
+        node.kill_during("add", &crashed.path, delay, Victim::Group);
+        let add = node.run("add", &next.path).0;
+        assert_eq!(add.status, 0, "{context}: the next ADD failed: {add:?}");
+        let check = node.run("check", &next.path).0;
+        assert_eq!(check.status, 0, "{context}: its CHECK failed: {check:?}");
+        for ctr in [&next, &crashed] {
+            let del = node.run("del", &ctr.path).0;
+            assert_eq!(del.status, 0, "{context}: DEL failed: {del:?}");
+        }
+        assert_clean(&node.state(None), &clean, &context);
+    }
+}
+
+#[test]
+fn sigkill_during_a_fresh_nodes_first_add_is_repaired_nftables() {
+    first_add_killed("nftables");
+}
+
+#[test]
+fn sigkill_during_a_fresh_nodes_first_add_is_repaired_iptables() {
+    first_add_killed("iptables");
 }
 
 #[test]
