@@ -5,10 +5,10 @@
 //! attachments', and at the end nothing is left: no link, lease, cache entry, rule, chain or
 //! set element beyond what an empty node holds.
 //!
-//! `RCNI_CHURN_CYCLES` sets the number of cycles: 400 by default, so that CI stays short
-//! (about 45 s on a 2-vCPU machine with the debug binaries, most of it the kernel's work on
-//! veth pairs); the full run is `RCNI_CHURN_CYCLES=1000` (about 110 s). The per-operation cost
-//! over the cycles is measured by the benchmark (`--churn`), not here.
+//! `RCNI_CHURN_CYCLES` sets the number of cycles: 1,000 by default (about 50 s on an idle
+//! 2-vCPU machine with the debug binaries, twice that on a busy one; most of it is the
+//! kernel's work on veth pairs and namespaces). The per-operation cost over the cycles is
+//! measured by the benchmark (`--churn`), not here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -120,7 +120,7 @@ impl Node {
 }
 
 fn cycles() -> usize {
-    std::env::var("RCNI_CHURN_CYCLES").map_or(400, |s| {
+    std::env::var("RCNI_CHURN_CYCLES").map_or(1000, |s| {
         s.parse().expect("RCNI_CHURN_CYCLES must be a number")
     })
 }
