@@ -493,6 +493,11 @@ impl Report {
                 ));
             }
         }
+        if cycles < 200 {
+            md.push_str(&format!(
+                "\nA tenth of {cycles} cycles is too few samples for the ratios to mean much.\n"
+            ));
+        }
         let left: Vec<String> = with
             .iter()
             .filter(|(_, c)| !c.leftovers.is_empty())
