@@ -8,8 +8,9 @@
 //!
 //! Delays are drawn uniformly from [0, 1.2 × one ADD's (or DEL's) duration] measured first, so
 //! the kills spread over every stage of the chain. The seed is printed first; set
-//! `RCNI_CRASH_SEED` to replay a run and `RCNI_CRASH_ROUNDS` for more rounds per backend
-//! (default 50).
+//! `RCNI_CRASH_SEED` to replay a run (the same rounds, and delays as the same fractions of the
+//! durations measured then, printed too) and `RCNI_CRASH_ROUNDS` for more rounds per backend
+//! (default 50; the fresh-node tests run a quarter of that).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -353,7 +354,8 @@ fn crash_rounds(backend: &str) {
             Kill::Add => node.kill_during("add", &path, d_add, Victim::Group),
             Kill::PluginDuringAdd => node.kill_during("add", &path, d_add, Victim::Plugin),
             Kill::Del => {
-                node.run("add", &path).0.ok();
+                let add = node.run("add", &path).0;
+                assert_eq!(add.status, 0, "{context}: ADD failed: {add:?}");
                 node.kill_during("del", &path, d_del, Victim::Group);
             }
             Kill::AddThenDel => {
