@@ -2,9 +2,9 @@
 //! DEL — the whole process group (the runtime and every plugin, as a node losing power or an
 //! OOM kill of the runtime's cgroup), or one plugin alone — round after round, each with a
 //! fresh container namespace. A DEL through the runtime afterwards (in some rounds after the
-//! namespace is gone, or without the capability arguments) must leave the node as it was: no
-//! link, lease, nft or iptables rule, chain or set element, result-cache entry or temp file.
-//! On both firewall backends, with a conflist like containerd's default.
+//! namespace is gone, or a GC instead, or without the capability arguments) must leave the
+//! node as it was: no link, lease, nft or iptables rule, chain or set element, result-cache
+//! entry or temp file. On both firewall backends, with a conflist like containerd's default.
 //!
 //! Delays are drawn uniformly from [0, 1.2 × one ADD's (or DEL's) duration] measured first, so
 //! the kills spread over every stage of the chain. The seed is printed first; set
@@ -365,23 +365,29 @@ fn crash_rounds(backend: &str) {
         }
         let left = left_over(&node.state(Some(&ctr)), &empty);
         *seen.entry(format!("kill {kind:?}: {left}")).or_default() += 1;
-        // Now and then the pod's namespace is gone by the time the runtime gets to the DEL
-        // (the runtime restarted after the sandbox was torn down).
+        // Now and then the pod's namespace is gone by the time the runtime cleans up (it
+        // restarted after the sandbox was torn down); then now and then it runs a GC instead of
+        // the DEL (it forgot the pod). And now and then it does not repeat the capability
+        // arguments.
         let ctr = (rng.u32(0..4) != 0).then_some(ctr);
+        let verb = if ctr.is_none() && rng.bool() {
+            "gc"
+        } else {
+            "del"
+        };
         let mut context = format!(
-            "{context}, namespace {}",
+            "{context}, namespace {}, then {verb}",
             if ctr.is_some() { "kept" } else { "gone" }
         );
-        // … and now and then it does not repeat the capability arguments either.
-        let mut del = node.tool("del", &path);
+        let mut cleanup = node.tool(verb, &path);
         if rng.u32(0..4) == 0 {
-            del.env_remove("CAP_ARGS");
-            context.push_str(", DEL without CAP_ARGS");
+            cleanup.env_remove("CAP_ARGS");
+            context.push_str(" without CAP_ARGS");
         }
-        let del = outcome_within(&mut del, "", Some(LIMIT));
+        let cleanup = outcome_within(&mut cleanup, "", Some(LIMIT));
         assert_eq!(
-            del.status, 0,
-            "{context}: DEL after the kill failed: {del:?}"
+            cleanup.status, 0,
+            "{context}: {verb} after the kill failed: {cleanup:?}"
         );
         if ctr.is_none() {
             node.wait_for_links(&empty.host_links);
