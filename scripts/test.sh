@@ -32,6 +32,9 @@ for key in ("ours", "reference", "floor"):
     assert [p["n"] for p in s["pods"]] == [1, 10], s["pods"]
     for p in s["parallel"]:
         assert p["duplicate_ips"] == 0 and p["leases_match"] and not p["leftovers"], (key, p)
+    churn = s["churn"]
+    assert churn["cycles"] > 0 and "add_last_over_first" in churn, (key, churn)
+    assert not churn["leftovers"], (key, churn)
 print("benchmark smoke test: ok")
 PY
 

@@ -889,6 +889,57 @@ pub fn newest_reference_dir() -> PathBuf {
     })
 }
 
+// ---- Crash and churn suites' helpers (crash.rs, churn.rs) -------------------------------------
+
+/// Our cnitool for `args` inside `host` with this workdir's configs and cache and extra
+/// environment, not yet started (for tests that signal it or bound its time).
+pub fn cnitool_command(
+    host: &Netns,
+    work: &Workdir,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = host.command(bin("cnitool"));
+    cmd.args(args)
+        .env("NETCONFPATH", work.net_dir())
+        .env("CNI_PATH", bin_dir())
+        .env("CNI_CACHE_DIR", work.cache_dir())
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// A conflist like containerd's default: loopback, bridge `bridge` (gateway, masquerade,
+/// hairpin, spoof check) with host-local on `subnets` (one range set each) in `data`, and
+/// portmap with the `portMappings` capability; `backend` `"iptables"` puts both bridge's
+/// masquerade and portmap on iptables.
+pub fn containerd_conflist(
+    network: &str,
+    bridge: &str,
+    data: &Path,
+    subnets: &[&str],
+    backend: &str,
+) -> Value {
+    let ranges: Vec<Value> = subnets
+        .iter()
+        .map(|s| serde_json::json!([{ "subnet": s }]))
+        .collect();
+    let routes: Vec<Value> = subnets
+        .iter()
+        .map(|s| serde_json::json!({"dst": if s.contains(':') { "::/0" } else { "0.0.0.0/0" }}))
+        .collect();
+    serde_json::json!({
+        "cniVersion": "1.1.0", "name": network,
+        "plugins": [
+            {"type": "loopback"},
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "ipMasqBackend": backend, "hairpinMode": true, "macspoofchk": true,
+             "ipam": {"type": "host-local", "dataDir": data, "ranges": ranges,
+                      "routes": routes}},
+            {"type": "portmap", "backend": backend, "capabilities": {"portMappings": true}},
+        ],
+    })
+}
+
 impl Netns {
     /// Deletes the first rule of nat `chain` (`program`: iptables or ip6tables) whose
     /// `-L -n` line contains `needle`; fails the test if there is none.
@@ -965,4 +1016,67 @@ pub fn executed_programs(trace: &Path) -> Vec<String> {
         .filter_map(|l| l.split_once("execve(\"")?.1.split_once('"'))
         .map(|(program, _)| program.rsplit('/').next().unwrap().to_string())
         .collect()
+}
+
+impl Netns {
+    /// Every firewall rule, chain, set and element in this namespace as text that compares
+    /// equal when nothing changed: `nft -j list ruleset` without handles and counter values,
+    /// then `iptables-save` and `ip6tables-save` without comments and counters.
+    pub fn firewall_state(&self) -> String {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(o) => {
+                    o.remove("handle");
+                    for (key, value) in o.iter_mut() {
+                        if key == "packets" || key == "bytes" {
+                            *value = Value::Null;
+                        } else {
+                            strip(value);
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let mut nft = Value::Array(self.nft_ruleset());
+        strip(&mut nft);
+        let mut state = serde_json::to_string_pretty(&nft).unwrap();
+        for save in ["iptables-save", "ip6tables-save"] {
+            let out = run_ok(&mut self.command(save));
+            for line in String::from_utf8_lossy(&out).lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                let line = match line.rsplit_once(" [") {
+                    Some((chain, counters)) if line.starts_with(':') && counters.ends_with(']') => {
+                        chain.to_string()
+                    }
+                    _ => line.to_string(),
+                };
+                state.push_str(&format!("\n{save}: {line}"));
+            }
+        }
+        state
+    }
+}
+
+/// Every entry under `dir` (recursively), as paths relative to it, except those `keep`
+/// accepts; empty when `dir` does not exist.
+pub fn files_under(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(path);
+            } else if !keep(&rel) {
+                found.push(rel);
+            }
+        }
+    }
+    found.sort();
+    found
 }

@@ -21,6 +21,21 @@ pub fn create(dir: &Path, stem: &str, mode: u32) -> io::Result<(PathBuf, File)> 
     })
 }
 
+/// Whether `name` is a file [`create`] made under `stem` (`<stem><pid>.<hex digits>`), e.g. one
+/// left by a process killed between creating it and renaming it into place.
+pub fn is_made_under(name: &str, stem: &str) -> bool {
+    let digits = |s: &str, hex: bool| {
+        !s.is_empty()
+            && s.bytes().all(|b| match hex {
+                true => b.is_ascii_hexdigit(),
+                false => b.is_ascii_digit(),
+            })
+    };
+    name.strip_prefix(stem)
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(pid, random)| digits(pid, false) && digits(random, true))
+}
+
 fn create_with(
     dir: &Path,
     stem: &str,
@@ -63,6 +78,28 @@ mod tests {
         .unwrap();
         assert_eq!(path, dir.path().join(".x.tmp.2"));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    }
+
+    #[test]
+    fn its_names_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = create(dir.path(), ".n-c-eth0.tmp", 0o600).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(is_made_under(name, ".n-c-eth0.tmp"));
+        for other in [
+            ".n-c-eth0.tmp",
+            ".n-c-eth0.tmp1.",
+            ".n-c-eth0.tmp1.tmp2.ab",
+            "n-c-eth0",
+        ] {
+            assert!(!is_made_under(other, ".n-c-eth0.tmp"), "{other}");
+        }
+        // Another interface's temp file is not this entry's.
+        assert!(!is_made_under(".n-c-eth0.tmp1.tmp2.ab", ".n-c-eth0.tmp"));
+        assert!(is_made_under(
+            ".n-c-eth0.tmp1.tmp2.ab",
+            ".n-c-eth0.tmp1.tmp"
+        ));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub const DEFAULT_DIR: &str = "/var/lib/cni";
 const KIND: &str = "cniCacheV1";
 /// In the results directory; Go's libcni reads only `<network>-…` entries there.
 const LOCK: &str = ".lock";
+/// Temp files of an entry are `.<entry>.tmp<pid>.<random>`.
+const TEMP_MARK: &str = ".tmp";
 /// How long an operation waits for the cache lock before failing with code 11.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -126,12 +128,8 @@ impl Cache {
                 path.display()
             ))
         };
-        let stem = format!(
-            ".{}-{}-{}.tmp",
-            entry.network, entry.container_id, entry.ifname
-        );
-        let (tmp, mut file) =
-            crate::kernel::temp_file::create(&self.dir, &stem, 0o600).map_err(failed)?;
+        let (tmp, mut file) = crate::kernel::temp_file::create(&self.dir, &temp_stem(&path), 0o600)
+            .map_err(failed)?;
         file.write_all(&data)
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &path))
@@ -184,14 +182,44 @@ impl Cache {
         }))
     }
 
+    /// Removes the entry, and the temp files of writes of it that were killed before their
+    /// rename.
     pub fn remove(&self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
         let path = self.path(network, container_id, ifname)?;
+        self.remove_temp_files(|name| {
+            crate::kernel::temp_file::is_made_under(name, &temp_stem(&path))
+        });
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!(
                 "cannot remove cached result {}: {e}",
                 path.display()
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// Removes every temp file a killed write left. Only with the lock held exclusive (GC),
+    /// when no write can be under way.
+    pub fn remove_stale_temp_files(&self) {
+        self.remove_temp_files(|name| {
+            name.rfind(TEMP_MARK).is_some_and(|at| {
+                crate::kernel::temp_file::is_made_under(name, &name[..at + TEMP_MARK.len()])
+            })
+        });
+    }
+
+    fn remove_temp_files(&self, is_stale: impl Fn(&str) -> bool) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && is_stale(n))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 
@@ -224,6 +252,12 @@ impl Cache {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The stem of the temp files `write` makes for the entry at `path`.
+fn temp_stem(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}{TEMP_MARK}")
 }
 
 #[cfg(test)]
@@ -266,6 +300,35 @@ mod tests {
         cache.remove("n", "c1", "eth0").unwrap();
         cache.remove("n", "c1", "eth0").unwrap();
         assert!(cache.read("n", "c1", "eth0").unwrap().is_none());
+    }
+
+    /// A write killed between creating its temp file and the rename leaves the temp file:
+    /// the entry's DEL removes it (not another entry's), GC removes every one.
+    #[test]
+    fn temp_files_of_killed_writes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        cache.write(&entry("c1")).unwrap();
+        cache.write(&entry("c2")).unwrap();
+        let killed = |cid: &str| {
+            crate::kernel::temp_file::create(&cache.dir, &format!(".n-{cid}-eth0.tmp"), 0o600)
+                .unwrap()
+                .0
+        };
+        let (c1, c2, c3) = (killed("c1"), killed("c2"), killed("c3"));
+        cache.remove("n", "c1", "eth0").unwrap();
+        assert!(!c1.exists(), "the entry's temp file survived its DEL");
+        assert!(
+            c2.exists() && c3.exists(),
+            "another entry's temp file removed"
+        );
+        cache.remove_stale_temp_files();
+        assert!(!c2.exists() && !c3.exists());
+        let names: Vec<_> = std::fs::read_dir(&cache.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["n-c2-eth0"]);
     }
 
     #[test]

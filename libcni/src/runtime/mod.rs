@@ -191,6 +191,7 @@ impl Runtime {
             return Ok(());
         }
         let _lock = self.cache.lock(Mode::Exclusive)?;
+        self.cache.remove_stale_temp_files();
         let (kept, gone): (Vec<Entry>, Vec<Entry>) =
             self.cache.entries(&list.name).into_iter().partition(keep);
         let valid: Vec<Attachment> = kept

@@ -9,23 +9,30 @@ mod report;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use measure::{Recorder, Result, accounted, timed};
 use node::{Kind, Node, Pod};
-use report::{Parallel, Report, Suite};
+use report::{Churn, Cycle, Parallel, Report, Suite};
 
 const USAGE: &str = "\
 usage: rcni-bench [--ours DIR] [--reference DIR]... [--go-cnitool FILE] [--quick]
-                  [--rounds N] [--runs N] [--pods N,N,...] [--parallel K,K,...] [--out DIR]
+                  [--rounds N] [--runs N] [--pods N,N,...] [--parallel K,K,...]
+                  [--churn N] [--out DIR]
 
 Measures the chain bridge + host-local + portmap (one hostPort) and each plugin alone for our
 plugins (--ours, default target/release), each reference (default /usr/lib/cni and every
 target/reference-* directory), and the kernel floor (ip + nft making the same objects), in
 alternating rounds. Writes OUT/report.md (also printed), OUT/report.json and OUT/pods.svg
-(default OUT: target/bench). --quick: 5 runs, parallel phases in one round, pods up to 100.";
+(default OUT: target/bench). --quick: 5 runs, parallel phases in one round, pods up to 100,
+40 churn cycles.
+
+--churn N: N chain ADD/DEL cycles per suite, 8 at a time, each with a new pod (default 400,
+0 skips); compares the p50 ADD and DEL of the first and the last 10% of the cycles.";
 
 struct Options {
     ours: PathBuf,
@@ -35,9 +42,13 @@ struct Options {
     runs: usize,
     pods: Vec<usize>,
     parallel: Vec<usize>,
+    churn: usize,
     out: PathBuf,
     quick: bool,
 }
+
+/// Pods coming and going at once in the churn phase.
+const CHURN_WORKERS: usize = 8;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -60,10 +71,11 @@ fn parse_options() -> std::result::Result<Options, String> {
         runs: 10,
         pods: vec![1, 50, 100, 250, 500],
         parallel: vec![20, 64],
+        churn: 400,
         out: target.join("bench"),
         quick: false,
     };
-    let (mut runs, mut pods) = (None, None);
+    let (mut runs, mut pods, mut churn) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -75,6 +87,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             "--runs" => runs = Some(value()?.parse().map_err(|_| "--runs: not a number")?),
             "--pods" => pods = Some(numbers(&value()?)?),
             "--parallel" => o.parallel = numbers(&value()?)?,
+            "--churn" => churn = Some(value()?.parse().map_err(|_| "--churn: not a number")?),
             "--out" => o.out = value()?.into(),
             "--quick" => o.quick = true,
             "-h" | "--help" => {
@@ -87,7 +100,9 @@ fn parse_options() -> std::result::Result<Options, String> {
     if o.quick {
         o.runs = 5;
         o.pods = vec![1, 50, 100];
+        o.churn = 40;
     }
+    o.churn = churn.unwrap_or(o.churn);
     o.runs = runs.unwrap_or(o.runs).max(1);
     o.pods = pods.unwrap_or(o.pods);
     o.rounds = o.rounds.max(1);
@@ -213,12 +228,22 @@ fn run(opts: Options) -> Result<()> {
             .pods(suite, kind)
             .map_err(|e| format!("{} (pods): {e}", suite.key))?;
     }
+    if bench.opts.churn > 0 {
+        for (suite, kind) in &mut suites {
+            eprintln!("churn, {} cycles: {}", bench.opts.churn, suite.key);
+            suite.churn = Some(
+                bench
+                    .churn(kind)
+                    .map_err(|e| format!("{} (churn): {e}", suite.key))?,
+            );
+        }
+    }
 
     let report = Report {
         machine: machine(),
         settings: json!({
             "rounds": bench.opts.rounds, "runs_per_round": bench.opts.runs,
-            "pods": bench.opts.pods, "parallel": bench.opts.parallel,
+            "pods": bench.opts.pods, "parallel": bench.opts.parallel, "churn": bench.opts.churn,
             "go_cnitool": bench.opts.go_cnitool.is_some(),
             "wall_s": started.elapsed().as_secs(),
         }),
@@ -369,6 +394,70 @@ impl Bench {
             suite.pods.insert(n, (add, del));
         }
         Ok(())
+    }
+}
+
+impl Bench {
+    /// `--churn` chain ADD/DEL cycles, `CHURN_WORKERS` at a time, each cycle with a new pod,
+    /// on a node whose base objects a first, untimed attachment has made; every ADD and DEL
+    /// timed, in the order the cycles started. A failed cycle is counted (and its pod deleted
+    /// again); no cycle starts after a time budget.
+    fn churn(&self, kind: &Kind) -> Result<Churn> {
+        let node = Node::new(kind)?;
+        let mut warm = node.pod();
+        untimed(|r| node.add(r, &mut warm))?;
+        untimed(|r| node.del(r, &warm))?;
+        let budget = Duration::from_secs(if self.opts.quick { 60 } else { 300 });
+        let start = Instant::now();
+        let next = AtomicUsize::new(0);
+        let churn = Mutex::new(Churn::default());
+        let record = |outcome: Result<Cycle>| {
+            let mut churn = churn.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(cycle) => churn.cycles.push(cycle),
+                Err(e) => {
+                    churn.failures += 1;
+                    churn.first_failure.get_or_insert(e);
+                }
+            }
+        };
+        let cycle = |seq: usize| -> Result<Cycle> {
+            let mut pod = node.pod();
+            let added = timed(|r| node.add(r, &mut pod));
+            let ((), add) = added.inspect_err(|_| drop(untimed(|r| node.del(r, &pod))))?;
+            let ((), del) = timed(|r| node.del(r, &pod))?;
+            Ok(Cycle {
+                seq,
+                add,
+                del,
+                ip: pod.ip(),
+            })
+        };
+        std::thread::scope(|s| {
+            for _ in 0..CHURN_WORKERS {
+                s.spawn(|| {
+                    loop {
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        if seq >= self.opts.churn || start.elapsed() > budget {
+                            break;
+                        }
+                        record(cycle(seq));
+                    }
+                });
+            }
+        });
+        let mut churn = churn.into_inner().unwrap_or_else(|e| e.into_inner());
+        churn.wall_s = start.elapsed().as_secs_f64();
+        churn.cycles.sort_by_key(|c| c.seq);
+        let ips: Vec<String> = churn
+            .cycles
+            .iter()
+            .filter_map(|c| c.ip.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        churn.leftovers = node.leftovers(&ips);
+        Ok(churn)
     }
 }
 

@@ -36,6 +36,66 @@ pub struct Parallel {
     pub leftovers: Vec<String>,
 }
 
+/// One churn cycle: when it started among the others, its ADD and DEL (ms), the pod's address.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    pub seq: usize,
+    pub add: f64,
+    pub del: f64,
+    pub ip: Option<String>,
+}
+
+/// The churn phase: the cycles that succeeded, in the order they started.
+#[derive(Debug, Default, Clone)]
+pub struct Churn {
+    pub cycles: Vec<Cycle>,
+    pub failures: usize,
+    pub first_failure: Option<String>,
+    pub wall_s: f64,
+    pub leftovers: Vec<String>,
+}
+
+impl Churn {
+    /// p50 of the first and of the last tenth of `samples` (at least one sample each).
+    fn first_last(samples: &[f64]) -> Option<(f64, f64)> {
+        let tenth = (samples.len() / 10).max(1);
+        let last = samples.len().checked_sub(tenth)?;
+        Some((
+            percentile(&samples[..tenth], 50.0)?,
+            percentile(&samples[last..], 50.0)?,
+        ))
+    }
+
+    pub fn add(&self) -> Option<(f64, f64)> {
+        Churn::first_last(&self.cycles.iter().map(|c| c.add).collect::<Vec<_>>())
+    }
+
+    pub fn del(&self) -> Option<(f64, f64)> {
+        Churn::first_last(&self.cycles.iter().map(|c| c.del).collect::<Vec<_>>())
+    }
+
+    fn to_json(&self) -> Value {
+        let mut c = Map::new();
+        c.insert("cycles".into(), json!(self.cycles.len()));
+        c.insert("failed_cycles".into(), json!(self.failures));
+        if let Some(first) = &self.first_failure {
+            c.insert("first_failure".into(), json!(first));
+        }
+        for (op, figures) in [("add", self.add()), ("del", self.del())] {
+            if let Some((first, last)) = figures {
+                c.insert(format!("{op}_first_p50_ms"), json!(round2(first)));
+                c.insert(format!("{op}_last_p50_ms"), json!(round2(last)));
+                if first > 0.0 {
+                    c.insert(format!("{op}_last_over_first"), json!(round2(last / first)));
+                }
+            }
+        }
+        c.insert("wall_s".into(), json!(round2(self.wall_s)));
+        c.insert("leftovers".into(), json!(self.leftovers));
+        Value::Object(c)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Suite {
     pub key: String,
@@ -50,6 +110,7 @@ pub struct Suite {
     pub parallel: BTreeMap<usize, Vec<Parallel>>,
     /// pods on the node → (ADD samples, DEL samples).
     pub pods: BTreeMap<usize, (Vec<f64>, Vec<f64>)>,
+    pub churn: Option<Churn>,
 }
 
 pub struct Report {
@@ -150,6 +211,9 @@ impl Suite {
             })
             .collect();
         s.insert("pods".into(), json!(pods));
+        if let Some(churn) = &self.churn {
+            s.insert("churn".into(), churn.to_json());
+        }
         let rss: Map<String, Value> = self
             .usage
             .keys()
@@ -202,6 +266,7 @@ impl Report {
         md.push_str(&self.ratios());
         md.push_str(&self.parallel_table());
         md.push_str(&self.pods_table());
+        md.push_str(&self.churn_table());
         md.push_str(&self.resources_table());
         md
     }
@@ -377,6 +442,78 @@ impl Report {
         md
     }
 
+    fn churn_table(&self) -> String {
+        let with: Vec<(&str, &Churn)> = self
+            .suites
+            .iter()
+            .filter_map(|s| Some((s.key.as_str(), s.churn.as_ref()?)))
+            .collect();
+        let Some(cycles) = with.iter().map(|(_, c)| c.cycles.len() + c.failures).max() else {
+            return String::new();
+        };
+        let mut md = format!(
+            "\n## Churn: {cycles} chain ADD/DEL cycles, 8 at a time, each with a new pod: p50 ms \
+             of the first and the last 10% of the cycles\n\n"
+        );
+        md.push_str(&self.header(""));
+        let cell = |f: &dyn Fn(&Churn) -> Option<String>| -> String {
+            self.suites
+                .iter()
+                .map(|s| s.churn.as_ref().and_then(f).unwrap_or_else(|| "–".into()))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        type Pick = fn(&Churn) -> Option<(f64, f64)>;
+        for (op, pick) in [("ADD", Churn::add as Pick), ("DEL", Churn::del as Pick)] {
+            md.push_str(&format!(
+                "| {op}, first 10% | {} |\n",
+                cell(&|c| pick(c).map(|(first, _)| format!("{first:.1}")))
+            ));
+            md.push_str(&format!(
+                "| {op}, last 10% | {} |\n",
+                cell(&|c| pick(c).map(|(_, last)| format!("{last:.1}")))
+            ));
+            md.push_str(&format!(
+                "| {op}, last / first | {} |\n",
+                cell(&|c| pick(c)
+                    .filter(|(first, _)| *first > 0.0)
+                    .map(|(first, last)| format!("{:.2}×", last / first)))
+            ));
+        }
+        md.push_str(&format!(
+            "| cycles (wall s) | {} |\n",
+            cell(&|c| Some(format!("{} ({:.0})", c.cycles.len(), c.wall_s)))
+        ));
+        for (key, c) in &with {
+            if let Some(first) = &c.first_failure {
+                let msg: String = first.split_whitespace().collect::<Vec<_>>().join(" ");
+                md.push_str(&format!(
+                    "\n- `{key}`: {} cycles failed, the first: {msg}\n",
+                    c.failures
+                ));
+            }
+        }
+        if cycles < 200 {
+            md.push_str(&format!(
+                "\nA tenth of {cycles} cycles is too few samples for the ratios to mean much.\n"
+            ));
+        }
+        let left: Vec<String> = with
+            .iter()
+            .filter(|(_, c)| !c.leftovers.is_empty())
+            .map(|(key, c)| format!("- `{key}` left: {}\n", c.leftovers.join("; ")))
+            .collect();
+        if left.is_empty() {
+            md.push_str(
+                "\nNothing left after the cycles (links, leases, rules naming a pod's address).\n",
+            );
+        } else {
+            md.push_str("\n**Left after the cycles:**\n");
+            left.iter().for_each(|l| md.push_str(l));
+        }
+        md
+    }
+
     fn resources_table(&self) -> String {
         let mut md = String::from(
             "\n## Peak RSS of the operation's process tree (MiB) / processes forked\n\n",
@@ -517,5 +654,26 @@ mod tests {
         let ten: Vec<f64> = (1..=10).map(f64::from).collect();
         assert_eq!(percentile(&ten, 50.0), Some(5.0));
         assert_eq!(percentile(&ten, 95.0), Some(10.0));
+    }
+
+    #[test]
+    fn churn_compares_the_first_and_last_tenth() {
+        let c = Churn {
+            cycles: (1..=20)
+                .map(|n| Cycle {
+                    seq: n,
+                    add: f64::from(n as u32),
+                    del: 4.0,
+                    ip: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(c.add(), Some((1.0, 19.0)));
+        assert_eq!(c.del(), Some((4.0, 4.0)));
+        assert_eq!(Churn::default().add(), None);
+        let json = c.to_json();
+        assert_eq!(json["cycles"], 20);
+        assert_eq!(json["add_last_over_first"], 19.0);
     }
 }
