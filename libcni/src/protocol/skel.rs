@@ -312,7 +312,7 @@ fn request(
         && !netns_override(env)
         && let Err(e) = refuse_own_netns(path)
     {
-        if command != Command::Del || e.code != Code::InvalidNetns as u32 {
+        if command != Command::Del || e.code != Code::InvalidNetns {
             return Err(e);
         }
         // A DEL must still release what lives outside the namespace (IPAM leases, rules); the
