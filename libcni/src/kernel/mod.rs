@@ -3,8 +3,10 @@
 //! locks, temp files and random names the on-disk state needs.
 
 pub mod conntrack;
+pub mod errno;
 pub mod lock;
 pub mod netlink;
+pub mod netlink_error;
 pub mod netns;
 pub mod nf_tables;
 pub mod random;

@@ -18,6 +18,8 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
+use crate::kernel::errno::Errno;
+use crate::kernel::netlink_error::{self, NetlinkError};
 use crate::kernel::netns::Netns;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::result::Route;
@@ -119,15 +121,12 @@ pub struct Netlink {
 }
 
 fn kernel(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
-    Error::internal(format!("{what}: {e}"))
+    NetlinkError::new(what, e).into()
 }
 
 /// The errno of a kernel refusal (positive), if the error is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
-    }
+    netlink_error::errno(e).map(Errno::raw)
 }
 
 fn is_errno(e: &rtnetlink::Error, code: i32) -> bool {

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, fstatfs};
 
+use crate::protocol::error::{Code, Error};
+
 /// `/proc/thread-self`, not `/proc/self`: the latter is the thread-group leader's namespace.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 /// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
@@ -24,6 +26,18 @@ pub enum NetnsError {
     NotNetns(PathBuf),
     #[error("cannot open netns {0:?}: {1}")]
     Io(PathBuf, io::Error),
+}
+
+/// The one place a namespace failure gets its spec code.
+impl From<NetnsError> for Error {
+    fn from(e: NetnsError) -> Error {
+        let code = match e {
+            NetnsError::NotExist(_) => Code::UnknownContainer,
+            NetnsError::NotNetns(_) => Code::InvalidEnv,
+            NetnsError::Io(..) => Code::Internal,
+        };
+        Error::new(code, e.to_string())
+    }
 }
 
 #[derive(Debug)]

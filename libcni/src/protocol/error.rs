@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::errno::Errno;
 use crate::protocol::version::Version;
 
 /// Error codes of the spec (and the two the Go library adds, kept for drop-in parity).
@@ -80,6 +81,9 @@ pub struct Error {
     pub code: Code,
     pub msg: String,
     pub details: String,
+    /// The kernel's verdict when the kernel refused a request (never on the wire), so a caller
+    /// tells "not found" from "not allowed" without reading `msg`.
+    errno: Option<Errno>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,7 +94,18 @@ impl Error {
             code,
             msg: msg.into(),
             details: String::new(),
+            errno: None,
         }
+    }
+
+    /// Records the kernel's errno behind this error.
+    pub fn with_errno(mut self, errno: Option<Errno>) -> Self {
+        self.errno = errno;
+        self
+    }
+
+    pub fn errno(&self) -> Option<Errno> {
+        self.errno
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -150,6 +165,7 @@ impl Error {
             code: Code::from_number(wire.code),
             msg: wire.msg,
             details: wire.details,
+            errno: None,
         })
     }
 }

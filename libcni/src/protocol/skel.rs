@@ -101,11 +101,7 @@ impl Request {
             .netns
             .as_ref()
             .ok_or_else(|| Error::invalid_env("CNI_NETNS is empty"))?;
-        Netns::open(path).map_err(|e| match e {
-            NetnsError::NotExist(_) => Error::new(Code::UnknownContainer, e.to_string()),
-            NetnsError::NotNetns(_) => Error::invalid_env(format!("CNI_NETNS: {e}")),
-            NetnsError::Io(..) => Error::internal(e.to_string()),
-        })
+        Netns::open(path).map_err(|e| Error::from(e).context("CNI_NETNS"))
     }
 
     /// The container's namespace for DEL: `None` when there is none to clean up (empty
@@ -118,7 +114,7 @@ impl Request {
         match Netns::open(path) {
             Ok(ns) => Ok(Some(ns)),
             Err(NetnsError::NotExist(_) | NetnsError::NotNetns(_)) => Ok(None),
-            Err(e @ NetnsError::Io(..)) => Err(Error::internal(e.to_string())),
+            Err(e @ NetnsError::Io(..)) => Err(e.into()),
         }
     }
 }
