@@ -146,16 +146,14 @@ impl Netlink {
     pub fn open(ns: Option<&Netns>) -> Result<Netlink> {
         // Strict checking (kernel dump filters) needs Linux 4.20; older kernels get the plain socket.
         let connect = || {
-            rtnetlink::new_connection_with_strict_check().or_else(|_| rtnetlink::new_connection())
+            rtnetlink::new_connection_with_strict_check()
+                .or_else(|_| rtnetlink::new_connection())
+                .map_err(|e| Error::internal(format!("cannot open netlink socket: {e}")))
         };
-        let opened = match ns {
-            Some(ns) => ns
-                .run(connect)
-                .map_err(|e| Error::internal(format!("cannot enter netns {:?}: {e}", ns.path())))?,
-            None => connect(),
+        let (conn, handle, _) = match ns {
+            Some(ns) => ns.run(connect)?,
+            None => connect()?,
         };
-        let (conn, handle, _) =
-            opened.map_err(|e| Error::internal(format!("cannot open netlink socket: {e}")))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }

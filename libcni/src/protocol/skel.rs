@@ -114,7 +114,7 @@ impl Request {
         match Netns::open(path) {
             Ok(ns) => Ok(Some(ns)),
             Err(NetnsError::NotExist(_) | NetnsError::NotNetns(_)) => Ok(None),
-            Err(e @ NetnsError::Io(..)) => Err(e.into()),
+            Err(e) => Err(e.into()),
         }
     }
 }

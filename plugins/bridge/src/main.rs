@@ -659,7 +659,6 @@ fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()
         sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1")?;
         sysctl::set_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
     })
-    .map_err(|e| Error::internal(format!("cannot enter the container namespace: {e}")))?
 }
 
 /// Puts each gateway address on the bridge. An address of the same family that is not one of
