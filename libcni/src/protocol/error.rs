@@ -84,9 +84,21 @@ pub struct Error {
     /// The kernel's verdict when the kernel refused a request (never on the wire), so a caller
     /// tells "not found" from "not allowed" without reading `msg`.
     errno: Option<Errno>,
+    /// The failures this one stands for, when a teardown had several ([`all`]).
+    causes: Vec<Error>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Teardown (DEL, GC) runs every step and reports every failure, not only the first: `Ok` when
+/// all steps succeeded, else one error carrying them all ([`Error::causes`]).
+pub fn all(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
+    let failures: Vec<Error> = steps.into_iter().filter_map(Result::err).collect();
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(Error::joined(failures)),
+    }
+}
 
 impl Error {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
@@ -95,6 +107,7 @@ impl Error {
             msg: msg.into(),
             details: String::new(),
             errno: None,
+            causes: Vec::new(),
         }
     }
 
@@ -106,6 +119,30 @@ impl Error {
 
     pub fn errno(&self) -> Option<Errno> {
         self.errno
+    }
+
+    /// Each failure of a teardown reported as this one; empty for a single failure.
+    pub fn causes(&self) -> &[Error] {
+        &self.causes
+    }
+
+    /// Several failures as one error. `msg` joins their messages, `details` lists each (with
+    /// its own details) on a line of its own. The code, and the errno, are the first failure's:
+    /// steps run in order, and an early failure (the namespace, the socket) is usually why the
+    /// later ones failed too.
+    fn joined(mut causes: Vec<Error>) -> Error {
+        if causes.len() == 1 {
+            return causes.remove(0);
+        }
+        let msg = causes.iter().map(|e| e.msg.as_str()).collect::<Vec<_>>();
+        let details = causes.iter().map(Error::to_string).collect::<Vec<_>>();
+        Error {
+            code: causes[0].code,
+            msg: msg.join("; "),
+            details: details.join("\n"),
+            errno: causes[0].errno,
+            causes,
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -166,6 +203,7 @@ impl Error {
             msg: wire.msg,
             details: wire.details,
             errno: None,
+            causes: Vec::new(),
         })
     }
 }
@@ -217,6 +255,27 @@ mod tests {
             (Code::Internal, "boom", "")
         );
         assert!(Error::from_plugin_output(b"{\"cniVersion\":\"1.0.0\",\"ips\":[]}").is_none());
+    }
+
+    #[test]
+    fn teardown_reports_every_failure_with_the_first_code() {
+        assert_eq!(all([Ok(()), Ok(())]), Ok(()));
+        let one = Error::io("cannot read lease");
+        assert_eq!(all([Ok(()), Err(one.clone())]), Err(one));
+        let link = Error::internal("cannot delete \"eth0\"").with_errno(Some(Errno::Denied));
+        let lease = Error::io("cannot release lease").with_details("disk full");
+        let e = all([Err(link.clone()), Ok(()), Err(lease.clone())]).unwrap_err();
+        assert_eq!((e.code, e.errno()), (Code::Internal, Some(Errno::Denied)));
+        assert_eq!(e.causes(), [link, lease]);
+        assert_eq!(
+            e.to_json(Version::V1_1_0),
+            serde_json::json!({
+                "cniVersion": "1.1.0",
+                "code": 999,
+                "msg": "cannot delete \"eth0\"; cannot release lease",
+                "details": "cannot delete \"eth0\"\ncannot release lease; disk full",
+            })
+        );
     }
 
     #[test]
