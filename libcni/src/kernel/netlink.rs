@@ -18,8 +18,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-use crate::kernel::errno::Errno;
-use crate::kernel::netlink_error::{self, NetlinkError};
+use crate::kernel::netlink_error::NetlinkError;
 use crate::kernel::netns::Netns;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::result::Route;
@@ -126,7 +125,10 @@ fn kernel(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
 
 /// The errno of a kernel refusal (positive), if the error is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    netlink_error::errno(e).map(Errno::raw)
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
 }
 
 fn is_errno(e: &rtnetlink::Error, code: i32) -> bool {

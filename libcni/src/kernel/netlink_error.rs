@@ -23,7 +23,7 @@ impl NetlinkError {
 
     /// The kernel's errno, when the kernel refused the request (not a socket or decode failure).
     pub fn errno(&self) -> Option<Errno> {
-        errno(&self.source)
+        crate::kernel::netlink::errno(&self.source).map(Errno::from_code)
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -35,18 +35,41 @@ impl NetlinkError {
     }
 }
 
-/// The errno of a kernel refusal, if the error is one.
-pub fn errno(e: &rtnetlink::Error) -> Option<Errno> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(Errno::from_code(m.raw_code())),
-        _ => None,
-    }
-}
-
 /// The one place a netlink failure gets its spec code: none fits (Go's `ErrInternal`); the
 /// errno stays on the error for callers.
 impl From<NetlinkError> for Error {
     fn from(e: NetlinkError) -> Error {
         Error::internal(e.to_string()).with_errno(e.errno())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::ErrorMessage;
+
+    fn refused(errno: i32) -> NetlinkError {
+        let mut msg = ErrorMessage::default();
+        msg.code = std::num::NonZeroI32::new(-errno);
+        NetlinkError::new(
+            "cannot delete \"veth1\"",
+            rtnetlink::Error::NetlinkError(msg),
+        )
+    }
+
+    #[test]
+    fn tells_not_found_from_denied_and_keeps_it_on_the_crate_error() {
+        assert!(refused(libc::ENODEV).is_not_found());
+        assert!(refused(libc::EEXIST).is_exists());
+        let denied = refused(libc::EPERM);
+        assert!(!denied.is_not_found() && !denied.is_exists());
+        let e = Error::from(denied);
+        assert_eq!(
+            (e.code, e.errno()),
+            (crate::Code::Internal, Some(Errno::Denied))
+        );
+        assert!(e.msg.starts_with("cannot delete \"veth1\": "), "{}", e.msg);
+        let other = NetlinkError::new("x", rtnetlink::Error::RequestFailed);
+        assert_eq!(other.errno(), None);
     }
 }
