@@ -216,3 +216,23 @@ fn non_ascii_names_do_not_panic() {
         .ok();
     assert!(ctr.link("éééééé").is_none());
 }
+
+/// A DEL whose steps fail in two places reports both, not only the first: the container's
+/// namespace path cannot be opened (a symlink loop) and the IPAM plugin is missing. The code
+/// is the first failure's.
+#[test]
+fn del_reports_every_failed_step() {
+    let host = Netns::new("h");
+    let dir = tempfile::tempdir().unwrap();
+    let looped = dir.path().join("netns");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let br = unique("br");
+    let mut conf = bridge_conf(&br, dir.path(), json!({}));
+    conf["ipam"] = json!({"type": "rcni-no-such-ipam"});
+    let out = Call::new(&host, bin("bridge"), "DEL", &looped).run(&conf.to_string());
+    out.err(999, "Too many levels of symbolic links");
+    let msg = out.json["msg"].as_str().unwrap();
+    assert!(msg.contains("rcni-no-such-ipam"), "{out:?}");
+    let details = out.json["details"].as_str().unwrap();
+    assert_eq!(details.lines().count(), 2, "{out:?}");
+}

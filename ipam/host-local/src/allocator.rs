@@ -366,7 +366,7 @@ mod tests {
             &["10.0.0.1"],
         );
         let e = allocate(&gw, &HashMap::new(), &HashMap::new(), "c1", "eth0").unwrap_err();
-        assert_eq!(e.code, 7);
+        assert_eq!(e.code, libcni::Code::InvalidConfig);
         assert!(e.msg.contains("gateway"), "{}", e.msg);
 
         let outside = config(

@@ -472,7 +472,7 @@ mod tests {
         ];
         for (got, needle) in cases {
             let e = got.unwrap_err();
-            assert_eq!(e.code, 7);
+            assert_eq!(e.code, libcni::Code::InvalidConfig);
             assert!(e.msg.starts_with("ipam.ranges[0][0]."), "{}", e.msg);
             assert!(
                 e.msg.contains(needle),
@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn ipv4_mapped_subnets_are_refused_with_the_ipv4_spelling() {
         let e = r("::ffff:10.9.0.0/120", None, None, None).unwrap_err();
-        assert_eq!(e.code, 7);
+        assert_eq!(e.code, libcni::Code::InvalidConfig);
         assert_eq!(
             e.msg,
             "ipam.ranges[0][0].subnet \"::ffff:10.9.0.0/120\" is IPv4-mapped IPv6 \

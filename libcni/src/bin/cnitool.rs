@@ -355,7 +355,7 @@ mod tests {
             (&["add", "net", "/x", "--frobnicate"], "\"--frobnicate\""),
         ] {
             let e = parse(line).unwrap_err();
-            assert_eq!(e.code, 4, "{line:?}");
+            assert_eq!(e.code, libcni::Code::InvalidEnv, "{line:?}");
             assert!(e.msg.contains(needle), "{line:?}: {}", e.msg);
         }
     }

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::firewall::error::FirewallError;
 use crate::protocol::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +68,8 @@ pub fn list_chain(family: Family, table: &str, chain: &str) -> Result<Option<Vec
     {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::internal(format!(
-                "cannot run {}: {e}",
-                family.program()
-            )));
+        Err(source) => {
+            return Err(FirewallError::spawn(family.program())(source).into());
         }
     };
     if !out.status.success() {
@@ -94,7 +92,7 @@ pub fn exists(family: Family, table: &str, chain: &str, spec: &[String]) -> Resu
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| Error::internal(format!("cannot run {}: {e}", family.program())))?;
+        .map_err(FirewallError::spawn(family.program()))?;
     Ok(status.success())
 }
 
@@ -116,20 +114,17 @@ pub fn restore(family: Family, table: &str, lines: &[String]) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::internal(format!("cannot run {program}: {e}")))?;
+        .map_err(FirewallError::spawn(program))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(script.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::internal(format!("{program}: {e}")))?;
+        .map_err(FirewallError::spawn(program))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::internal(format!(
-            "{program} failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(Error::from(FirewallError::refused(program, &out.stderr)).with_details(script))
     }
 }
 

@@ -31,7 +31,7 @@ use super::{hash16, nftables, subnet_of};
 use crate::kernel::nf_tables::{
     self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
 };
-use crate::protocol::error::Result;
+use crate::protocol::error::{self, Result};
 
 pub const TABLE: &str = "rcni_masquerade";
 pub const CHAIN: &str = "postrouting";
@@ -255,12 +255,13 @@ pub fn remove_network_rules(nft: &mut Client, network: &str) -> Result<()> {
 pub fn retain(network: &str, valid: &[crate::protocol::conf::Attachment]) -> Result<()> {
     let mut nft = nftables::open()?;
     let pick = |c: &str| stale(network, valid, c);
-    let removed = nftables::remove_where(&mut nft, NFT, TABLE, &[CHAIN], pick)
-        .and(sweep_iptables(&mut nft, pick, |_| false).map(drop));
-    if valid.is_empty() {
-        return removed.and(remove_network_rules(&mut nft, network));
-    }
-    removed
+    let nf_tables = nftables::remove_where(&mut nft, NFT, TABLE, &[CHAIN], pick);
+    let iptables = sweep_iptables(&mut nft, pick, |_| false).map(drop);
+    let network_rules = match valid.is_empty() {
+        true => remove_network_rules(&mut nft, network),
+        false => Ok(()),
+    };
+    error::all([nf_tables, iptables, network_rules])
 }
 
 fn comment_arg(args: &[String]) -> Option<&str> {

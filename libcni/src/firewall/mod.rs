@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod driver;
+pub mod error;
 pub mod iptables;
 pub mod localnet;
 pub mod masquerade;

@@ -6,12 +6,6 @@
 use crate::kernel::nf_tables::{self, Batch, Client, Family, ListedRule, Rule};
 use crate::protocol::error::{Error, Result};
 
-impl From<nf_tables::Error> for Error {
-    fn from(e: nf_tables::Error) -> Error {
-        Error::internal(e.to_string())
-    }
-}
-
 /// nf_tables of the namespace the calling thread is in.
 pub fn open() -> Result<Client> {
     Ok(Client::open()?)

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::portmap::{Attachment, NFT, Planned, TABLE, base_objects};
+use crate::firewall::error::FirewallError;
 use crate::kernel::nf_tables::{Batch, Client};
 use crate::protocol::error::{Error, Result};
 
@@ -133,20 +134,21 @@ pub(super) fn apply(script: &str) -> Result<Applied> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::internal(format!("cannot run nft: {e}")))?;
+        .map_err(FirewallError::spawn("nft"))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(script.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::internal(format!("nft: {e}")))?;
+        .map_err(FirewallError::spawn("nft"))?;
     if out.status.success() {
         return Ok(Applied::Done);
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No such file or directory") {
+    let refused = FirewallError::refused("nft", &out.stderr);
+    if refused.is_not_found() {
         return Ok(Applied::Missing);
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
     // Everything but the conditions is ours and known good: they are what nft refused. Its
     // message quotes the offending line, which a huge condition makes huge.
     eprintln!(

@@ -26,7 +26,7 @@ use super::portmap_conditions::{self, Applied};
 use super::{Backend, Owner, masquerade, nftables, portmap, portmap_iptables, spoofcheck};
 use super::{reference_portmap, subnet_of};
 use crate::kernel::nf_tables::{self, Client, ListedRule};
-use crate::protocol::error::{Error, Result};
+use crate::protocol::error::{self, Error, Result};
 
 /// The reference release whose layout is made (1.0 … 1.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,9 +226,10 @@ impl Part<'_> {
         let owner = self.owner();
         match self {
             Part::Masquerade { .. } => masquerade::remove(nft, owner).map(drop),
-            Part::PortMap { .. } => {
-                portmap::remove_own(nft, owner).and(portmap_iptables::remove_own(nft, owner))
-            }
+            Part::PortMap { .. } => error::all([
+                portmap::remove_own(nft, owner),
+                portmap_iptables::remove_own(nft, owner),
+            ]),
             Part::SpoofCheck { .. } => spoofcheck::remove(nft, owner),
         }
     }

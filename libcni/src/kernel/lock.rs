@@ -83,7 +83,7 @@ mod tests {
         lock_within(&a, Mode::Shared, short, &path).unwrap();
         lock_within(&b, Mode::Shared, short, &path).unwrap();
         let e = lock_within(&c, Mode::Exclusive, short, &path).unwrap_err();
-        assert_eq!(e.code, 11);
+        assert_eq!(e.code, crate::Code::TryAgainLater);
         assert!(e.msg.contains("locked by another operation"), "{}", e.msg);
         drop((a, b));
         lock_within(&c, Mode::Exclusive, short, &path).unwrap();

@@ -4,8 +4,10 @@
 
 pub mod conntrack;
 pub mod deferred_close;
+pub mod errno;
 pub mod lock;
 pub mod netlink;
+pub mod netlink_error;
 pub mod netns;
 pub mod nf_tables;
 pub mod random;

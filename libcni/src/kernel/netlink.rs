@@ -18,6 +18,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
+use crate::kernel::netlink_error::NetlinkError;
 use crate::kernel::netns::Netns;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::result::Route;
@@ -119,7 +120,7 @@ pub struct Netlink {
 }
 
 fn kernel(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
-    Error::internal(format!("{what}: {e}"))
+    NetlinkError::new(what, e).into()
 }
 
 /// The errno of a kernel refusal (positive), if the error is one.
@@ -147,16 +148,14 @@ impl Netlink {
     pub fn open(ns: Option<&Netns>) -> Result<Netlink> {
         // Strict checking (kernel dump filters) needs Linux 4.20; older kernels get the plain socket.
         let connect = || {
-            rtnetlink::new_connection_with_strict_check().or_else(|_| rtnetlink::new_connection())
+            rtnetlink::new_connection_with_strict_check()
+                .or_else(|_| rtnetlink::new_connection())
+                .map_err(|e| Error::internal(format!("cannot open netlink socket: {e}")))
         };
-        let opened = match ns {
-            Some(ns) => ns
-                .run(connect)
-                .map_err(|e| Error::internal(format!("cannot enter netns {:?}: {e}", ns.path())))?,
-            None => connect(),
+        let (conn, handle, _) = match ns {
+            Some(ns) => ns.run(connect)?,
+            None => connect()?,
         };
-        let (conn, handle, _) =
-            opened.map_err(|e| Error::internal(format!("cannot open netlink socket: {e}")))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, fstatfs};
 
+use crate::protocol::error::{Code, Error};
+
 /// `/proc/thread-self`, not `/proc/self`: the latter is the thread-group leader's namespace.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 /// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
@@ -24,6 +26,20 @@ pub enum NetnsError {
     NotNetns(PathBuf),
     #[error("cannot open netns {0:?}: {1}")]
     Io(PathBuf, io::Error),
+    #[error("cannot enter netns {0:?}: {1}")]
+    Enter(PathBuf, io::Error),
+}
+
+/// The one place a namespace failure gets its spec code.
+impl From<NetnsError> for Error {
+    fn from(e: NetnsError) -> Error {
+        let code = match e {
+            NetnsError::NotExist(_) => Code::UnknownContainer,
+            NetnsError::NotNetns(_) => Code::InvalidEnv,
+            NetnsError::Io(..) | NetnsError::Enter(..) => Code::Internal,
+        };
+        Error::new(code, e.to_string())
+    }
 }
 
 #[derive(Debug)]
@@ -82,19 +98,21 @@ impl Netns {
 
     /// Switches the calling thread into this namespace until the guard is dropped.
     /// Never hold the guard across an `.await`.
-    pub fn enter(&self) -> io::Result<NetnsGuard> {
-        let home = File::open(THREAD_NETNS)?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)?;
+    pub fn enter(&self) -> Result<NetnsGuard, NetnsError> {
+        let cannot = |e: io::Error| NetnsError::Enter(self.path.clone(), e);
+        let home = File::open(THREAD_NETNS).map_err(cannot)?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| cannot(e.into()))?;
         Ok(NetnsGuard {
             home,
             _not_send: PhantomData,
         })
     }
 
-    /// Runs `f` with the calling thread inside this namespace.
-    pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
+    /// Runs `f` with the calling thread inside this namespace; failing to get there is one
+    /// more error of the same type as `f`'s.
+    pub fn run<T>(&self, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
         let _guard = self.enter()?;
-        Ok(f())
+        f()
     }
 }
 
@@ -156,6 +174,14 @@ mod tests {
             Err(NetnsError::NotExist(_))
         ));
         assert!(matches!(Netns::open("/proc"), Err(NetnsError::NotNetns(_))));
+    }
+
+    #[test]
+    fn run_returns_what_f_returns_in_one_result() {
+        let ns = Netns::current().unwrap();
+        assert_eq!(ns.run(|| Ok(ns.is_current().unwrap())), Ok(true));
+        let e = ns.run(|| -> Result<(), Error> { Err(Error::io("x")) });
+        assert_eq!(e.unwrap_err().code, Code::Io);
     }
 
     #[test]

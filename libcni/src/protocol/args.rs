@@ -97,7 +97,7 @@ mod tests {
     fn rejects_malformed_pairs() {
         for bad in ["A", "A=b=c", "=x", "A=1;B"] {
             let e = CniArgs::parse(bad).unwrap_err();
-            assert_eq!(e.code, 4);
+            assert_eq!(e.code, crate::Code::InvalidEnv);
             assert!(e.msg.contains("CNI_ARGS"), "{}", e.msg);
         }
     }
@@ -121,7 +121,7 @@ mod tests {
             let a = CniArgs::parse(&format!("IgnoreUnknown={bad}")).unwrap();
             let e = a.check_known(&[]).unwrap_err();
             assert!(e.msg.contains("IgnoreUnknown"), "{bad}: {}", e.msg);
-            assert_eq!(e.code, 4);
+            assert_eq!(e.code, crate::Code::InvalidEnv);
         }
     }
 }

@@ -177,7 +177,7 @@ mod tests {
             "a\tb",
         ] {
             let e = validate_ifname(bad).unwrap_err();
-            assert_eq!(e.code, 4, "{bad}");
+            assert_eq!(e.code, crate::Code::InvalidEnv, "{bad}");
             assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
         }
     }
@@ -197,10 +197,13 @@ mod tests {
         assert_eq!(c.gc_attachments().unwrap()[0].container_id, "c1");
         let bad_dns = NetConf::parse(&json!({"name": "n", "dns": "x"})).unwrap();
         let e = bad_dns.dns().unwrap_err();
-        assert_eq!(e.code, 6);
+        assert_eq!(e.code, crate::Code::Decode);
         assert!(e.msg.contains("key \"dns\""), "{}", e.msg);
         let none = NetConf::parse(&json!({"name": "n"})).unwrap();
-        assert_eq!(none.gc_attachments().unwrap_err().code, 7);
+        assert_eq!(
+            none.gc_attachments().unwrap_err().code,
+            crate::Code::InvalidConfig
+        );
         // libcni's nil slice: an empty list.
         let null = NetConf::parse(&json!({"name": "n", "cni.dev/valid-attachments": null}));
         assert!(null.unwrap().gc_attachments().unwrap().is_empty());

@@ -2,44 +2,146 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::errno::Errno;
 use crate::protocol::version::Version;
 
 /// Error codes of the spec (and the two the Go library adds, kept for drop-in parity).
+/// Only the wire format ([`Error::to_json`], [`Error::from_plugin_output`]) sees the numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
 pub enum Code {
-    IncompatibleVersion = 1,
-    UnsupportedField = 2,
-    UnknownContainer = 3,
-    InvalidEnv = 4,
-    Io = 5,
-    Decode = 6,
-    InvalidConfig = 7,
+    IncompatibleVersion,
+    UnsupportedField,
+    UnknownContainer,
+    InvalidEnv,
+    Io,
+    Decode,
+    InvalidConfig,
     /// Go's `ErrInvalidNetNS`: `CNI_NETNS` is the plugin's own namespace.
-    InvalidNetns = 8,
-    TryAgainLater = 11,
-    NotAvailable = 50,
-    LimitedConnectivity = 51,
+    InvalidNetns,
+    TryAgainLater,
+    NotAvailable,
+    LimitedConnectivity,
     /// Go's `ErrInternal`: a failure that fits no spec code (kernel refused, exec failed, …).
-    Internal = 999,
+    Internal,
+    /// Any other number another plugin reported: plugin-specific (100 and up) or one the spec
+    /// reserves but does not name; carried through unchanged.
+    Other(u32),
+}
+
+impl Code {
+    pub fn number(self) -> u32 {
+        match self {
+            Code::IncompatibleVersion => 1,
+            Code::UnsupportedField => 2,
+            Code::UnknownContainer => 3,
+            Code::InvalidEnv => 4,
+            Code::Io => 5,
+            Code::Decode => 6,
+            Code::InvalidConfig => 7,
+            Code::InvalidNetns => 8,
+            Code::TryAgainLater => 11,
+            Code::NotAvailable => 50,
+            Code::LimitedConnectivity => 51,
+            Code::Internal => 999,
+            Code::Other(n) => n,
+        }
+    }
+
+    pub fn from_number(n: u32) -> Code {
+        const NAMED: [Code; 12] = [
+            Code::IncompatibleVersion,
+            Code::UnsupportedField,
+            Code::UnknownContainer,
+            Code::InvalidEnv,
+            Code::Io,
+            Code::Decode,
+            Code::InvalidConfig,
+            Code::InvalidNetns,
+            Code::TryAgainLater,
+            Code::NotAvailable,
+            Code::LimitedConnectivity,
+            Code::Internal,
+        ];
+        NAMED
+            .into_iter()
+            .find(|c| c.number() == n)
+            .unwrap_or(Code::Other(n))
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.number())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}{}", if details.is_empty() { String::new() } else { format!("; {details}") })]
 pub struct Error {
-    pub code: u32,
+    pub code: Code,
     pub msg: String,
     pub details: String,
+    /// The kernel's verdict when the kernel refused a request (never on the wire), so a caller
+    /// tells "not found" from "not allowed" without reading `msg`.
+    errno: Option<Errno>,
+    /// The failures this one stands for, when a teardown had several ([`all`]).
+    causes: Vec<Error>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Teardown (DEL, GC) runs every step and reports every failure, not only the first: `Ok` when
+/// all steps succeeded, else one error carrying them all ([`Error::causes`]).
+pub fn all(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
+    let failures: Vec<Error> = steps.into_iter().filter_map(Result::err).collect();
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(Error::joined(failures)),
+    }
+}
+
 impl Error {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
         Error {
-            code: code as u32,
+            code,
             msg: msg.into(),
             details: String::new(),
+            errno: None,
+            causes: Vec::new(),
+        }
+    }
+
+    /// Records the kernel's errno behind this error.
+    pub fn with_errno(mut self, errno: Option<Errno>) -> Self {
+        self.errno = errno;
+        self
+    }
+
+    pub fn errno(&self) -> Option<Errno> {
+        self.errno
+    }
+
+    /// Each failure of a teardown reported as this one; empty for a single failure.
+    pub fn causes(&self) -> &[Error] {
+        &self.causes
+    }
+
+    /// Several failures as one error. `msg` joins their messages, `details` lists each (with
+    /// its own details) on a line of its own. The code, and the errno, are the first failure's:
+    /// steps run in order, and an early failure (the namespace, the socket) is usually why the
+    /// later ones failed too.
+    fn joined(mut causes: Vec<Error>) -> Error {
+        if causes.len() == 1 {
+            return causes.remove(0);
+        }
+        let msg = causes.iter().map(|e| e.msg.as_str()).collect::<Vec<_>>();
+        let details = causes.iter().map(Error::to_string).collect::<Vec<_>>();
+        Error {
+            code: causes[0].code,
+            msg: msg.join("; "),
+            details: details.join("\n"),
+            errno: causes[0].errno,
+            causes,
         }
     }
 
@@ -86,7 +188,7 @@ impl Error {
     pub fn to_json(&self, version: Version) -> serde_json::Value {
         serde_json::to_value(Wire {
             cni_version: Some(version.as_str().to_string()),
-            code: self.code,
+            code: self.code.number(),
             msg: self.msg.clone(),
             details: self.details.clone(),
         })
@@ -97,9 +199,11 @@ impl Error {
     pub fn from_plugin_output(stdout: &[u8]) -> Option<Error> {
         let wire: Wire = serde_json::from_slice(stdout).ok()?;
         Some(Error {
-            code: wire.code,
+            code: Code::from_number(wire.code),
             msg: wire.msg,
             details: wire.details,
+            errno: None,
+            causes: Vec::new(),
         })
     }
 }
@@ -148,8 +252,42 @@ mod tests {
             Error::from_plugin_output(b"{\n    \"code\": 999,\n    \"msg\": \"boom\"\n}").unwrap();
         assert_eq!(
             (e.code, e.msg.as_str(), e.details.as_str()),
-            (999, "boom", "")
+            (Code::Internal, "boom", "")
         );
         assert!(Error::from_plugin_output(b"{\"cniVersion\":\"1.0.0\",\"ips\":[]}").is_none());
+    }
+
+    #[test]
+    fn teardown_reports_every_failure_with_the_first_code() {
+        assert_eq!(all([Ok(()), Ok(())]), Ok(()));
+        let one = Error::io("cannot read lease");
+        assert_eq!(all([Ok(()), Err(one.clone())]), Err(one));
+        let link = Error::internal("cannot delete \"eth0\"").with_errno(Some(Errno::Denied));
+        let lease = Error::io("cannot release lease").with_details("disk full");
+        let e = all([Err(link.clone()), Ok(()), Err(lease.clone())]).unwrap_err();
+        assert_eq!((e.code, e.errno()), (Code::Internal, Some(Errno::Denied)));
+        assert_eq!(e.causes(), [link, lease]);
+        assert_eq!(
+            e.to_json(Version::V1_1_0),
+            serde_json::json!({
+                "cniVersion": "1.1.0",
+                "code": 999,
+                "msg": "cannot delete \"eth0\"; cannot release lease",
+                "details": "cannot delete \"eth0\"\ncannot release lease; disk full",
+            })
+        );
+    }
+
+    #[test]
+    fn every_code_keeps_its_number_on_the_wire() {
+        for n in [
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 50, 51, 99, 100, 123, 999, 1000,
+        ] {
+            let e = Error::from_plugin_output(format!("{{\"code\":{n},\"msg\":\"m\"}}").as_bytes())
+                .unwrap();
+            assert_eq!(e.to_json(Version::V1_1_0)["code"], n, "{:?}", e.code);
+        }
+        assert_eq!(Code::from_number(11), Code::TryAgainLater);
+        assert_eq!(Code::from_number(150), Code::Other(150));
     }
 }

@@ -91,8 +91,7 @@ pub async fn configure_iface(
                 &format!("net/ipv6/conf/{}/keep_addr_on_down", link.name),
                 "1",
             )
-        })
-        .map_err(|e| Error::internal(format!("cannot enter the container namespace: {e}")))??;
+        })?;
     }
     for ip in ips {
         nl.add_address(link, ip.address).await?;

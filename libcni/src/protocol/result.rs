@@ -369,7 +369,7 @@ mod tests {
             })
         );
         let err = CniResult::default().render(Version::V0_1_0).unwrap_err();
-        assert_eq!(err.code, 1);
+        assert_eq!(err.code, crate::Code::IncompatibleVersion);
         assert!(err.msg.contains("no valid IP addresses"), "{}", err.msg);
     }
 
@@ -421,18 +421,18 @@ mod tests {
         assert_eq!(v, Version::V0_4_0);
         assert_eq!(r.ips[0].gateway, None);
         let err = CniResult::parse(&json!({"cniVersion": "7.0.0"}), Version::V1_0_0).unwrap_err();
-        assert_eq!(err.code, 1);
+        assert_eq!(err.code, crate::Code::IncompatibleVersion);
         let dangling =
             json!({"cniVersion": "1.0.0", "ips": [{"interface": 0, "address": "10.0.0.2/24"}]});
         let err = CniResult::parse(&dangling, Version::V1_0_0).unwrap_err();
         assert!(err.msg.contains("ips[0].interface 0"), "{}", err.msg);
-        assert_eq!(err.code, 6);
+        assert_eq!(err.code, crate::Code::Decode);
         let err = CniResult::parse(
             &json!({"cniVersion": "1.0.0", "ips": [{"address": "nope"}]}),
             Version::V1_0_0,
         )
         .unwrap_err();
-        assert_eq!(err.code, 6);
+        assert_eq!(err.code, crate::Code::Decode);
     }
 
     #[test]

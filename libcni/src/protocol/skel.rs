@@ -101,11 +101,7 @@ impl Request {
             .netns
             .as_ref()
             .ok_or_else(|| Error::invalid_env("CNI_NETNS is empty"))?;
-        Netns::open(path).map_err(|e| match e {
-            NetnsError::NotExist(_) => Error::new(Code::UnknownContainer, e.to_string()),
-            NetnsError::NotNetns(_) => Error::invalid_env(format!("CNI_NETNS: {e}")),
-            NetnsError::Io(..) => Error::internal(e.to_string()),
-        })
+        Netns::open(path).map_err(|e| Error::from(e).context("CNI_NETNS"))
     }
 
     /// The container's namespace for DEL: `None` when there is none to clean up (empty
@@ -118,7 +114,7 @@ impl Request {
         match Netns::open(path) {
             Ok(ns) => Ok(Some(ns)),
             Err(NetnsError::NotExist(_) | NetnsError::NotNetns(_)) => Ok(None),
-            Err(e @ NetnsError::Io(..)) => Err(Error::internal(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -233,6 +229,25 @@ fn request(
     stdin: Vec<u8>,
     version: &mut Version,
 ) -> Result<Request> {
+    let (container_id, ifname) = identity(command, var)?;
+    let (raw, conf) = parse_conf(&stdin)?;
+    let version = negotiate(command, &conf, version)?;
+    Ok(Request {
+        command,
+        container_id,
+        netns: container_netns(command, var, env)?,
+        ifname,
+        raw_args: var("CNI_ARGS").unwrap_or_default(),
+        path: cni_path(var),
+        version,
+        conf,
+        raw,
+        stdin,
+    })
+}
+
+/// The required `CNI_*` variables are set; the container ID and interface name are valid.
+fn identity(command: Command, var: &dyn Fn(&str) -> Option<String>) -> Result<(String, String)> {
     let missing: Vec<&str> = command
         .required()
         .iter()
@@ -256,8 +271,11 @@ fn request(
     if command.required().contains(&"CNI_IFNAME") {
         validate_ifname(&ifname)?;
     }
+    Ok((container_id, ifname))
+}
 
-    let raw: Value = serde_json::from_slice(&stdin)
+fn parse_conf(stdin: &[u8]) -> Result<(Value, NetConf)> {
+    let raw: Value = serde_json::from_slice(stdin)
         .map_err(|e| Error::decode(format!("error parsing network config from stdin: {e}")))?;
     if !raw.is_object() {
         return Err(Error::decode(
@@ -266,14 +284,19 @@ fn request(
     }
     let conf = NetConf::parse(&raw)
         .map_err(|e| Error::decode(format!("error parsing network config: {e}")))?;
-    // Errors from here on are labelled with the version the runtime asked for, when known.
+    Ok((raw, conf))
+}
+
+/// The config's version, supported and allowing `command`. From here on errors are labelled
+/// (`label`) with the version the runtime asked for, when known.
+fn negotiate(command: Command, conf: &NetConf, label: &mut Version) -> Result<Version> {
     let asked = conf
         .cni_version
         .as_deref()
         .unwrap_or(Version::DEFAULT.as_str());
     let parsed = asked.parse::<Version>();
     if let Ok(v) = parsed {
-        *version = v;
+        *label = v;
     }
     if conf.name.is_empty() {
         return Err(Error::invalid_config("missing network name (key \"name\")"));
@@ -292,53 +315,50 @@ fn request(
         .with_details(format!("plugin supports {}", Version::list()))
     })?;
     match command {
-        Command::Check if !version.has_check() => {
-            return Err(Error::incompatible(format!(
-                "config version {version} does not allow CHECK (needs 0.4.0)"
-            )));
-        }
+        Command::Check if !version.has_check() => Err(Error::incompatible(format!(
+            "config version {version} does not allow CHECK (needs 0.4.0)"
+        ))),
         Command::Gc | Command::Status if !version.has_gc_and_status() => {
-            return Err(Error::incompatible(format!(
+            Err(Error::incompatible(format!(
                 "config version {version} does not allow {} (needs 1.1.0)",
                 command.as_str()
-            )));
+            )))
         }
-        _ => {}
+        _ => Ok(version),
     }
+}
 
-    let mut netns = var("CNI_NETNS").map(PathBuf::from);
+/// `CNI_NETNS`, refused when it is the plugin's own namespace (unless overridden).
+fn container_netns(
+    command: Command,
+    var: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<PathBuf>> {
+    let netns = var("CNI_NETNS").map(PathBuf::from);
     if let Some(path) = &netns
         && matches!(command, Command::Add | Command::Check | Command::Del)
         && !netns_override(env)
         && let Err(e) = refuse_own_netns(path)
     {
-        if command != Command::Del || e.code != Code::InvalidNetns as u32 {
+        if command != Command::Del || e.code != Code::InvalidNetns {
             return Err(e);
         }
         // A DEL must still release what lives outside the namespace (IPAM leases, rules); the
         // path was recycled (plugins#714), so the container's namespace is gone.
         eprintln!("{}; treating the container's namespace as gone", e.msg);
-        netns = None;
+        return Ok(None);
     }
-    let path = var("CNI_PATH")
+    Ok(netns)
+}
+
+fn cni_path(var: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    var("CNI_PATH")
         .map(|p| {
             std::env::split_paths(&p)
                 .filter(|p| !p.as_os_str().is_empty())
                 .collect()
         })
-        .unwrap_or_default();
-    Ok(Request {
-        command,
-        container_id,
-        netns,
-        ifname,
-        raw_args: var("CNI_ARGS").unwrap_or_default(),
-        path,
-        version,
-        conf,
-        raw,
-        stdin,
-    })
+        .unwrap_or_default()
 }
 
 fn netns_override(env: &dyn Fn(&str) -> Option<String>) -> bool {

@@ -170,7 +170,10 @@ mod tests {
     fn stderr_joins_the_details_of_a_cni_error() {
         let stdout = br#"{"code":7,"msg":"bad mtu","details":"must be a number"}"#;
         let e = failure("bridge", exit(1), stdout, b"warning: x\n");
-        assert_eq!((e.code, e.msg.as_str()), (7, "bad mtu"));
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (crate::Code::InvalidConfig, "bad mtu")
+        );
         assert_eq!(
             e.details,
             r#"must be a number; stderr of "bridge": "warning: x""#

@@ -148,7 +148,7 @@ impl Runtime {
         // A DEL must work even where the cache cannot be created; only a held lock stops it.
         let _lock = match self.cache.lock(Mode::Shared) {
             Ok(lock) => Some(lock),
-            Err(e) if e.code == crate::Code::TryAgainLater as u32 => return Err(e),
+            Err(e) if e.code == crate::Code::TryAgainLater => return Err(e),
             Err(e) => {
                 eprintln!("deleting without the cache lock: {e}");
                 None

@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(trunk_vids(&many).unwrap().len(), 4094);
         let too_many: Vec<Trunk> = (0..4095).map(|_| full()).collect();
         let e = trunk_vids(&too_many).unwrap_err();
-        assert_eq!(e.code, 7);
+        assert_eq!(e.code, libcni::Code::InvalidConfig);
         assert!(e.msg.starts_with("vlanTrunk: 4095 entries"), "{}", e.msg);
     }
 
@@ -367,7 +367,7 @@ mod tests {
             (t(Some(0), None, None), "id 0"),
         ] {
             let e = trunk_vids(&[bad]).unwrap_err();
-            assert_eq!(e.code, 7);
+            assert_eq!(e.code, libcni::Code::InvalidConfig);
             assert!(e.msg.contains(needle), "{}", e.msg);
         }
     }

@@ -25,6 +25,7 @@ use libcni::kernel::lock::node_lock;
 use libcni::kernel::netlink::{Created, Link, Netlink, VethSpec, block_on};
 use libcni::kernel::netns::Netns;
 use libcni::kernel::sysctl;
+use libcni::protocol::error;
 use libcni::protocol::ipam;
 use libcni::protocol::result::{CniResult, Interface, Route};
 use libcni::protocol::skel::{self, Plugin, Request};
@@ -63,7 +64,7 @@ impl Plugin for Bridge {
 
     fn del(&self, req: &Request) -> Result<()> {
         let conf = Teardown::load(req)?;
-        // Best effort: every step runs, the first failure is reported. The firewall work and
+        // Best effort: every step runs, every failure is reported. The firewall work and
         // the IPAM release run beside the veth removal, so the kernel waits overlap.
         let (link, lease, firewall) = std::thread::scope(|scope| {
             let firewall = scope.spawn(|| remove_firewall_state(&conf, req));
@@ -83,7 +84,7 @@ impl Plugin for Bridge {
             Ok(FirewallLeft::Nothing) => Ok(()),
             Err(e) => Err(e),
         };
-        link.and(lease).and(legacy)
+        error::all([link, lease, legacy])
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -112,7 +113,7 @@ impl Plugin for Bridge {
             Some(ipam_type) => ipam::gc(req, ipam_type),
             None => Ok(()),
         };
-        masq.and(spoof).and(ipam)
+        error::all([masq, spoof, ipam])
     }
 
     fn status(&self, req: &Request) -> Result<()> {
@@ -659,7 +660,6 @@ fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()
         sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1")?;
         sysctl::set_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
     })
-    .map_err(|e| Error::internal(format!("cannot enter the container namespace: {e}")))?
 }
 
 /// Puts each gateway address on the bridge. An address of the same family that is not one of

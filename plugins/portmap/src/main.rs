@@ -22,6 +22,7 @@ use libcni::firewall::{
 use libcni::kernel::netlink::{Netlink, block_on};
 use libcni::kernel::nf_tables::L4;
 use libcni::kernel::{conntrack, sysctl};
+use libcni::protocol::error;
 use libcni::protocol::result::CniResult;
 use libcni::protocol::skel::{self, Plugin, Request};
 use libcni::{Error, Result};
@@ -93,11 +94,9 @@ impl Plugin for Portmap {
     fn gc(&self, req: &Request) -> Result<()> {
         let valid = req.conf.gc_attachments()?;
         let mut nft = nftables::open()?;
-        portmap::retain(&mut nft, &req.conf.name, valid).and(portmap_iptables::retain(
-            &mut nft,
-            &req.conf.name,
-            valid,
-        ))
+        let nf_tables = portmap::retain(&mut nft, &req.conf.name, valid);
+        let iptables = portmap_iptables::retain(&mut nft, &req.conf.name, valid);
+        error::all([nf_tables, iptables])
     }
 
     fn status(&self, req: &Request) -> Result<()> {
@@ -121,7 +120,7 @@ fn remove_rules(req: &Request) -> Result<()> {
     let mut nft = nftables::open()?;
     let iptables = portmap_iptables::families_to_clean(&mut nft, &owner)
         .and_then(|families| portmap_iptables::remove(&families, &owner));
-    portmap::remove(&mut nft, &owner).and(iptables)
+    error::all([portmap::remove(&mut nft, &owner), iptables])
 }
 
 /// nf_tables is spoken over netlink; only conditions, which are nft text, need the tool.

@@ -1,56 +1,9 @@
 //! What can go wrong talking to nf_tables: the socket, the kernel's verdict on one message of a
 //! transaction, or a reply we cannot read.
 
-use std::fmt;
 use std::time::Duration;
 
-/// The kernel's errno for a message, with the ones callers act on named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Errno {
-    /// ENOENT: a table, chain or rule the message refers to does not exist.
-    NotFound,
-    /// EEXIST: an exclusive create found the object already there.
-    Exists,
-    /// EBUSY: the object is still in use (a chain with rules or jumps to it).
-    Busy,
-    /// EPERM / EACCES: not allowed in this namespace.
-    Denied,
-    Other(i32),
-}
-
-impl Errno {
-    /// From a netlink error code (negative errno) or a plain errno.
-    pub fn from_code(code: i32) -> Errno {
-        match code.saturating_abs() {
-            libc::ENOENT => Errno::NotFound,
-            libc::EEXIST => Errno::Exists,
-            libc::EBUSY => Errno::Busy,
-            libc::EPERM | libc::EACCES => Errno::Denied,
-            other => Errno::Other(other),
-        }
-    }
-
-    pub fn raw(self) -> i32 {
-        match self {
-            Errno::NotFound => libc::ENOENT,
-            Errno::Exists => libc::EEXIST,
-            Errno::Busy => libc::EBUSY,
-            Errno::Denied => libc::EPERM,
-            Errno::Other(n) => n,
-        }
-    }
-}
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let raw = self.raw();
-        write!(
-            f,
-            "{} (errno {raw})",
-            std::io::Error::from_raw_os_error(raw)
-        )
-    }
-}
+pub use crate::kernel::errno::Errno;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -125,11 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errno_names_the_codes_callers_act_on() {
-        assert_eq!(Errno::from_code(-libc::ENOENT), Errno::NotFound);
-        assert_eq!(Errno::from_code(libc::EEXIST), Errno::Exists);
-        assert_eq!(Errno::from_code(-libc::EINVAL), Errno::Other(libc::EINVAL));
-        assert_eq!(Errno::from_code(i32::MIN), Errno::Other(i32::MAX));
+    fn rejected_names_the_message_and_its_errno() {
         let e = Error::Rejected {
             index: 2,
             op: "add rule inet t c".into(),
