@@ -9,7 +9,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    BridgeVlanInfoFlags, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    BridgeVlanInfoFlags, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, State,
 };
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
@@ -46,8 +47,7 @@ pub struct Link {
     pub up: bool,
     pub oper_up: bool,
     pub promisc: bool,
-    /// `bridge`, `veth`, … (empty for devices without a kind, like `lo`).
-    pub kind: String,
+    pub kind: LinkKind,
     pub mac: Vec<u8>,
     pub mtu: u32,
     /// The bridge (or other controller) this link is a port of.
@@ -76,7 +76,7 @@ impl Link {
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
-                            link.kind = kind.to_string();
+                            link.kind = LinkKind::from(kind);
                         }
                     }
                 }
@@ -88,6 +88,38 @@ impl Link {
 
     pub fn mac_string(&self) -> String {
         format_mac(&self.mac)
+    }
+}
+
+/// What sort of device a link is (IFLA_INFO_KIND).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A device without a kind, like `lo`.
+    #[default]
+    None,
+    Bridge,
+    Veth,
+    Other(String),
+}
+
+impl From<&InfoKind> for LinkKind {
+    fn from(kind: &InfoKind) -> LinkKind {
+        match kind {
+            InfoKind::Bridge => LinkKind::Bridge,
+            InfoKind::Veth => LinkKind::Veth,
+            other => LinkKind::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkKind::None => "",
+            LinkKind::Bridge => "bridge",
+            LinkKind::Veth => "veth",
+            LinkKind::Other(kind) => kind,
+        })
     }
 }
 

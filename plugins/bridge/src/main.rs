@@ -22,7 +22,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use libcni::firewall::{Backend, Owner, check, driver, masquerade, nftables, spoofcheck};
 use libcni::kernel::lock::node_lock;
-use libcni::kernel::netlink::{Created, Link, Netlink, VethSpec, block_on};
+use libcni::kernel::netlink::{Created, Link, LinkKind, Netlink, VethSpec, block_on};
 use libcni::kernel::netns::Netns;
 use libcni::kernel::sysctl;
 use libcni::protocol::ipam;
@@ -119,9 +119,9 @@ impl Plugin for Bridge {
         let conf = Conf::load(req)?;
         let existing =
             block_on(async { Netlink::open(None)?.link_by_name(&conf.raw.bridge).await })??;
-        if let Some(link) = existing.filter(|l| l.kind != "bridge") {
+        if let Some(link) = existing.filter(|l| l.kind != LinkKind::Bridge) {
             return Err(Error::not_available(format!(
-                "{:?} exists and is not a bridge (it is a {:?} link)",
+                "{:?} exists and is not a bridge (it is a \"{}\" link)",
                 link.name, link.kind
             )));
         }
@@ -272,7 +272,7 @@ async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
         })
     };
     let mut bridge = lookup().await?;
-    if bridge.kind != "bridge" {
+    if bridge.kind != LinkKind::Bridge {
         return Err(Error::internal(format!(
             "{name:?} already exists but is not a bridge"
         )));
@@ -756,7 +756,7 @@ async fn check_attachment(
         .link_by_name(&conf.raw.bridge)
         .await?
         .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.raw.bridge)))?;
-    if bridge.kind != "bridge" {
+    if bridge.kind != LinkKind::Bridge {
         return Err(fail(format!("{:?} is not a bridge", bridge.name)));
     }
     if let Some(i) = bridge_if
@@ -799,7 +799,7 @@ async fn check_attachment(
             req.ifname
         ))
     })?;
-    if cont_veth.kind != "veth" {
+    if cont_veth.kind != LinkKind::Veth {
         return Err(fail(format!(
             "container interface {:?} is not a veth",
             req.ifname
@@ -817,7 +817,7 @@ async fn check_attachment(
     let host_veth = host
         .link_by_index(peer)
         .await?
-        .filter(|l| l.kind == "veth" && l.peer == Some(cont_veth.index))
+        .filter(|l| l.kind == LinkKind::Veth && l.peer == Some(cont_veth.index))
         .ok_or_else(|| fail(format!("the host end of {:?} is missing", req.ifname)))?;
     if host_veth.controller != Some(bridge.index) {
         return Err(fail(format!(
