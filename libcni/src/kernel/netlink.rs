@@ -294,8 +294,9 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host` in this namespace, up, a port of `controller`; `peer` created
-    /// directly in `peer_ns` (never visible here). `EEXIST` comes back as `Ok(false)`.
-    pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<bool> {
+    /// directly in `peer_ns` (never visible here). A name already taken (either end) is
+    /// `Created::Existed`.
+    pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<Created> {
         let mut peer =
             LinkUnspec::new_with_name(spec.peer).setns_by_fd(spec.peer_ns.as_fd().as_raw_fd());
         if spec.mtu > 0 {
@@ -312,8 +313,8 @@ impl Netlink {
             msg = msg.mtu(spec.mtu);
         }
         match self.handle.link().add(msg.build()).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Ok(()) => Ok(Created::New),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
             Err(e) => Err(kernel(
                 format_args!("cannot create veth {:?}/{:?}", spec.host, spec.peer),
                 e,
@@ -464,7 +465,7 @@ impl Netlink {
         link: &Link,
         route: &Route,
         gateway: Option<IpAddr>,
-    ) -> Result<()> {
+    ) -> Result<Created> {
         use rtnetlink::packet_core::{
             NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
         };
@@ -482,15 +483,17 @@ impl Netlink {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
         let mut answers = self.handle.clone().request(req).map_err(fail)?;
+        let mut created = Created::New;
         while let Some(answer) = answers.next().await {
             if let NetlinkPayload::Error(e) = answer.payload {
                 let e = rtnetlink::Error::NetlinkError(e);
                 if !is_errno(&e, libc::EEXIST) {
                     return Err(fail(e));
                 }
+                created = Created::Existed;
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// The link the kernel would route `dst` through (`ip route get`).

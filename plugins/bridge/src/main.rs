@@ -480,7 +480,7 @@ async fn add_port_veth(
             peer_mac,
             controller: bridge.index,
         };
-        if !host.add_veth(&spec).await? {
+        if host.add_veth(&spec).await? == Created::Existed {
             if peer_exists().await? {
                 return Ok(None);
             }
