@@ -503,13 +503,7 @@ impl Netlink {
             .destination_prefix(dst, prefix)
             .map_err(|e| Error::internal(format!("route lookup of {dst}: {e}")))?
             .build();
-        // A route lookup must leave these header fields zero (strict checking rejects others).
-        let mut msg = msg;
-        msg.header.table = 0;
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
-        msg.header.scope = RouteScope::Universe;
-        let mut answers = self.handle.route().get(msg).execute();
+        let mut answers = self.handle.route().get(any_route(msg)).execute();
         let found = match answers.try_next().await {
             Ok(found) => found,
             Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => None,
@@ -557,28 +551,33 @@ impl Netlink {
     }
 
     /// Routes of one family in every table (for CHECK).
-    pub async fn routes(&self, v4: bool) -> Result<Vec<RouteMessage>> {
-        let mut filter = if v4 {
+    pub async fn routes(&self, v4: bool) -> Result<Vec<KernelRoute>> {
+        let filter = if v4 {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         } else {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
         };
-        // With strict checking the kernel filters dumps by these header fields: zero = any.
-        filter.header.table = 0;
-        filter.header.protocol = RouteProtocol::Unspec;
-        filter.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
-        filter.header.scope = RouteScope::Universe;
-        let mut stream = self.handle.route().get(filter).execute();
+        let mut stream = self.handle.route().get(any_route(filter)).execute();
         let mut out = Vec::new();
         while let Some(msg) = stream
             .try_next()
             .await
             .map_err(|e| kernel("cannot list routes", e))?
         {
-            out.push(msg);
+            out.extend(KernelRoute::from_message(&msg));
         }
         Ok(out)
     }
+}
+
+/// `msg` with table, protocol, type and scope zero: strict checking filters route dumps by
+/// these header fields (zero = any) and refuses a lookup that sets them.
+fn any_route(mut msg: RouteMessage) -> RouteMessage {
+    msg.header.table = 0;
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
+    msg.header.scope = RouteScope::Universe;
+    msg
 }
 
 async fn first_link(request: rtnetlink::LinkGetRequest, what: &str) -> Result<Option<Link>> {
@@ -657,37 +656,49 @@ pub fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     IpNetwork::new(local.or(address)?, msg.header.prefix_len).ok()
 }
 
-/// Whether a kernel route has `route`'s destination (and gateway, when it names one: the
-/// route's own or one of its next hops, for a multipath route).
-pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
-    let mut dst = None;
-    let mut gateways = Vec::new();
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(a) => dst = route_addr(a),
-            RouteAttribute::Gateway(a) => gateways.extend(route_addr(a)),
-            RouteAttribute::MultiPath(hops) => {
-                gateways.extend(
-                    hops.iter()
-                        .flat_map(|h| &h.attributes)
-                        .filter_map(|a| match a {
+/// A route the kernel has: its destination and every gateway (its own, or its next hops' for
+/// a multipath route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub dst: IpNetwork,
+    pub gateways: Vec<IpAddr>,
+}
+
+impl KernelRoute {
+    /// What a kernel route message says; `None` for a family other than IPv4 and IPv6.
+    pub fn from_message(msg: &RouteMessage) -> Option<KernelRoute> {
+        use rtnetlink::packet_route::AddressFamily;
+        let mut dst = match msg.header.address_family {
+            AddressFamily::Inet => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        let mut gateways = Vec::new();
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(a) => dst = route_addr(a).unwrap_or(dst),
+                RouteAttribute::Gateway(a) => gateways.extend(route_addr(a)),
+                RouteAttribute::MultiPath(hops) => {
+                    gateways.extend(hops.iter().flat_map(|h| &h.attributes).filter_map(
+                        |a| match a {
                             RouteAttribute::Gateway(a) => route_addr(a),
                             _ => None,
-                        }),
-                );
+                        },
+                    ));
+                }
+                _ => {}
             }
-            _ => {}
         }
+        let dst = IpNetwork::new(dst, msg.header.destination_prefix_length).ok()?;
+        Some(KernelRoute { dst, gateways })
     }
-    let unspecified = if route.dst.is_ipv4() {
-        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-    };
-    let dst = dst.unwrap_or(unspecified);
-    dst == route.dst.network()
-        && msg.header.destination_prefix_length == route.dst.prefix()
-        && route.gw.is_none_or(|want| gateways.contains(&want))
+
+    /// Whether this is `route`: its destination, and its gateway when it names one.
+    pub fn matches(&self, route: &Route) -> bool {
+        self.dst.ip() == route.dst.network()
+            && self.dst.prefix() == route.dst.prefix()
+            && route.gw.is_none_or(|want| self.gateways.contains(&want))
+    }
 }
 
 fn route_addr(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
@@ -784,6 +795,7 @@ mod tests {
     fn a_route_matches_by_its_gateway_or_a_next_hops() {
         use rtnetlink::packet_route::route::{RouteAddress, RouteNextHop};
         let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let typed = |msg: &RouteMessage| KernelRoute::from_message(msg).unwrap();
         let mut msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
         let hop = |gw: &str| {
             let mut hop = RouteNextHop::default();
@@ -797,16 +809,16 @@ mod tests {
             r.gw = gw.map(|g| IpAddr::V6(v6(g)));
             r
         };
-        assert!(route_matches(&msg, &route(Some("fd::fe"))));
-        assert!(route_matches(&msg, &route(Some("fd::1"))));
-        assert!(route_matches(&msg, &route(None)));
-        assert!(!route_matches(&msg, &route(Some("fd::2"))));
+        assert!(typed(&msg).matches(&route(Some("fd::fe"))));
+        assert!(typed(&msg).matches(&route(Some("fd::1"))));
+        assert!(typed(&msg).matches(&route(None)));
+        assert!(!typed(&msg).matches(&route(Some("fd::2"))));
         let mut single = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
         single
             .attributes
             .push(RouteAttribute::Gateway(RouteAddress::Inet6(v6("fd::1"))));
-        assert!(route_matches(&single, &route(Some("fd::1"))));
-        assert!(!route_matches(&single, &route(Some("fd::fe"))));
+        assert!(typed(&single).matches(&route(Some("fd::1"))));
+        assert!(!typed(&single).matches(&route(Some("fd::fe"))));
     }
 
     #[test]

@@ -846,10 +846,7 @@ async fn check_attachment(
         }
         let present = cont.routes(v4).await?;
         for route in wanted {
-            if !present
-                .iter()
-                .any(|m| libcni::kernel::netlink::route_matches(m, route))
-            {
+            if !present.iter().any(|r| r.matches(route)) {
                 return Err(fail(format!(
                     "route to {} is missing in the container",
                     route.dst
