@@ -1,7 +1,6 @@
-//! A thin typed layer over rtnetlink. Plugins call these functions; none builds a netlink
-//! message itself. A `Netlink` is bound to the namespace it was opened in for its whole life.
+//! A thin typed layer over rtnetlink. Plugins call the synchronous [`Kernel`]; none builds a
+//! netlink message itself.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -23,20 +22,74 @@ use crate::kernel::netns::Netns;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::result::Route;
 
-/// Runs `fut` on a current-thread runtime: plugins are short-lived and single-threaded, and
-/// namespace switches must stay on the one thread.
-pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::internal(format!("cannot start the netlink runtime: {e}")))?;
-    Ok(rt.block_on(fut))
+/// Synchronous netlink for plugins: a [`Netlink`] socket in one namespace and the
+/// current-thread runtime that drives it (plugins are short-lived and single-threaded, and
+/// namespace switches must stay on the one thread). A `Kernel` is bound to the namespace it
+/// was opened in for its whole life.
+pub struct Kernel {
+    netlink: Netlink,
+    runtime: tokio::runtime::Runtime,
 }
 
-/// Waits `time` without blocking the runtime of [`block_on`] (never `thread::sleep` there).
-pub async fn pause(time: std::time::Duration) {
-    tokio::time::sleep(time).await;
+impl Kernel {
+    /// Opens a socket in `ns` (the caller's namespace when `None`).
+    pub fn open(ns: Option<&Netns>) -> Result<Kernel> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start the netlink runtime: {e}")))?;
+        let netlink = {
+            let _inside = runtime.enter();
+            Netlink::open(ns)?
+        };
+        Ok(Kernel { netlink, runtime })
+    }
+}
+
+/// Each listed method of [`Kernel`] runs the [`Netlink`] method of the same name to completion.
+macro_rules! blocking {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $out:ty;)*) => {
+        impl Kernel {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self $(, $arg: $ty)*) -> Result<$out> {
+                    self.runtime.block_on(self.netlink.$name($($arg),*))
+                }
+            )*
+        }
+    };
+}
+
+blocking! {
+    fn link_by_name(&self, name: &str) -> Option<Link>;
+    fn link_by_index(&self, index: u32) -> Option<Link>;
+    /// Every link of the namespace (not for the hot path).
+    fn links(&self) -> Vec<Link>;
+    fn set_up(&self, link: &Link, up: bool) -> ();
+    fn set_promisc(&self, link: &Link, on: bool) -> ();
+    fn set_mac(&self, link: &Link, mac: &[u8]) -> ();
+    /// Bridge `name` (up, with `mtu` and `vlan_filtering` when given, `mac` as its own
+    /// address), or `Existed` when a link of that name exists: the caller checks what it is.
+    fn add_bridge(&self, name: &str, mtu: u32, vlan_filtering: bool, mac: Option<[u8; 6]>) -> Created;
+    /// A veth pair, its peer made directly in the peer's namespace.
+    fn add_veth(&self, spec: &VethSpec<'_>) -> Created;
+    fn set_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> ();
+    fn bridge_vlan_add(&self, port: &Link, vid: u16, pvid_untagged: bool) -> ();
+    fn bridge_vlan_del(&self, port: &Link, vid: u16) -> ();
+    /// Deletes the link; one already gone is fine.
+    fn delete_link(&self, link: &Link) -> ();
+    fn addresses(&self, link: &Link) -> Vec<IpNetwork>;
+    fn add_address(&self, link: &Link, address: IpNetwork) -> Created;
+    fn ipv6_dad(&self, link: &Link) -> Dad;
+    fn del_address(&self, link: &Link, address: IpNetwork) -> ();
+    /// Appends a route through `link` (beside other gateways' routes to its destination).
+    fn add_route(&self, link: &Link, route: &Route, gateway: Option<IpAddr>) -> Created;
+    /// The link the kernel would route `dst` through (`ip route get`).
+    fn route_get(&self, dst: IpAddr) -> Option<Link>;
+    fn forget_neighbour(&self, link: &Link, ip: IpAddr) -> ();
+    /// Routes of one family in every table.
+    fn routes(&self, v4: bool) -> Vec<KernelRoute>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -146,7 +199,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-pub struct Netlink {
+/// The async socket [`Kernel`] drives.
+struct Netlink {
     handle: Handle,
 }
 
@@ -174,8 +228,8 @@ pub enum Created {
 }
 
 impl Netlink {
-    /// Opens a socket in `ns` (the caller's namespace when `None`). Must run inside the runtime
-    /// of [`block_on`]; the thread enters `ns` only for the `socket()` call.
+    /// Opens a socket in `ns` (the caller's namespace when `None`). Must run inside the
+    /// runtime of a [`Kernel`]; the thread enters `ns` only for the `socket()` call.
     pub fn open(ns: Option<&Netns>) -> Result<Netlink> {
         // Strict checking (kernel dump filters) needs Linux 4.20; older kernels get the plain socket.
         let connect = || {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use libcni::firewall::{Backend, Owner, check, driver, masquerade, nftables, spoofcheck};
 use libcni::kernel::lock::node_lock;
-use libcni::kernel::netlink::{Created, Link, LinkKind, Netlink, VethSpec, block_on};
+use libcni::kernel::netlink::{Created, Kernel, Link, LinkKind, VethSpec};
 use libcni::kernel::netns::Netns;
 use libcni::kernel::sysctl;
 use libcni::protocol::ipam;
@@ -42,23 +42,21 @@ impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let conf = Conf::load(req)?;
         let ns = req.netns()?;
-        block_on(async {
-            let host = Netlink::open(None)?;
-            let cont = Netlink::open(Some(&ns))?;
-            if cont.link_by_name(&req.ifname).await?.is_some() {
-                return Err(Error::internal(format!(
-                    "interface {:?} already exists in the container",
-                    req.ifname
-                )));
-            }
-            let bridge = ensure_bridge(&host, &conf).await?;
-            let mut done = Done::default();
-            let added = attach(&host, &cont, &ns, &bridge, &conf, req, &mut done).await;
-            if added.is_err() {
-                done.undo(&host, &conf, req).await;
-            }
-            added
-        })?
+        let host = Kernel::open(None)?;
+        let cont = Kernel::open(Some(&ns))?;
+        if cont.link_by_name(&req.ifname)?.is_some() {
+            return Err(Error::internal(format!(
+                "interface {:?} already exists in the container",
+                req.ifname
+            )));
+        }
+        let bridge = ensure_bridge(&host, &conf)?;
+        let mut done = Done::default();
+        let added = attach(&host, &cont, &ns, &bridge, &conf, req, &mut done);
+        if added.is_err() {
+            done.undo(&host, &conf, req);
+        }
+        added
     }
 
     fn del(&self, req: &Request) -> Result<()> {
@@ -96,7 +94,7 @@ impl Plugin for Bridge {
         if let Some(ipam_type) = &conf.ipam {
             ipam::check(req, ipam_type)?;
         }
-        let cont_if = block_on(check_attachment(&ns, &conf, req, &prev))??;
+        let cont_if = check_attachment(&ns, &conf, req, &prev)?;
         if conf.ipam.is_some() && conf.raw.ip_masq {
             check_masquerade(req, &prev, cont_if)?;
         }
@@ -117,8 +115,7 @@ impl Plugin for Bridge {
 
     fn status(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        let existing =
-            block_on(async { Netlink::open(None)?.link_by_name(&conf.raw.bridge).await })??;
+        let existing = Kernel::open(None)?.link_by_name(&conf.raw.bridge)?;
         if let Some(link) = existing.filter(|l| l.kind != LinkKind::Bridge) {
             return Err(Error::not_available(format!(
                 "{:?} exists and is not a bridge (it is a \"{}\" link)",
@@ -141,14 +138,12 @@ fn delete_container_veth(req: &Request) -> Result<()> {
     let Some(ns) = req.netns_if_present()? else {
         return Ok(());
     };
-    block_on(async {
-        let cont = Netlink::open(Some(&ns))?;
-        match cont.link_by_name(&req.ifname).await? {
-            // Deleting one end of a veth deletes the pair.
-            Some(link) => cont.delete_link(&link).await,
-            None => Ok(()),
-        }
-    })?
+    let cont = Kernel::open(Some(&ns))?;
+    match cont.link_by_name(&req.ifname)? {
+        // Deleting one end of a veth deletes the pair.
+        Some(link) => cont.delete_link(&link),
+        None => Ok(()),
+    }
 }
 
 fn owner(req: &Request) -> Owner<'_> {
@@ -199,15 +194,13 @@ fn remove_network_masquerade(conf: &Teardown, req: &Request) -> Result<()> {
         eprintln!("bridge: no usable \"bridge\" key: per-network masquerade rules are left to GC");
         return Ok(());
     };
-    let in_use = block_on(async {
-        let host = Netlink::open(None)?;
-        let Some(bridge) = host.link_by_name(bridge_name).await? else {
-            return Ok(false);
-        };
-        let links = host.links().await?;
-        Ok::<_, Error>(links.iter().any(|l| l.controller == Some(bridge.index)))
-    })??;
-    if in_use {
+    let host = Kernel::open(None)?;
+    if let Some(bridge) = host.link_by_name(bridge_name)?
+        && host
+            .links()?
+            .iter()
+            .any(|l| l.controller == Some(bridge.index))
+    {
         return Ok(());
     }
     masquerade::remove_network_rules(&mut nftables::open()?, &req.conf.name)
@@ -223,7 +216,7 @@ struct Done {
 }
 
 impl Done {
-    async fn undo(self, host: &Netlink, conf: &Conf, req: &Request) {
+    fn undo(self, host: &Kernel, conf: &Conf, req: &Request) {
         let owner = owner(req);
         if self.spoofcheck || self.masquerade {
             let removed = nftables::open().and_then(|mut nft| {
@@ -242,7 +235,7 @@ impl Done {
             }
         }
         if let Some(veth) = &self.host_veth
-            && let Err(e) = host.delete_link(veth).await
+            && let Err(e) = host.delete_link(veth)
         {
             eprintln!("bridge: cleanup after failed ADD: {e}");
         }
@@ -261,17 +254,15 @@ impl Done {
 /// the existing link of that name is one; promisc, no router advertisements, up. A gateway
 /// bridge made elsewhere gets its current MAC pinned before our port joins, under the node
 /// lock so concurrent ADDs agree on it.
-async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
+fn ensure_bridge(host: &Kernel, conf: &Conf) -> Result<Link> {
     let name = &conf.raw.bridge;
-    let created = host
-        .add_bridge(name, conf.raw.mtu, conf.has_vlans(), Some(random_mac()?))
-        .await?;
-    let lookup = async || {
-        host.link_by_name(name).await?.ok_or_else(|| {
+    let created = host.add_bridge(name, conf.raw.mtu, conf.has_vlans(), Some(random_mac()?))?;
+    let lookup = || {
+        host.link_by_name(name)?.ok_or_else(|| {
             Error::internal(format!("bridge {name:?} vanished after it was created"))
         })
     };
-    let mut bridge = lookup().await?;
+    let mut bridge = lookup()?;
     if bridge.kind != LinkKind::Bridge {
         return Err(Error::internal(format!(
             "{name:?} already exists but is not a bridge"
@@ -279,41 +270,40 @@ async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
     }
     if conf.is_gateway && created == Created::Existed {
         let _lock = node_lock("bridge-mac")?;
-        bridge = lookup().await?;
+        bridge = lookup()?;
         // A bridge whose last port left has no address (all zeros).
         let mac = if bridge.mac.iter().any(|b| *b != 0) {
             bridge.mac.clone()
         } else {
             random_mac()?.to_vec()
         };
-        host.set_mac(&bridge, &mac).await?;
+        host.set_mac(&bridge, &mac)?;
         bridge.mac = mac;
     }
     if conf.raw.promisc_mode && !bridge.promisc {
-        host.set_promisc(&bridge, true).await?;
+        host.set_promisc(&bridge, true)?;
     }
     let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
     if !bridge.up {
-        host.set_up(&bridge, true).await?;
+        host.set_up(&bridge, true)?;
     }
     Ok(bridge)
 }
 
-async fn attach(
-    host: &Netlink,
-    cont: &Netlink,
+fn attach(
+    host: &Kernel,
+    cont: &Kernel,
     ns: &Netns,
     bridge: &Link,
     conf: &Conf,
     req: &Request,
     done: &mut Done,
 ) -> Result<CniResult> {
-    let (host_veth, cont_veth) = create_veth(host, cont, ns, bridge, conf, req, done).await?;
+    let (host_veth, cont_veth) = create_veth(host, cont, ns, bridge, conf, req, done)?;
     let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
-    host.set_bridge_port(&host_veth, conf.raw.hairpin_mode, conf.raw.port_isolation)
-        .await?;
+    host.set_bridge_port(&host_veth, conf.raw.hairpin_mode, conf.raw.port_isolation)?;
     if conf.has_vlans() {
-        set_port_vlans(host, &host_veth, conf).await?;
+        set_port_vlans(host, &host_veth, conf)?;
     }
 
     let mut result = CniResult {
@@ -367,16 +357,15 @@ async fn attach(
             &result.ips,
             &result.routes,
             dad_wait,
-        )
-        .await?;
+        )?;
         // The host may still know a previous owner of a reused address: forget it.
         for ip in &result.ips {
-            host.forget_neighbour(bridge, ip.address.ip()).await?;
+            host.forget_neighbour(bridge, ip.address.ip())?;
         }
         if conf.is_gateway {
             // With a VLAN the gateway lives on `<bridge>.<vlan>`, a port in that VLAN.
             let gateway_link = if conf.vlan != 0 {
-                let link = ensure_vlan_gateway_link(host, bridge, conf).await?;
+                let link = ensure_vlan_gateway_link(host, bridge, conf)?;
                 result.interfaces.push(Interface {
                     name: link.name.clone(),
                     ..Default::default()
@@ -385,8 +374,7 @@ async fn attach(
             } else {
                 bridge.clone()
             };
-            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.raw.force_address)
-                .await?;
+            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.raw.force_address)?;
             enable_forwarding(&gateways)?;
         }
         if conf.raw.ip_masq {
@@ -396,25 +384,21 @@ async fn attach(
                 .add_masquerade(&owner(req), &ips)?;
         }
     } else if !conf.raw.disable_container_interface {
-        cont.set_up(&cont_veth, true).await?;
+        cont.set_up(&cont_veth, true)?;
     }
 
     if !conf.raw.disable_container_interface {
-        wait_port_up(host, &host_veth).await?;
+        wait_port_up(host, &host_veth)?;
     }
     // The bridge's MAC may have changed when the port joined; report what it is now.
     let bridge_now = host
-        .link_by_index(bridge.index)
-        .await?
+        .link_by_index(bridge.index)?
         .unwrap_or_else(|| bridge.clone());
-    let veth_now = host
-        .link_by_index(host_veth.index)
-        .await?
-        .unwrap_or(host_veth);
+    let veth_now = host.link_by_index(host_veth.index)?.unwrap_or(host_veth);
     result.interfaces[0].mac = bridge_now.mac_string();
     result.interfaces[1].mac = veth_now.mac_string();
     if let Some(gateway_if) = result.interfaces.get_mut(3)
-        && let Some(link) = host.link_by_name(&gateway_if.name).await?
+        && let Some(link) = host.link_by_name(&gateway_if.name)?
     {
         gateway_if.mac = link.mac_string();
     }
@@ -424,16 +408,16 @@ async fn attach(
     Ok(result)
 }
 
-async fn create_veth(
-    host: &Netlink,
-    cont: &Netlink,
+fn create_veth(
+    host: &Kernel,
+    cont: &Kernel,
     ns: &Netns,
     bridge: &Link,
     conf: &Conf,
     req: &Request,
     done: &mut Done,
 ) -> Result<(Link, Link)> {
-    let in_container = async || Ok(cont.link_by_name(&req.ifname).await?.is_some());
+    let in_container = || Ok(cont.link_by_name(&req.ifname)?.is_some());
     let host_veth = add_port_veth(
         host,
         bridge,
@@ -442,8 +426,7 @@ async fn create_veth(
         conf.raw.mtu,
         conf.mac,
         in_container,
-    )
-    .await?
+    )?
     .ok_or_else(|| {
         Error::internal(format!(
             "interface {:?} already exists in the container",
@@ -452,8 +435,7 @@ async fn create_veth(
     })?;
     done.host_veth = Some(host_veth.clone());
     let cont_veth = cont
-        .link_by_name(&req.ifname)
-        .await?
+        .link_by_name(&req.ifname)?
         .ok_or_else(|| Error::internal(format!("container interface {:?} vanished", req.ifname)))?;
     Ok((host_veth, cont_veth))
 }
@@ -461,14 +443,14 @@ async fn create_veth(
 /// A veth pair whose host end (named `veth` + random hex, as the reference does) is a port of
 /// `bridge` and whose other end is `peer` in `peer_ns`. `None` when `peer` turns out to exist
 /// already (`peer_exists` tells, after a clash); a clash of the random name is retried.
-async fn add_port_veth(
-    host: &Netlink,
+fn add_port_veth(
+    host: &Kernel,
     bridge: &Link,
     peer: &str,
     peer_ns: &Netns,
     mtu: u32,
     peer_mac: Option<[u8; 6]>,
-    peer_exists: impl AsyncFn() -> Result<bool>,
+    peer_exists: impl Fn() -> Result<bool>,
 ) -> Result<Option<Link>> {
     for _ in 0..10 {
         let host_name = random_veth_name()?;
@@ -480,15 +462,14 @@ async fn add_port_veth(
             peer_mac,
             controller: bridge.index,
         };
-        if host.add_veth(&spec).await? == Created::Existed {
-            if peer_exists().await? {
+        if host.add_veth(&spec)? == Created::Existed {
+            if peer_exists()? {
                 return Ok(None);
             }
             continue;
         }
         return host
-            .link_by_name(&host_name)
-            .await?
+            .link_by_name(&host_name)?
             .map(Some)
             .ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")));
     }
@@ -518,7 +499,7 @@ fn random_veth_name() -> Result<String> {
     ))
 }
 
-async fn set_port_vlans(host: &Netlink, port: &Link, conf: &Conf) -> Result<()> {
+fn set_port_vlans(host: &Kernel, port: &Link, conf: &Conf) -> Result<()> {
     port_vlans(
         host,
         port,
@@ -526,69 +507,64 @@ async fn set_port_vlans(host: &Netlink, port: &Link, conf: &Conf) -> Result<()> 
         &conf.trunk,
         conf.raw.preserve_default_vlan,
     )
-    .await
 }
 
 /// The port's VLANs: `vlan` as PVID untagged, `trunk` tagged (VID 1 as PVID when there is a
 /// trunk and no `vlan`); the default VID 1 goes unless `preserve_default`.
-async fn port_vlans(
-    host: &Netlink,
+fn port_vlans(
+    host: &Kernel,
     port: &Link,
     vlan: u16,
     trunk: &[u16],
     preserve_default: bool,
 ) -> Result<()> {
     if !preserve_default {
-        host.bridge_vlan_del(port, 1).await?;
+        host.bridge_vlan_del(port, 1)?;
     }
     if vlan != 0 {
-        host.bridge_vlan_add(port, vlan, true).await?;
+        host.bridge_vlan_add(port, vlan, true)?;
     }
     for vid in trunk {
-        host.bridge_vlan_add(port, *vid, false).await?;
+        host.bridge_vlan_add(port, *vid, false)?;
     }
     if vlan == 0 && !trunk.is_empty() {
-        host.bridge_vlan_add(port, 1, true).await?;
+        host.bridge_vlan_add(port, 1, true)?;
     }
     Ok(())
 }
 
 /// `<bridge>.<vlan>`: a veth in the host namespace whose peer is a bridge port in the VLAN,
 /// carrying the gateway addresses for that VLAN. Made once, shared by the VLAN's containers.
-async fn ensure_vlan_gateway_link(host: &Netlink, bridge: &Link, conf: &Conf) -> Result<Link> {
+fn ensure_vlan_gateway_link(host: &Kernel, bridge: &Link, conf: &Conf) -> Result<Link> {
     let name = format!("{}.{}", bridge.name, conf.vlan);
     if name.len() > 15 {
         return Err(Error::invalid_config(format!(
             "the VLAN gateway interface name {name:?} is longer than 15 bytes; use a shorter \"bridge\" name"
         )));
     }
-    if let Some(link) = host.link_by_name(&name).await? {
+    if let Some(link) = host.link_by_name(&name)? {
         return Ok(link);
     }
     let here = Netns::current().map_err(|e| Error::internal(e.to_string()))?;
-    let made_meanwhile = async || Ok(host.link_by_name(&name).await?.is_some());
-    let Some(port) =
-        add_port_veth(host, bridge, &name, &here, bridge.mtu, None, made_meanwhile).await?
+    let made_meanwhile = || Ok(host.link_by_name(&name)?.is_some());
+    let Some(port) = add_port_veth(host, bridge, &name, &here, bridge.mtu, None, made_meanwhile)?
     else {
         // Another ADD made it meanwhile.
         return host
-            .link_by_name(&name)
-            .await?
+            .link_by_name(&name)?
             .ok_or_else(|| Error::internal(format!("{name:?} vanished")));
     };
-    let configured = async {
-        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
+    let configured = (|| {
+        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan)?;
         let link = host
-            .link_by_name(&name)
-            .await?
+            .link_by_name(&name)?
             .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
-        host.set_up(&link, true).await?;
+        host.set_up(&link, true)?;
         Ok(link)
-    }
-    .await;
+    })();
     if configured.is_err() {
         // A half-made pair would be taken as ready by the next ADD.
-        let _ = host.delete_link(&port).await;
+        let _ = host.delete_link(&port);
     }
     configured
 }
@@ -665,13 +641,13 @@ fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()
 /// Puts each gateway address on the bridge. An address of the same family that is not one of
 /// this network's gateways conflicts (IPv4: any; IPv6: an overlapping one) unless
 /// `forceAddress`, which replaces it.
-async fn ensure_gateway_addresses(
-    host: &Netlink,
+fn ensure_gateway_addresses(
+    host: &Kernel,
     bridge: &Link,
     gateways: &[IpNetwork],
     force: bool,
 ) -> Result<()> {
-    let existing = host.addresses(bridge).await?;
+    let existing = host.addresses(bridge)?;
     for gw in gateways {
         if existing.contains(gw) {
             continue;
@@ -690,9 +666,9 @@ async fn ensure_gateway_addresses(
                     bridge.name
                 )));
             }
-            host.del_address(bridge, *old).await?;
+            host.del_address(bridge, *old)?;
         }
-        host.add_address(bridge, *gw).await?;
+        host.add_address(bridge, *gw)?;
     }
     Ok(())
 }
@@ -718,11 +694,11 @@ fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {
 }
 
 /// Waits until the host end of the veth is operationally up, as the reference does.
-async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
+fn wait_port_up(host: &Kernel, veth: &Link) -> Result<()> {
     let mut state = String::from("unknown");
     for pause_ms in [0u64, 50, 500, 1000, 1000] {
-        libcni::kernel::netlink::pause(Duration::from_millis(pause_ms)).await;
-        match host.link_by_index(veth.index).await? {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        match host.link_by_index(veth.index)? {
             Some(l) if l.oper_up => return Ok(()),
             Some(l) => {
                 state = if l.up {
@@ -741,20 +717,14 @@ async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
 
 /// CHECK of the container's interface, addresses and routes; the index of the container
 /// interface in `prev`.
-async fn check_attachment(
-    ns: &Netns,
-    conf: &Conf,
-    req: &Request,
-    prev: &CniResult,
-) -> Result<usize> {
-    let host = Netlink::open(None)?;
-    let cont = Netlink::open(Some(ns))?;
+fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) -> Result<usize> {
+    let host = Kernel::open(None)?;
+    let cont = Kernel::open(Some(ns))?;
     let fail = |msg: String| Error::internal(format!("CHECK: {msg}"));
 
     let bridge_if = prev.interfaces.iter().find(|i| i.name == conf.raw.bridge);
     let bridge = host
-        .link_by_name(&conf.raw.bridge)
-        .await?
+        .link_by_name(&conf.raw.bridge)?
         .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.raw.bridge)))?;
     if bridge.kind != LinkKind::Bridge {
         return Err(fail(format!("{:?} is not a bridge", bridge.name)));
@@ -793,7 +763,7 @@ async fn check_attachment(
             ))
         })?;
     let expected_mac = &prev.interfaces[cont_if].mac;
-    let cont_veth = cont.link_by_name(&req.ifname).await?.ok_or_else(|| {
+    let cont_veth = cont.link_by_name(&req.ifname)?.ok_or_else(|| {
         fail(format!(
             "interface {:?} is missing in the container",
             req.ifname
@@ -815,8 +785,7 @@ async fn check_attachment(
         .peer
         .ok_or_else(|| fail("container veth has no peer".into()))?;
     let host_veth = host
-        .link_by_index(peer)
-        .await?
+        .link_by_index(peer)?
         .filter(|l| l.kind == LinkKind::Veth && l.peer == Some(cont_veth.index))
         .ok_or_else(|| fail(format!("the host end of {:?} is missing", req.ifname)))?;
     if host_veth.controller != Some(bridge.index) {
@@ -826,7 +795,7 @@ async fn check_attachment(
         )));
     }
 
-    let addresses = cont.addresses(&cont_veth).await?;
+    let addresses = cont.addresses(&cont_veth)?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(cont_if)) {
         if !addresses.contains(&ip.address) {
             return Err(fail(format!(
@@ -844,7 +813,7 @@ async fn check_attachment(
         if wanted.is_empty() {
             continue;
         }
-        let present = cont.routes(v4).await?;
+        let present = cont.routes(v4)?;
         for route in wanted {
             if !present.iter().any(|r| r.matches(route)) {
                 return Err(fail(format!(
