@@ -95,7 +95,7 @@ impl Plugin for Bridge {
             ipam::check(req, ipam_type)?;
         }
         let cont_if = check_attachment(&ns, &conf, req, &prev)?;
-        if conf.ipam.is_some() && conf.raw.ip_masq {
+        if conf.ipam.is_some() && conf.ip_masq {
             check_masquerade(req, &prev, cont_if)?;
         }
         Ok(())
@@ -115,7 +115,7 @@ impl Plugin for Bridge {
 
     fn status(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        let existing = Kernel::open(None)?.link_by_name(&conf.raw.bridge)?;
+        let existing = Kernel::open(None)?.link_by_name(&conf.bridge)?;
         if let Some(link) = existing.filter(|l| l.kind != LinkKind::Bridge) {
             return Err(Error::not_available(format!(
                 "{:?} exists and is not a bridge (it is a \"{}\" link)",
@@ -255,8 +255,8 @@ impl Done {
 /// bridge made elsewhere gets its current MAC pinned before our port joins, under the node
 /// lock so concurrent ADDs agree on it.
 fn ensure_bridge(host: &Kernel, conf: &Conf) -> Result<Link> {
-    let name = &conf.raw.bridge;
-    let created = host.add_bridge(name, conf.raw.mtu, conf.has_vlans(), Some(random_mac()?))?;
+    let name = &conf.bridge;
+    let created = host.add_bridge(name, conf.mtu, conf.has_vlans(), Some(random_mac()?))?;
     let lookup = || {
         host.link_by_name(name)?.ok_or_else(|| {
             Error::internal(format!("bridge {name:?} vanished after it was created"))
@@ -280,7 +280,7 @@ fn ensure_bridge(host: &Kernel, conf: &Conf) -> Result<Link> {
         host.set_mac(&bridge, &mac)?;
         bridge.mac = mac;
     }
-    if conf.raw.promisc_mode && !bridge.promisc {
+    if conf.promisc_mode && !bridge.promisc {
         host.set_promisc(&bridge, true)?;
     }
     let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
@@ -301,7 +301,7 @@ fn attach(
 ) -> Result<CniResult> {
     let (host_veth, cont_veth) = create_veth(host, cont, ns, bridge, conf, req, done)?;
     let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
-    host.set_bridge_port(&host_veth, conf.raw.hairpin_mode, conf.raw.port_isolation)?;
+    host.set_bridge_port(&host_veth, conf.hairpin_mode, conf.port_isolation)?;
     if conf.has_vlans() {
         set_port_vlans(host, &host_veth, conf)?;
     }
@@ -325,7 +325,7 @@ fn attach(
         ],
         ..Default::default()
     };
-    if conf.raw.macspoofchk {
+    if conf.macspoofchk {
         done.spoofcheck = true;
         spoofcheck::add(
             &mut nftables::open()?,
@@ -346,10 +346,10 @@ fn attach(
         result.routes = lease.routes;
         result.dns = lease.dns;
         let gateways = calc_gateways(&mut result, conf);
-        set_container_sysctls(ns, &req.ifname, conf.raw.enabledad)?;
+        set_container_sysctls(ns, &req.ifname, conf.enabledad)?;
         // With `enabledad`, addresses are usable when ADD returns, or ADD fails (as the
         // reference: up to 5 s).
-        let dad_wait = conf.raw.enabledad.then_some(DAD_WAIT);
+        let dad_wait = conf.enabledad.then_some(DAD_WAIT);
         libcni::protocol::ipam::configure_iface(
             cont,
             ns,
@@ -374,20 +374,20 @@ fn attach(
             } else {
                 bridge.clone()
             };
-            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.raw.force_address)?;
+            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.force_address)?;
             enable_forwarding(&gateways)?;
         }
-        if conf.raw.ip_masq {
+        if conf.ip_masq {
             let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
             done.masquerade = true;
-            driver::open(Backend::choose(conf.raw.ip_masq_backend.as_deref()))?
+            driver::open(Backend::choose(conf.ip_masq_backend.as_deref()))?
                 .add_masquerade(&owner(req), &ips)?;
         }
-    } else if !conf.raw.disable_container_interface {
+    } else if !conf.disable_container_interface {
         cont.set_up(&cont_veth, true)?;
     }
 
-    if !conf.raw.disable_container_interface {
+    if !conf.disable_container_interface {
         wait_port_up(host, &host_veth)?;
     }
     // The bridge's MAC may have changed when the port joined; report what it is now.
@@ -423,7 +423,7 @@ fn create_veth(
         bridge,
         &req.ifname,
         ns,
-        conf.raw.mtu,
+        conf.mtu,
         conf.mac,
         in_container,
     )?
@@ -505,7 +505,7 @@ fn set_port_vlans(host: &Kernel, port: &Link, conf: &Conf) -> Result<()> {
         port,
         conf.vlan,
         &conf.trunk,
-        conf.raw.preserve_default_vlan,
+        conf.preserve_default_vlan,
     )
 }
 
@@ -555,7 +555,7 @@ fn ensure_vlan_gateway_link(host: &Kernel, bridge: &Link, conf: &Conf) -> Result
             .ok_or_else(|| Error::internal(format!("{name:?} vanished")));
     };
     let configured = (|| {
-        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan)?;
+        port_vlans(host, &port, conf.vlan, &[], conf.preserve_default_vlan)?;
         let link = host
             .link_by_name(&name)?
             .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
@@ -585,7 +585,7 @@ fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
         let gateway = ip.gateway;
         let prefix = ip.address.prefix();
         let fam = usize::from(!v4);
-        if conf.raw.is_default_gateway && !default_found[fam] {
+        if conf.is_default_gateway && !default_found[fam] {
             let default = default_route(v4);
             if !result
                 .routes
@@ -722,10 +722,10 @@ fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) ->
     let cont = Kernel::open(Some(ns))?;
     let fail = |msg: String| Error::internal(format!("CHECK: {msg}"));
 
-    let bridge_if = prev.interfaces.iter().find(|i| i.name == conf.raw.bridge);
+    let bridge_if = prev.interfaces.iter().find(|i| i.name == conf.bridge);
     let bridge = host
-        .link_by_name(&conf.raw.bridge)?
-        .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.raw.bridge)))?;
+        .link_by_name(&conf.bridge)?
+        .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.bridge)))?;
     if bridge.kind != LinkKind::Bridge {
         return Err(fail(format!("{:?} is not a bridge", bridge.name)));
     }
@@ -740,10 +740,10 @@ fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) ->
             i.mac
         )));
     }
-    if bridge.promisc != conf.raw.promisc_mode {
+    if bridge.promisc != conf.promisc_mode {
         return Err(fail(format!(
             "bridge {:?} promiscuous mode is {}, expected {}",
-            bridge.name, bridge.promisc, conf.raw.promisc_mode
+            bridge.name, bridge.promisc, conf.promisc_mode
         )));
     }
 
