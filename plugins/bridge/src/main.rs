@@ -42,19 +42,11 @@ impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let conf = Conf::load(req)?;
         let ns = req.netns()?;
-        let host = Kernel::open(None)?;
-        let cont = Kernel::open(Some(&ns))?;
-        if cont.link_by_name(&req.ifname)?.is_some() {
-            return Err(Error::internal(format!(
-                "interface {:?} already exists in the container",
-                req.ifname
-            )));
-        }
-        let bridge = ensure_bridge(&host, &conf)?;
-        let mut done = Done::default();
-        let added = attach(&host, &cont, &ns, &bridge, &conf, req, &mut done);
+        let mut add = Add::open(req, &conf, &ns)?;
+        let bridge = ensure_bridge(&add.host, &conf)?;
+        let added = add.attach(bridge);
         if added.is_err() {
-            done.undo(&host, &conf, req);
+            add.done.undo(&add.host, &conf, req);
         }
         added
     }
@@ -248,8 +240,6 @@ impl Done {
     }
 }
 
-/// Creates the bridge, or checks that the existing link of that name is one; promisc, no
-/// router advertisements, up.
 /// Creates the bridge (with a MAC of its own, so it never follows its ports'), or checks that
 /// the existing link of that name is one; promisc, no router advertisements, up. A gateway
 /// bridge made elsewhere gets its current MAC pinned before our port joins, under the node
@@ -290,154 +280,242 @@ fn ensure_bridge(host: &Kernel, conf: &Conf) -> Result<Link> {
     Ok(bridge)
 }
 
-fn attach(
-    host: &Kernel,
-    cont: &Kernel,
-    ns: &Netns,
-    bridge: &Link,
-    conf: &Conf,
-    req: &Request,
-    done: &mut Done,
-) -> Result<CniResult> {
-    let (host_veth, cont_veth) = create_veth(host, cont, ns, bridge, conf, req, done)?;
-    let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
-    host.set_bridge_port(&host_veth, conf.hairpin_mode, conf.port_isolation)?;
-    if conf.has_vlans() {
-        set_port_vlans(host, &host_veth, conf)?;
+/// One ADD in progress: where it works, and what it has changed so far.
+struct Add<'a> {
+    req: &'a Request,
+    conf: &'a Conf,
+    ns: &'a Netns,
+    host: Kernel,
+    cont: Kernel,
+    done: Done,
+}
+
+/// The two ends of the container's veth.
+struct Port {
+    host_veth: Link,
+    container: Link,
+}
+
+/// The links an ADD reports, in the order of the result's interfaces: bridge, host veth,
+/// container interface, VLAN gateway.
+struct Attached {
+    bridge: Link,
+    port: Port,
+    /// `<bridge>.<vlan>`, when it carries the gateway addresses.
+    vlan_gateway: Option<Link>,
+}
+
+impl Attached {
+    /// The container interface's position in the result (what `ips[].interface` names).
+    const CONTAINER: usize = 2;
+}
+
+fn ifname_taken(req: &Request) -> Error {
+    Error::internal(format!(
+        "interface {:?} already exists in the container",
+        req.ifname
+    ))
+}
+
+impl<'a> Add<'a> {
+    fn open(req: &'a Request, conf: &'a Conf, ns: &'a Netns) -> Result<Add<'a>> {
+        let host = Kernel::open(None)?;
+        let cont = Kernel::open(Some(ns))?;
+        if cont.link_by_name(&req.ifname)?.is_some() {
+            return Err(ifname_taken(req));
+        }
+        Ok(Add {
+            req,
+            conf,
+            ns,
+            host,
+            cont,
+            done: Done::default(),
+        })
     }
 
-    let mut result = CniResult {
-        interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: host_veth.name.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: cont_veth.name.clone(),
-                mac: cont_veth.mac_string(),
-                sandbox: ns.path().display().to_string(),
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
-    };
-    if conf.macspoofchk {
-        done.spoofcheck = true;
-        spoofcheck::add(
-            &mut nftables::open()?,
-            &owner(req),
-            &host_veth.name,
-            &cont_veth.mac_string(),
-        )?;
+    /// Plugs the container into `bridge`, configures L3 when there is IPAM, and reports.
+    fn attach(&mut self, bridge: Link) -> Result<CniResult> {
+        let port = self.plug_port(&bridge)?;
+        let (lease, vlan_gateway) = match &self.conf.ipam {
+            Some(ipam_type) => self.configure_l3(ipam_type, &bridge, &port.container)?,
+            None => {
+                if !self.conf.disable_container_interface {
+                    self.cont.set_up(&port.container, true)?;
+                }
+                (CniResult::default(), None)
+            }
+        };
+        if !self.conf.disable_container_interface {
+            wait_port_up(&self.host, &port.host_veth)?;
+        }
+        let attached = Attached {
+            bridge,
+            port,
+            vlan_gateway,
+        };
+        self.result(&attached, lease)
     }
 
-    if let Some(ipam_type) = &conf.ipam {
+    /// The veth pair, its host end a port of `bridge` with the port options, VLANs and spoof
+    /// check.
+    fn plug_port(&mut self, bridge: &Link) -> Result<Port> {
+        let port = self.create_veth(bridge)?;
+        let host_veth = &port.host_veth;
+        let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
+        self.host
+            .set_bridge_port(host_veth, self.conf.hairpin_mode, self.conf.port_isolation)?;
+        if self.conf.has_vlans() {
+            set_port_vlans(&self.host, host_veth, self.conf)?;
+        }
+        if self.conf.macspoofchk {
+            self.done.spoofcheck = true;
+            spoofcheck::add(
+                &mut nftables::open()?,
+                &owner(self.req),
+                &host_veth.name,
+                &port.container.mac_string(),
+            )?;
+        }
+        Ok(port)
+    }
+
+    fn create_veth(&mut self, bridge: &Link) -> Result<Port> {
+        let ifname = &self.req.ifname;
+        let in_container = || Ok(self.cont.link_by_name(ifname)?.is_some());
+        let host_veth = add_port_veth(
+            &self.host,
+            bridge,
+            ifname,
+            self.ns,
+            self.conf.mtu,
+            self.conf.mac,
+            in_container,
+        )?
+        .ok_or_else(|| ifname_taken(self.req))?;
+        self.done.host_veth = Some(host_veth.clone());
+        let container = self
+            .cont
+            .link_by_name(ifname)?
+            .ok_or_else(|| Error::internal(format!("container interface {ifname:?} vanished")))?;
+        Ok(Port {
+            host_veth,
+            container,
+        })
+    }
+
+    /// The IPAM lease on the container interface; the bridge (or the VLAN's gateway link)
+    /// as the gateway; masquerade. Returns the lease as the result reports it, and the VLAN
+    /// gateway link when there is one.
+    fn configure_l3(
+        &mut self,
+        ipam_type: &str,
+        bridge: &Link,
+        container: &Link,
+    ) -> Result<(CniResult, Option<Link>)> {
+        let mut lease = self.lease(ipam_type)?;
+        let gateways = calc_gateways(&mut lease, self.conf);
+        self.address_container(bridge, container, &lease)?;
+        let vlan_gateway = match self.conf.is_gateway {
+            true => self.serve_as_gateway(bridge, &gateways)?,
+            false => None,
+        };
+        if self.conf.ip_masq {
+            let ips: Vec<IpNetwork> = lease.ips.iter().map(|ip| ip.address).collect();
+            self.done.masquerade = true;
+            driver::open(Backend::choose(self.conf.ip_masq_backend.as_deref()))?
+                .add_masquerade(&owner(self.req), &ips)?;
+        }
+        Ok((lease, vlan_gateway))
+    }
+
+    fn lease(&mut self, ipam_type: &str) -> Result<CniResult> {
         // Set first: an IPAM that leased but printed garbage is still released (DEL is idempotent).
-        done.ipam = true;
-        let lease = ipam::add(req, ipam_type)?;
+        self.done.ipam = true;
+        let lease = ipam::add(self.req, ipam_type)?;
         if lease.ips.is_empty() {
             return Err(Error::internal("IPAM plugin returned missing IP config"));
         }
-        result.ips = lease.ips;
-        result.routes = lease.routes;
-        result.dns = lease.dns;
-        let gateways = calc_gateways(&mut result, conf);
-        set_container_sysctls(ns, &req.ifname, conf.enabledad)?;
+        Ok(lease)
+    }
+
+    /// The lease's addresses and routes on the container interface, which comes up.
+    fn address_container(&self, bridge: &Link, container: &Link, lease: &CniResult) -> Result<()> {
+        set_container_sysctls(self.ns, &self.req.ifname, self.conf.enabledad)?;
         // With `enabledad`, addresses are usable when ADD returns, or ADD fails (as the
         // reference: up to 5 s).
-        let dad_wait = conf.enabledad.then_some(DAD_WAIT);
-        libcni::protocol::ipam::configure_iface(
-            cont,
-            ns,
-            &cont_veth,
-            &result.ips,
-            &result.routes,
+        let dad_wait = self.conf.enabledad.then_some(DAD_WAIT);
+        ipam::configure_iface(
+            &self.cont,
+            self.ns,
+            container,
+            &lease.ips,
+            &lease.routes,
             dad_wait,
         )?;
         // The host may still know a previous owner of a reused address: forget it.
-        for ip in &result.ips {
-            host.forget_neighbour(bridge, ip.address.ip())?;
+        for ip in &lease.ips {
+            self.host.forget_neighbour(bridge, ip.address.ip())?;
         }
-        if conf.is_gateway {
-            // With a VLAN the gateway lives on `<bridge>.<vlan>`, a port in that VLAN.
-            let gateway_link = if conf.vlan != 0 {
-                let link = ensure_vlan_gateway_link(host, bridge, conf)?;
-                result.interfaces.push(Interface {
-                    name: link.name.clone(),
-                    ..Default::default()
-                });
-                link
-            } else {
-                bridge.clone()
+        Ok(())
+    }
+
+    /// The gateway addresses on the bridge, or with a VLAN on `<bridge>.<vlan>` (a port in
+    /// that VLAN, returned); forwarding on.
+    fn serve_as_gateway(&self, bridge: &Link, gateways: &[IpNetwork]) -> Result<Option<Link>> {
+        let vlan_gateway = match self.conf.vlan {
+            0 => None,
+            _ => Some(ensure_vlan_gateway_link(&self.host, bridge, self.conf)?),
+        };
+        let link = vlan_gateway.as_ref().unwrap_or(bridge);
+        ensure_gateway_addresses(&self.host, link, gateways, self.conf.force_address)?;
+        enable_forwarding(gateways)?;
+        Ok(vlan_gateway)
+    }
+
+    /// The links as they are now (the bridge's MAC may have changed when the port joined), the
+    /// lease, and the config's DNS over the lease's.
+    fn result(&self, attached: &Attached, lease: CniResult) -> Result<CniResult> {
+        let dns = match self.req.conf.dns()?.filter(|d| !d.is_empty()) {
+            Some(dns) => dns.clone(),
+            None => lease.dns,
+        };
+        Ok(CniResult {
+            interfaces: self.interfaces(attached)?,
+            ips: lease.ips,
+            routes: lease.routes,
+            dns,
+        })
+    }
+
+    fn interfaces(&self, attached: &Attached) -> Result<Vec<Interface>> {
+        let now = |link: &Link| -> Result<Interface> {
+            let mac = match self.host.link_by_index(link.index)? {
+                Some(current) => current.mac_string(),
+                None => link.mac_string(),
             };
-            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.force_address)?;
-            enable_forwarding(&gateways)?;
+            Ok(Interface {
+                name: link.name.clone(),
+                mac,
+                ..Default::default()
+            })
+        };
+        let container = &attached.port.container;
+        let mut interfaces = vec![
+            now(&attached.bridge)?,
+            now(&attached.port.host_veth)?,
+            Interface {
+                name: container.name.clone(),
+                mac: container.mac_string(),
+                sandbox: self.ns.path().display().to_string(),
+                ..Default::default()
+            },
+        ];
+        if let Some(link) = &attached.vlan_gateway {
+            interfaces.push(now(link)?);
         }
-        if conf.ip_masq {
-            let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
-            done.masquerade = true;
-            driver::open(Backend::choose(conf.ip_masq_backend.as_deref()))?
-                .add_masquerade(&owner(req), &ips)?;
-        }
-    } else if !conf.disable_container_interface {
-        cont.set_up(&cont_veth, true)?;
+        Ok(interfaces)
     }
-
-    if !conf.disable_container_interface {
-        wait_port_up(host, &host_veth)?;
-    }
-    // The bridge's MAC may have changed when the port joined; report what it is now.
-    let bridge_now = host
-        .link_by_index(bridge.index)?
-        .unwrap_or_else(|| bridge.clone());
-    let veth_now = host.link_by_index(host_veth.index)?.unwrap_or(host_veth);
-    result.interfaces[0].mac = bridge_now.mac_string();
-    result.interfaces[1].mac = veth_now.mac_string();
-    if let Some(gateway_if) = result.interfaces.get_mut(3)
-        && let Some(link) = host.link_by_name(&gateway_if.name)?
-    {
-        gateway_if.mac = link.mac_string();
-    }
-    if let Some(dns) = req.conf.dns()?.filter(|d| !d.is_empty()) {
-        result.dns = dns.clone();
-    }
-    Ok(result)
-}
-
-fn create_veth(
-    host: &Kernel,
-    cont: &Kernel,
-    ns: &Netns,
-    bridge: &Link,
-    conf: &Conf,
-    req: &Request,
-    done: &mut Done,
-) -> Result<(Link, Link)> {
-    let in_container = || Ok(cont.link_by_name(&req.ifname)?.is_some());
-    let host_veth = add_port_veth(
-        host,
-        bridge,
-        &req.ifname,
-        ns,
-        conf.mtu,
-        conf.mac,
-        in_container,
-    )?
-    .ok_or_else(|| {
-        Error::internal(format!(
-            "interface {:?} already exists in the container",
-            req.ifname
-        ))
-    })?;
-    done.host_veth = Some(host_veth.clone());
-    let cont_veth = cont
-        .link_by_name(&req.ifname)?
-        .ok_or_else(|| Error::internal(format!("container interface {:?} vanished", req.ifname)))?;
-    Ok((host_veth, cont_veth))
 }
 
 /// A veth pair whose host end (named `veth` + random hex, as the reference does) is a port of
@@ -550,18 +628,11 @@ fn ensure_vlan_gateway_link(host: &Kernel, bridge: &Link, conf: &Conf) -> Result
     let Some(port) = add_port_veth(host, bridge, &name, &here, bridge.mtu, None, made_meanwhile)?
     else {
         // Another ADD made it meanwhile.
-        return host
-            .link_by_name(&name)?
-            .ok_or_else(|| Error::internal(format!("{name:?} vanished")));
+        return existing(host, &name);
     };
-    let configured = (|| {
-        port_vlans(host, &port, conf.vlan, &[], conf.preserve_default_vlan)?;
-        let link = host
-            .link_by_name(&name)?
-            .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
-        host.set_up(&link, true)?;
-        Ok(link)
-    })();
+    let configured = port_vlans(host, &port, conf.vlan, &[], conf.preserve_default_vlan)
+        .and_then(|()| existing(host, &name))
+        .and_then(|link| host.set_up(&link, true).map(|()| link));
     if configured.is_err() {
         // A half-made pair would be taken as ready by the next ADD.
         let _ = host.delete_link(&port);
@@ -569,7 +640,13 @@ fn ensure_vlan_gateway_link(host: &Kernel, bridge: &Link, conf: &Conf) -> Result
     configured
 }
 
-/// Every IP belongs to the container interface (index 2); a missing gateway is the subnet's
+/// The link `name`, which this ADD made or saw.
+fn existing(host: &Kernel, name: &str) -> Result<Link> {
+    host.link_by_name(name)?
+        .ok_or_else(|| Error::internal(format!("{name:?} vanished")))
+}
+
+/// Every IP belongs to the container interface; a missing gateway is the subnet's
 /// first address when the bridge is the gateway; `isDefaultGateway` adds a default route per
 /// family unless IPAM returned one with a gateway. Returns the gateway addresses per family.
 fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
@@ -577,7 +654,7 @@ fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
     let mut default_found = [false, false];
     for i in 0..result.ips.len() {
         let ip = &mut result.ips[i];
-        ip.interface = Some(2);
+        ip.interface = Some(Attached::CONTAINER);
         let v4 = ip.address.is_ipv4();
         if ip.gateway.is_none() && conf.is_gateway {
             ip.gateway = first_host(ip.address);
