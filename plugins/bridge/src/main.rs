@@ -792,25 +792,37 @@ fn wait_port_up(host: &Kernel, veth: &Link) -> Result<()> {
     )))
 }
 
-/// CHECK of the container's interface, addresses and routes; the index of the container
-/// interface in `prev`.
+/// CHECK of the bridge, the container's veth, its addresses and routes; the index of the
+/// container interface in `prev`.
 fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) -> Result<usize> {
     let host = Kernel::open(None)?;
     let cont = Kernel::open(Some(ns))?;
-    let fail = |msg: String| Error::internal(format!("CHECK: {msg}"));
+    let bridge = check_bridge(&host, conf, prev)?;
+    let cont_if = container_position(req, prev)?;
+    let cont_veth = check_container_veth(&cont, &req.ifname, &prev.interfaces[cont_if].mac)?;
+    check_host_veth(&host, &cont_veth, &bridge, &req.ifname)?;
+    check_addresses(&cont, &cont_veth, prev, cont_if)?;
+    check_routes(&cont, prev)?;
+    Ok(cont_if)
+}
 
-    let bridge_if = prev.interfaces.iter().find(|i| i.name == conf.bridge);
+fn check_failed(msg: impl std::fmt::Display) -> Error {
+    Error::internal(format!("CHECK: {msg}"))
+}
+
+/// The bridge exists, with the MAC `prev` reports and the configured promiscuous mode.
+fn check_bridge(host: &Kernel, conf: &Conf, prev: &CniResult) -> Result<Link> {
     let bridge = host
         .link_by_name(&conf.bridge)?
-        .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.bridge)))?;
+        .ok_or_else(|| check_failed(format!("bridge {:?} does not exist", conf.bridge)))?;
     if bridge.kind != LinkKind::Bridge {
-        return Err(fail(format!("{:?} is not a bridge", bridge.name)));
+        return Err(check_failed(format!("{:?} is not a bridge", bridge.name)));
     }
-    if let Some(i) = bridge_if
+    if let Some(i) = prev.interfaces.iter().find(|i| i.name == conf.bridge)
         && !i.mac.is_empty()
         && !i.mac.eq_ignore_ascii_case(&bridge.mac_string())
     {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "bridge {:?} has MAC {}, expected {}",
             bridge.name,
             bridge.mac_string(),
@@ -818,69 +830,93 @@ fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) ->
         )));
     }
     if bridge.promisc != conf.promisc_mode {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "bridge {:?} promiscuous mode is {}, expected {}",
             bridge.name, bridge.promisc, conf.promisc_mode
         )));
     }
+    Ok(bridge)
+}
 
+/// Where `prev` lists this attachment's container interface.
+fn container_position(req: &Request, prev: &CniResult) -> Result<usize> {
     let sandbox = req
         .netns
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let cont_if = prev
-        .interfaces
+    prev.interfaces
         .iter()
         .position(|i| i.name == req.ifname && i.sandbox == sandbox)
         .ok_or_else(|| {
-            fail(format!(
+            check_failed(format!(
                 "prevResult has no interface {:?} in {sandbox:?}",
                 req.ifname
             ))
-        })?;
-    let expected_mac = &prev.interfaces[cont_if].mac;
-    let cont_veth = cont.link_by_name(&req.ifname)?.ok_or_else(|| {
-        fail(format!(
-            "interface {:?} is missing in the container",
-            req.ifname
-        ))
-    })?;
+        })
+}
+
+/// The container's `ifname` is a veth with the MAC `prev` reports (when it reports one).
+fn check_container_veth(cont: &Kernel, ifname: &str, expected_mac: &str) -> Result<Link> {
+    let cont_veth = cont
+        .link_by_name(ifname)?
+        .ok_or_else(|| check_failed(format!("interface {ifname:?} is missing in the container")))?;
     if cont_veth.kind != LinkKind::Veth {
-        return Err(fail(format!(
-            "container interface {:?} is not a veth",
-            req.ifname
+        return Err(check_failed(format!(
+            "container interface {ifname:?} is not a veth"
         )));
     }
     if !expected_mac.is_empty() && !expected_mac.eq_ignore_ascii_case(&cont_veth.mac_string()) {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "container interface has MAC {}, expected {expected_mac}",
             cont_veth.mac_string()
         )));
     }
+    Ok(cont_veth)
+}
+
+/// The container veth's peer is on the host, a port of `bridge`.
+fn check_host_veth(host: &Kernel, cont_veth: &Link, bridge: &Link, ifname: &str) -> Result<()> {
     let peer = cont_veth
         .peer
-        .ok_or_else(|| fail("container veth has no peer".into()))?;
+        .ok_or_else(|| check_failed("container veth has no peer"))?;
     let host_veth = host
         .link_by_index(peer)?
         .filter(|l| l.kind == LinkKind::Veth && l.peer == Some(cont_veth.index))
-        .ok_or_else(|| fail(format!("the host end of {:?} is missing", req.ifname)))?;
+        .ok_or_else(|| check_failed(format!("the host end of {ifname:?} is missing")))?;
     if host_veth.controller != Some(bridge.index) {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "{:?} is not a port of bridge {:?}",
             host_veth.name, bridge.name
         )));
     }
+    Ok(())
+}
 
-    let addresses = cont.addresses(&cont_veth)?;
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(cont_if)) {
-        if !addresses.contains(&ip.address) {
-            return Err(fail(format!(
-                "address {} is missing on {:?}",
-                ip.address, req.ifname
-            )));
-        }
+/// Every address `prev` gives the container interface is on it.
+fn check_addresses(
+    cont: &Kernel,
+    cont_veth: &Link,
+    prev: &CniResult,
+    cont_if: usize,
+) -> Result<()> {
+    let addresses = cont.addresses(cont_veth)?;
+    match prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(cont_if))
+        .find(|ip| !addresses.contains(&ip.address))
+    {
+        Some(ip) => Err(check_failed(format!(
+            "address {} is missing on {:?}",
+            ip.address, cont_veth.name
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Every route of `prev` is in the container.
+fn check_routes(cont: &Kernel, prev: &CniResult) -> Result<()> {
     for v4 in [true, false] {
         let wanted: Vec<&Route> = prev
             .routes
@@ -891,16 +927,17 @@ fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) ->
             continue;
         }
         let present = cont.routes(v4)?;
-        for route in wanted {
-            if !present.iter().any(|r| r.matches(route)) {
-                return Err(fail(format!(
-                    "route to {} is missing in the container",
-                    route.dst
-                )));
-            }
+        if let Some(route) = wanted
+            .into_iter()
+            .find(|route| !present.iter().any(|r| r.matches(route)))
+        {
+            return Err(check_failed(format!(
+                "route to {} is missing in the container",
+                route.dst
+            )));
         }
     }
-    Ok(cont_if)
+    Ok(())
 }
 
 /// CHECK of `ipMasq`: the masquerade of the container's addresses, ours or what the Go bridge
