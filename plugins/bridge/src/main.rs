@@ -46,7 +46,7 @@ impl Plugin for Bridge {
         let bridge = ensure_bridge(&add.host, &conf)?;
         let added = add.attach(bridge);
         if added.is_err() {
-            add.done.undo(&add.host, &conf, req);
+            add.undo();
         }
         added
     }
@@ -332,6 +332,11 @@ impl<'a> Add<'a> {
             cont,
             done: Done::default(),
         })
+    }
+
+    /// Undoes what this ADD changed (after a failure).
+    fn undo(self) {
+        self.done.undo(&self.host, self.conf, self.req);
     }
 
     /// Plugs the container into `bridge`, configures L3 when there is IPAM, and reports.
