@@ -584,7 +584,8 @@ fn fuzz_rtnetlink_replies() {
                     let _ = libcni::kernel::netlink::address_of(&m);
                 }
                 NetlinkPayload::InnerMessage(M::NewRoute(m)) => {
-                    let _ = libcni::kernel::netlink::route_matches(&m, &route);
+                    let _ = libcni::kernel::netlink::KernelRoute::from_message(&m)
+                        .map(|r| r.matches(&route));
                 }
                 _ => {}
             }

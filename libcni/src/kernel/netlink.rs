@@ -1,7 +1,6 @@
-//! A thin typed layer over rtnetlink. Plugins call these functions; none builds a netlink
-//! message itself. A `Netlink` is bound to the namespace it was opened in for its whole life.
+//! A thin typed layer over rtnetlink. Plugins call the synchronous [`Kernel`]; none builds a
+//! netlink message itself.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -9,7 +8,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    BridgeVlanInfoFlags, InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    BridgeVlanInfoFlags, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, State,
 };
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
@@ -23,20 +23,74 @@ use crate::kernel::netns::Netns;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::result::Route;
 
-/// Runs `fut` on a current-thread runtime: plugins are short-lived and single-threaded, and
-/// namespace switches must stay on the one thread.
-pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::internal(format!("cannot start the netlink runtime: {e}")))?;
-    Ok(rt.block_on(fut))
+/// Synchronous netlink for plugins: a [`Netlink`] socket in one namespace and the
+/// current-thread runtime that drives it (plugins are short-lived and single-threaded, and
+/// namespace switches must stay on the one thread). A `Kernel` is bound to the namespace it
+/// was opened in for its whole life.
+pub struct Kernel {
+    netlink: Netlink,
+    runtime: tokio::runtime::Runtime,
 }
 
-/// Waits `time` without blocking the runtime of [`block_on`] (never `thread::sleep` there).
-pub async fn pause(time: std::time::Duration) {
-    tokio::time::sleep(time).await;
+impl Kernel {
+    /// Opens a socket in `ns` (the caller's namespace when `None`).
+    pub fn open(ns: Option<&Netns>) -> Result<Kernel> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start the netlink runtime: {e}")))?;
+        let netlink = {
+            let _inside = runtime.enter();
+            Netlink::open(ns)?
+        };
+        Ok(Kernel { netlink, runtime })
+    }
+}
+
+/// Each listed method of [`Kernel`] runs the [`Netlink`] method of the same name to completion.
+macro_rules! blocking {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $out:ty;)*) => {
+        impl Kernel {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self $(, $arg: $ty)*) -> Result<$out> {
+                    self.runtime.block_on(self.netlink.$name($($arg),*))
+                }
+            )*
+        }
+    };
+}
+
+blocking! {
+    fn link_by_name(&self, name: &str) -> Option<Link>;
+    fn link_by_index(&self, index: u32) -> Option<Link>;
+    /// Every link of the namespace (not for the hot path).
+    fn links(&self) -> Vec<Link>;
+    fn set_up(&self, link: &Link, up: bool) -> ();
+    fn set_promisc(&self, link: &Link, on: bool) -> ();
+    fn set_mac(&self, link: &Link, mac: &[u8]) -> ();
+    /// Bridge `name` (up, with `mtu` and `vlan_filtering` when given, `mac` as its own
+    /// address), or `Existed` when a link of that name exists: the caller checks what it is.
+    fn add_bridge(&self, name: &str, mtu: u32, vlan_filtering: bool, mac: Option<[u8; 6]>) -> Created;
+    /// A veth pair, its peer made directly in the peer's namespace.
+    fn add_veth(&self, spec: &VethSpec<'_>) -> Created;
+    fn set_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> ();
+    fn bridge_vlan_add(&self, port: &Link, vid: u16, pvid_untagged: bool) -> ();
+    fn bridge_vlan_del(&self, port: &Link, vid: u16) -> ();
+    /// Deletes the link; one already gone is fine.
+    fn delete_link(&self, link: &Link) -> ();
+    fn addresses(&self, link: &Link) -> Vec<IpNetwork>;
+    fn add_address(&self, link: &Link, address: IpNetwork) -> Created;
+    fn ipv6_dad(&self, link: &Link) -> Dad;
+    fn del_address(&self, link: &Link, address: IpNetwork) -> ();
+    /// Appends a route through `link` (beside other gateways' routes to its destination).
+    fn add_route(&self, link: &Link, route: &Route, gateway: Option<IpAddr>) -> Created;
+    /// The link the kernel would route `dst` through (`ip route get`).
+    fn route_get(&self, dst: IpAddr) -> Option<Link>;
+    fn forget_neighbour(&self, link: &Link, ip: IpAddr) -> ();
+    /// Routes of one family in every table.
+    fn routes(&self, v4: bool) -> Vec<KernelRoute>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,8 +101,7 @@ pub struct Link {
     pub up: bool,
     pub oper_up: bool,
     pub promisc: bool,
-    /// `bridge`, `veth`, … (empty for devices without a kind, like `lo`).
-    pub kind: String,
+    pub kind: LinkKind,
     pub mac: Vec<u8>,
     pub mtu: u32,
     /// The bridge (or other controller) this link is a port of.
@@ -77,7 +130,7 @@ impl Link {
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
-                            link.kind = kind.to_string();
+                            link.kind = LinkKind::from(kind);
                         }
                     }
                 }
@@ -89,6 +142,38 @@ impl Link {
 
     pub fn mac_string(&self) -> String {
         format_mac(&self.mac)
+    }
+}
+
+/// What sort of device a link is (IFLA_INFO_KIND).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A device without a kind, like `lo`.
+    #[default]
+    None,
+    Bridge,
+    Veth,
+    Other(String),
+}
+
+impl From<&InfoKind> for LinkKind {
+    fn from(kind: &InfoKind) -> LinkKind {
+        match kind {
+            InfoKind::Bridge => LinkKind::Bridge,
+            InfoKind::Veth => LinkKind::Veth,
+            other => LinkKind::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkKind::None => "",
+            LinkKind::Bridge => "bridge",
+            LinkKind::Veth => "veth",
+            LinkKind::Other(kind) => kind,
+        })
     }
 }
 
@@ -115,7 +200,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-pub struct Netlink {
+/// The async socket [`Kernel`] drives.
+struct Netlink {
     handle: Handle,
 }
 
@@ -143,8 +229,8 @@ pub enum Created {
 }
 
 impl Netlink {
-    /// Opens a socket in `ns` (the caller's namespace when `None`). Must run inside the runtime
-    /// of [`block_on`]; the thread enters `ns` only for the `socket()` call.
+    /// Opens a socket in `ns` (the caller's namespace when `None`). Must run inside the
+    /// runtime of a [`Kernel`]; the thread enters `ns` only for the `socket()` call.
     pub fn open(ns: Option<&Netns>) -> Result<Netlink> {
         // Strict checking (kernel dump filters) needs Linux 4.20; older kernels get the plain socket.
         let connect = || {
@@ -261,8 +347,9 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host` in this namespace, up, a port of `controller`; `peer` created
-    /// directly in `peer_ns` (never visible here). `EEXIST` comes back as `Ok(false)`.
-    pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<bool> {
+    /// directly in `peer_ns` (never visible here). A name already taken (either end) is
+    /// `Created::Existed`.
+    pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<Created> {
         let mut peer =
             LinkUnspec::new_with_name(spec.peer).setns_by_fd(spec.peer_ns.as_fd().as_raw_fd());
         if spec.mtu > 0 {
@@ -279,8 +366,8 @@ impl Netlink {
             msg = msg.mtu(spec.mtu);
         }
         match self.handle.link().add(msg.build()).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Ok(()) => Ok(Created::New),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
             Err(e) => Err(kernel(
                 format_args!("cannot create veth {:?}/{:?}", spec.host, spec.peer),
                 e,
@@ -431,7 +518,7 @@ impl Netlink {
         link: &Link,
         route: &Route,
         gateway: Option<IpAddr>,
-    ) -> Result<()> {
+    ) -> Result<Created> {
         use rtnetlink::packet_core::{
             NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
         };
@@ -449,15 +536,17 @@ impl Netlink {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
         let mut answers = self.handle.clone().request(req).map_err(fail)?;
+        let mut created = Created::New;
         while let Some(answer) = answers.next().await {
             if let NetlinkPayload::Error(e) = answer.payload {
                 let e = rtnetlink::Error::NetlinkError(e);
                 if !is_errno(&e, libc::EEXIST) {
                     return Err(fail(e));
                 }
+                created = Created::Existed;
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// The link the kernel would route `dst` through (`ip route get`).
@@ -467,13 +556,7 @@ impl Netlink {
             .destination_prefix(dst, prefix)
             .map_err(|e| Error::internal(format!("route lookup of {dst}: {e}")))?
             .build();
-        // A route lookup must leave these header fields zero (strict checking rejects others).
-        let mut msg = msg;
-        msg.header.table = 0;
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
-        msg.header.scope = RouteScope::Universe;
-        let mut answers = self.handle.route().get(msg).execute();
+        let mut answers = self.handle.route().get(any_route(msg)).execute();
         let found = match answers.try_next().await {
             Ok(found) => found,
             Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => None,
@@ -521,28 +604,33 @@ impl Netlink {
     }
 
     /// Routes of one family in every table (for CHECK).
-    pub async fn routes(&self, v4: bool) -> Result<Vec<RouteMessage>> {
-        let mut filter = if v4 {
+    pub async fn routes(&self, v4: bool) -> Result<Vec<KernelRoute>> {
+        let filter = if v4 {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         } else {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
         };
-        // With strict checking the kernel filters dumps by these header fields: zero = any.
-        filter.header.table = 0;
-        filter.header.protocol = RouteProtocol::Unspec;
-        filter.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
-        filter.header.scope = RouteScope::Universe;
-        let mut stream = self.handle.route().get(filter).execute();
+        let mut stream = self.handle.route().get(any_route(filter)).execute();
         let mut out = Vec::new();
         while let Some(msg) = stream
             .try_next()
             .await
             .map_err(|e| kernel("cannot list routes", e))?
         {
-            out.push(msg);
+            out.extend(KernelRoute::from_message(&msg));
         }
         Ok(out)
     }
+}
+
+/// `msg` with table, protocol, type and scope zero: strict checking filters route dumps by
+/// these header fields (zero = any) and refuses a lookup that sets them.
+fn any_route(mut msg: RouteMessage) -> RouteMessage {
+    msg.header.table = 0;
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
+    msg.header.scope = RouteScope::Universe;
+    msg
 }
 
 async fn first_link(request: rtnetlink::LinkGetRequest, what: &str) -> Result<Option<Link>> {
@@ -621,37 +709,49 @@ pub fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     IpNetwork::new(local.or(address)?, msg.header.prefix_len).ok()
 }
 
-/// Whether a kernel route has `route`'s destination (and gateway, when it names one: the
-/// route's own or one of its next hops, for a multipath route).
-pub fn route_matches(msg: &RouteMessage, route: &Route) -> bool {
-    let mut dst = None;
-    let mut gateways = Vec::new();
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(a) => dst = route_addr(a),
-            RouteAttribute::Gateway(a) => gateways.extend(route_addr(a)),
-            RouteAttribute::MultiPath(hops) => {
-                gateways.extend(
-                    hops.iter()
-                        .flat_map(|h| &h.attributes)
-                        .filter_map(|a| match a {
+/// A route the kernel has: its destination and every gateway (its own, or its next hops' for
+/// a multipath route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub dst: IpNetwork,
+    pub gateways: Vec<IpAddr>,
+}
+
+impl KernelRoute {
+    /// What a kernel route message says; `None` for a family other than IPv4 and IPv6.
+    pub fn from_message(msg: &RouteMessage) -> Option<KernelRoute> {
+        use rtnetlink::packet_route::AddressFamily;
+        let mut dst = match msg.header.address_family {
+            AddressFamily::Inet => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        let mut gateways = Vec::new();
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(a) => dst = route_addr(a).unwrap_or(dst),
+                RouteAttribute::Gateway(a) => gateways.extend(route_addr(a)),
+                RouteAttribute::MultiPath(hops) => {
+                    gateways.extend(hops.iter().flat_map(|h| &h.attributes).filter_map(
+                        |a| match a {
                             RouteAttribute::Gateway(a) => route_addr(a),
                             _ => None,
-                        }),
-                );
+                        },
+                    ));
+                }
+                _ => {}
             }
-            _ => {}
         }
+        let dst = IpNetwork::new(dst, msg.header.destination_prefix_length).ok()?;
+        Some(KernelRoute { dst, gateways })
     }
-    let unspecified = if route.dst.is_ipv4() {
-        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-    };
-    let dst = dst.unwrap_or(unspecified);
-    dst == route.dst.network()
-        && msg.header.destination_prefix_length == route.dst.prefix()
-        && route.gw.is_none_or(|want| gateways.contains(&want))
+
+    /// Whether this is `route`: its destination, and its gateway when it names one.
+    pub fn matches(&self, route: &Route) -> bool {
+        self.dst.ip() == route.dst.network()
+            && self.dst.prefix() == route.dst.prefix()
+            && route.gw.is_none_or(|want| self.gateways.contains(&want))
+    }
 }
 
 fn route_addr(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
@@ -748,6 +848,7 @@ mod tests {
     fn a_route_matches_by_its_gateway_or_a_next_hops() {
         use rtnetlink::packet_route::route::{RouteAddress, RouteNextHop};
         let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let typed = |msg: &RouteMessage| KernelRoute::from_message(msg).unwrap();
         let mut msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
         let hop = |gw: &str| {
             let mut hop = RouteNextHop::default();
@@ -761,16 +862,16 @@ mod tests {
             r.gw = gw.map(|g| IpAddr::V6(v6(g)));
             r
         };
-        assert!(route_matches(&msg, &route(Some("fd::fe"))));
-        assert!(route_matches(&msg, &route(Some("fd::1"))));
-        assert!(route_matches(&msg, &route(None)));
-        assert!(!route_matches(&msg, &route(Some("fd::2"))));
+        assert!(typed(&msg).matches(&route(Some("fd::fe"))));
+        assert!(typed(&msg).matches(&route(Some("fd::1"))));
+        assert!(typed(&msg).matches(&route(None)));
+        assert!(!typed(&msg).matches(&route(Some("fd::2"))));
         let mut single = RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
         single
             .attributes
             .push(RouteAttribute::Gateway(RouteAddress::Inet6(v6("fd::1"))));
-        assert!(route_matches(&single, &route(Some("fd::1"))));
-        assert!(!route_matches(&single, &route(Some("fd::fe"))));
+        assert!(typed(&single).matches(&route(Some("fd::1"))));
+        assert!(!typed(&single).matches(&route(Some("fd::fe"))));
     }
 
     #[test]

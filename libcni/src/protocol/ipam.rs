@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::kernel::netlink::{Dad, Link, Netlink};
+use crate::kernel::netlink::{Dad, Kernel, Link};
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
 use crate::protocol::error::{Error, Result};
@@ -75,8 +75,8 @@ pub fn status(req: &Request, ipam_type: &str) -> Result<()> {
 /// and there is an IPv6 address) for duplicate address detection, and adds `routes` (a route
 /// without a gateway uses the first gateway of its family, as the reference does). IPv6 is
 /// enabled on the interface first when an IPv6 address is configured.
-pub async fn configure_iface(
-    nl: &Netlink,
+pub fn configure_iface(
+    nl: &Kernel,
     ns: &Netns,
     link: &Link,
     ips: &[IpConfig],
@@ -94,17 +94,17 @@ pub async fn configure_iface(
         })?;
     }
     for ip in ips {
-        nl.add_address(link, ip.address).await?;
+        nl.add_address(link, ip.address)?;
     }
-    nl.set_up(link, true).await?;
+    nl.set_up(link, true)?;
     if let Some(limit) = dad_wait
         && ips.iter().any(|ip| ip.address.is_ipv6())
     {
-        wait_dad(nl, link, limit).await?;
+        wait_dad(nl, link, limit)?;
     }
     for route in routes {
         let gateway = route.gw.or_else(|| first_gateway(ips, route.dst.is_ipv4()));
-        nl.add_route(link, route, gateway).await?;
+        nl.add_route(link, route, gateway)?;
     }
     Ok(())
 }
@@ -115,10 +115,10 @@ const DAD_POLL: Duration = Duration::from_millis(50);
 /// Waits until no IPv6 address of `link` is tentative, so the container can use them when ADD
 /// returns; fails at once when another host has one of them, and after `limit` when some are
 /// still tentative.
-async fn wait_dad(nl: &Netlink, link: &Link, limit: Duration) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + limit;
+fn wait_dad(nl: &Kernel, link: &Link, limit: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
     loop {
-        match nl.ipv6_dad(link).await? {
+        match nl.ipv6_dad(link)? {
             Dad::Done => return Ok(()),
             Dad::Failed(address) => {
                 return Err(Error::internal(format!(
@@ -126,7 +126,7 @@ async fn wait_dad(nl: &Netlink, link: &Link, limit: Duration) -> Result<()> {
                     link.name
                 )));
             }
-            Dad::Tentative(pending) if tokio::time::Instant::now() >= deadline => {
+            Dad::Tentative(pending) if std::time::Instant::now() >= deadline => {
                 let pending: Vec<String> = pending.iter().map(ToString::to_string).collect();
                 return Err(Error::internal(format!(
                     "{:?} still has tentative addresses after {} s of duplicate address detection: {}",
@@ -135,7 +135,7 @@ async fn wait_dad(nl: &Netlink, link: &Link, limit: Duration) -> Result<()> {
                     pending.join(", ")
                 )));
             }
-            Dad::Tentative(_) => crate::kernel::netlink::pause(DAD_POLL).await,
+            Dad::Tentative(_) => std::thread::sleep(DAD_POLL),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{Cache, ConfList, Entry, RuntimeConf, plugin_stdin};
 use crate::firewall::portmap::{self, Mapping};
 use crate::firewall::reference::{Part, Release};
 use crate::firewall::{Backend, Owner, iptables, nftables};
-use crate::kernel::netlink::{Netlink, block_on};
+use crate::kernel::netlink::Kernel;
 use crate::kernel::netns::{Netns, NetnsError};
 use crate::kernel::nf_tables::{Client, L4};
 use crate::protocol::error::{Error, Result};
@@ -426,19 +426,14 @@ fn check_live_addresses(netns: Option<&Netns>, ifname: &str, ips: &[IpNetwork]) 
     let Some(ns) = netns else {
         return Ok(());
     };
-    let live = block_on(async {
-        let nl = Netlink::open(Some(ns))?;
-        match nl.link_by_name(ifname).await? {
-            Some(link) => nl.addresses(&link).await.map(Some),
-            None => Ok(None),
-        }
-    })??;
-    let Some(live) = live else {
+    let nl = Kernel::open(Some(ns))?;
+    let Some(link) = nl.link_by_name(ifname)? else {
         return Err(refuse(format!(
             "the container has no interface {ifname:?}: the reference's DEL would leave its \
              masquerade rules behind"
         )));
     };
+    let live = nl.addresses(&link)?;
     match ips.iter().find(|ip| !live.contains(ip)) {
         Some(ip) => Err(refuse(format!(
             "{ip} is not on the container's {ifname:?} any more: the reference's DEL would \
@@ -464,7 +459,7 @@ fn spoof_check_ends(result: &CniResult, bridge: &str, ifname: &str) -> Result<(S
         .find(|i| i.name == ifname && !i.sandbox.is_empty())
         .and_then(|i| crate::kernel::netlink::parse_mac(&i.mac))
         .ok_or_else(|| refuse("the cached result has no MAC of the container interface"))?;
-    let exists = block_on(async { Netlink::open(None)?.link_by_name(&host.name).await })??;
+    let exists = Kernel::open(None)?.link_by_name(&host.name)?;
     if exists.is_none() {
         return Err(refuse(format!(
             "the host interface {:?} is gone",

@@ -7,45 +7,119 @@ use libcni::protocol::skel::Request;
 use libcni::{Error, Result};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub struct BridgeConf {
+/// The validated configuration: what ADD, CHECK and STATUS work from.
+#[derive(Debug)]
+pub struct Conf {
     pub bridge: String,
-    #[serde(rename = "isGateway")]
+    /// IPAM plugin type; `None` is L2 mode.
+    pub ipam: Option<String>,
+    /// `isGateway`, also implied by `isDefaultGateway`.
     pub is_gateway: bool,
-    #[serde(rename = "isDefaultGateway")]
     pub is_default_gateway: bool,
-    #[serde(rename = "forceAddress")]
     pub force_address: bool,
-    #[serde(rename = "ipMasq")]
     pub ip_masq: bool,
-    #[serde(rename = "ipMasqBackend")]
+    /// `nftables`, `iptables`, or `None` for the node's choice.
     pub ip_masq_backend: Option<String>,
+    /// 0 is the kernel's default.
     pub mtu: u32,
-    #[serde(rename = "hairpinMode")]
     pub hairpin_mode: bool,
-    #[serde(rename = "promiscMode")]
     pub promisc_mode: bool,
-    pub vlan: i64,
-    #[serde(rename = "vlanTrunk")]
-    pub vlan_trunk: Vec<Trunk>,
-    #[serde(rename = "preserveDefaultVlan")]
+    /// The port's untagged VLAN (PVID); 0 is none.
+    pub vlan: u16,
+    /// Tagged VLANs of the port, sorted.
+    pub trunk: Vec<u16>,
     pub preserve_default_vlan: bool,
     pub macspoofchk: bool,
     pub enabledad: bool,
-    #[serde(rename = "disableContainerInterface")]
     pub disable_container_interface: bool,
-    #[serde(rename = "portIsolation")]
     pub port_isolation: bool,
+    /// The container interface's MAC, when the runtime asks for one.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The bridge name when the config has none.
+const DEFAULT_BRIDGE: &str = "cni0";
+
+/// What the kernel accepts for a veth and a bridge (`ETH_MIN_MTU`, `ETH_MAX_MTU`); checked
+/// here so that a bad value is a config error naming the key, not a netlink EINVAL.
+const MTU: std::ops::RangeInclusive<u32> = 68..=65535;
+
+impl Conf {
+    pub fn load(req: &Request) -> Result<Conf> {
+        let keys: Keys = req.plugin_conf()?;
+        keys.check_values()?;
+        let trunk = trunk_vids(&keys.vlan_trunk)?;
+        req.conf.dns()?;
+        let ipam = req.conf.ipam_type().map(str::to_string);
+        keys.check_combinations(ipam.is_some())?;
+        let mac = container_mac(req, &keys)?;
+        Ok(Conf {
+            bridge: keys.bridge,
+            ipam,
+            is_gateway: keys.is_gateway || keys.is_default_gateway,
+            is_default_gateway: keys.is_default_gateway,
+            force_address: keys.force_address,
+            ip_masq: keys.ip_masq,
+            ip_masq_backend: keys.ip_masq_backend,
+            mtu: keys.mtu,
+            hairpin_mode: keys.hairpin_mode,
+            promisc_mode: keys.promisc_mode,
+            vlan: keys.vlan as u16,
+            trunk,
+            preserve_default_vlan: keys.preserve_default_vlan,
+            macspoofchk: keys.macspoofchk,
+            enabledad: keys.enabledad,
+            disable_container_interface: keys.disable_container_interface,
+            port_isolation: keys.port_isolation,
+            mac,
+        })
+    }
+
+    pub fn has_vlans(&self) -> bool {
+        self.vlan != 0 || !self.trunk.is_empty()
+    }
+}
+
+/// The keys as written, before [`Conf::load`] checks them.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct Keys {
+    bridge: String,
+    #[serde(rename = "isGateway")]
+    is_gateway: bool,
+    #[serde(rename = "isDefaultGateway")]
+    is_default_gateway: bool,
+    #[serde(rename = "forceAddress")]
+    force_address: bool,
+    #[serde(rename = "ipMasq")]
+    ip_masq: bool,
+    #[serde(rename = "ipMasqBackend")]
+    ip_masq_backend: Option<String>,
+    mtu: u32,
+    #[serde(rename = "hairpinMode")]
+    hairpin_mode: bool,
+    #[serde(rename = "promiscMode")]
+    promisc_mode: bool,
+    vlan: i64,
+    #[serde(rename = "vlanTrunk")]
+    vlan_trunk: Vec<Trunk>,
+    #[serde(rename = "preserveDefaultVlan")]
+    preserve_default_vlan: bool,
+    macspoofchk: bool,
+    enabledad: bool,
+    #[serde(rename = "disableContainerInterface")]
+    disable_container_interface: bool,
+    #[serde(rename = "portIsolation")]
+    port_isolation: bool,
     #[serde(rename = "runtimeConfig")]
     runtime_config: MacHolder,
     args: ArgsHolder,
 }
 
-impl Default for BridgeConf {
+impl Default for Keys {
     fn default() -> Self {
-        BridgeConf {
-            bridge: "cni0".into(),
+        Keys {
+            bridge: DEFAULT_BRIDGE.into(),
             is_gateway: false,
             is_default_gateway: false,
             force_address: false,
@@ -67,14 +141,61 @@ impl Default for BridgeConf {
     }
 }
 
+impl Keys {
+    /// The bridge name, MTU and VLAN are in range.
+    fn check_values(&self) -> Result<()> {
+        if !valid_bridge_name(&self.bridge) {
+            return Err(Error::invalid_config(format!(
+                "invalid bridge name {:?}",
+                self.bridge
+            )));
+        }
+        if self.mtu != 0 && !MTU.contains(&self.mtu) {
+            return Err(Error::invalid_config(format!(
+                "invalid MTU {} (key \"mtu\", must be {} to {}, or 0 for the default)",
+                self.mtu,
+                MTU.start(),
+                MTU.end()
+            )));
+        }
+        if !(0..=4094).contains(&self.vlan) {
+            return Err(Error::invalid_config(format!(
+                "invalid VLAN ID {} (key \"vlan\", must be 0 to 4094)",
+                self.vlan
+            )));
+        }
+        Ok(())
+    }
+
+    /// No two keys contradict each other, and the masquerade backend is one we have.
+    fn check_combinations(&self, layer3: bool) -> Result<()> {
+        if layer3 && self.disable_container_interface {
+            return Err(Error::invalid_config(
+                "cannot use IPAM when \"disableContainerInterface\" is set: the interface stays down",
+            ));
+        }
+        if self.hairpin_mode && self.promisc_mode {
+            return Err(Error::invalid_config(
+                "cannot set both \"hairpinMode\" and \"promiscMode\"",
+            ));
+        }
+        match self.ip_masq_backend.as_deref() {
+            None | Some("nftables") | Some("iptables") => Ok(()),
+            Some(other) => Err(Error::invalid_config(format!(
+                "unknown ipMasqBackend {other:?} (expected \"nftables\" or \"iptables\")"
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct Trunk {
-    pub id: Option<i64>,
+struct Trunk {
+    id: Option<i64>,
     #[serde(rename = "minID")]
-    pub min_id: Option<i64>,
+    min_id: Option<i64>,
     #[serde(rename = "maxID")]
-    pub max_id: Option<i64>,
+    max_id: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,83 +208,6 @@ struct MacHolder {
 #[serde(default)]
 struct ArgsHolder {
     cni: MacHolder,
-}
-
-/// The validated configuration and what it implies.
-#[derive(Debug)]
-pub struct Conf {
-    pub raw: BridgeConf,
-    /// IPAM plugin type; `None` is L2 mode.
-    pub ipam: Option<String>,
-    /// `isGateway`, also implied by `isDefaultGateway`.
-    pub is_gateway: bool,
-    pub vlan: u16,
-    /// Tagged VLANs of the port, sorted.
-    pub trunk: Vec<u16>,
-    pub mac: Option<[u8; 6]>,
-}
-
-/// What the kernel accepts for a veth and a bridge (`ETH_MIN_MTU`, `ETH_MAX_MTU`); checked
-/// here so that a bad value is a config error naming the key, not a netlink EINVAL.
-const MTU: std::ops::RangeInclusive<u32> = 68..=65535;
-
-impl Conf {
-    pub fn load(req: &Request) -> Result<Conf> {
-        let raw: BridgeConf = req.plugin_conf()?;
-        if !valid_bridge_name(&raw.bridge) {
-            return Err(Error::invalid_config(format!(
-                "invalid bridge name {:?}",
-                raw.bridge
-            )));
-        }
-        if raw.mtu != 0 && !MTU.contains(&raw.mtu) {
-            return Err(Error::invalid_config(format!(
-                "invalid MTU {} (key \"mtu\", must be {} to {}, or 0 for the default)",
-                raw.mtu,
-                MTU.start(),
-                MTU.end()
-            )));
-        }
-        if !(0..=4094).contains(&raw.vlan) {
-            return Err(Error::invalid_config(format!(
-                "invalid VLAN ID {} (key \"vlan\", must be 0 to 4094)",
-                raw.vlan
-            )));
-        }
-        let trunk = trunk_vids(&raw.vlan_trunk)?;
-        req.conf.dns()?;
-        let ipam = req.conf.ipam_type().map(str::to_string);
-        if ipam.is_some() && raw.disable_container_interface {
-            return Err(Error::invalid_config(
-                "cannot use IPAM when \"disableContainerInterface\" is set: the interface stays down",
-            ));
-        }
-        if raw.hairpin_mode && raw.promisc_mode {
-            return Err(Error::invalid_config(
-                "cannot set both \"hairpinMode\" and \"promiscMode\"",
-            ));
-        }
-        match raw.ip_masq_backend.as_deref() {
-            None | Some("nftables") | Some("iptables") => {}
-            Some(other) => {
-                return Err(Error::invalid_config(format!(
-                    "unknown ipMasqBackend {other:?} (expected \"nftables\" or \"iptables\")"
-                )));
-            }
-        }
-        Ok(Conf {
-            ipam,
-            is_gateway: raw.is_gateway || raw.is_default_gateway,
-            vlan: raw.vlan as u16,
-            trunk,
-            mac: container_mac(req, &raw)?,
-            raw,
-        })
-    }
-
-    pub fn has_vlans(&self) -> bool {
-        self.vlan != 0 || !self.trunk.is_empty()
-    }
 }
 
 /// What DEL and GC read: only the keys they need, each read on its own without failing, so
@@ -200,7 +244,7 @@ impl Teardown {
             }
         };
         let bridge = match keys.bridge {
-            Lenient::Absent => Some(BridgeConf::default().bridge),
+            Lenient::Absent => Some(DEFAULT_BRIDGE.to_string()),
             Lenient::Valid(name) => Some(name).filter(|n| valid_bridge_name(n)),
             Lenient::Invalid(_) => None,
         };
@@ -218,13 +262,13 @@ fn valid_bridge_name(name: &str) -> bool {
 }
 
 /// `MAC` from CNI_ARGS, overridden by `args.cni.mac`, overridden by `runtimeConfig.mac`.
-fn container_mac(req: &Request, raw: &BridgeConf) -> Result<Option<[u8; 6]>> {
+fn container_mac(req: &Request, keys: &Keys) -> Result<Option<[u8; 6]>> {
     let args = CniArgs::parse(&req.raw_args)?;
     args.check_known(&["MAC"])?;
     let sources = [
         ("CNI_ARGS MAC", args.get("MAC").map(str::to_string)),
-        ("args.cni.mac", raw.args.cni.mac.clone()),
-        ("runtimeConfig.mac", raw.runtime_config.mac.clone()),
+        ("args.cni.mac", keys.args.cni.mac.clone()),
+        ("runtimeConfig.mac", keys.runtime_config.mac.clone()),
     ];
     let mut mac = None;
     for (key, value) in sources {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use libcni::firewall::{Backend, Owner, check, driver, masquerade, nftables, spoofcheck};
 use libcni::kernel::lock::node_lock;
-use libcni::kernel::netlink::{Created, Link, Netlink, VethSpec, block_on};
+use libcni::kernel::netlink::{Created, Kernel, Link, LinkKind, VethSpec};
 use libcni::kernel::netns::Netns;
 use libcni::kernel::sysctl;
 use libcni::protocol::error;
@@ -43,23 +43,13 @@ impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let conf = Conf::load(req)?;
         let ns = req.netns()?;
-        block_on(async {
-            let host = Netlink::open(None)?;
-            let cont = Netlink::open(Some(&ns))?;
-            if cont.link_by_name(&req.ifname).await?.is_some() {
-                return Err(Error::internal(format!(
-                    "interface {:?} already exists in the container",
-                    req.ifname
-                )));
-            }
-            let bridge = ensure_bridge(&host, &conf).await?;
-            let mut done = Done::default();
-            let added = attach(&host, &cont, &ns, &bridge, &conf, req, &mut done).await;
-            if added.is_err() {
-                done.undo(&host, &conf, req).await;
-            }
-            added
-        })?
+        let mut add = Add::open(req, &conf, &ns)?;
+        let bridge = ensure_bridge(&add.host, &conf)?;
+        let added = add.attach(bridge);
+        if added.is_err() {
+            add.undo();
+        }
+        added
     }
 
     fn del(&self, req: &Request) -> Result<()> {
@@ -97,8 +87,8 @@ impl Plugin for Bridge {
         if let Some(ipam_type) = &conf.ipam {
             ipam::check(req, ipam_type)?;
         }
-        let cont_if = block_on(check_attachment(&ns, &conf, req, &prev))??;
-        if conf.ipam.is_some() && conf.raw.ip_masq {
+        let cont_if = check_attachment(&ns, &conf, req, &prev)?;
+        if conf.ipam.is_some() && conf.ip_masq {
             check_masquerade(req, &prev, cont_if)?;
         }
         Ok(())
@@ -118,11 +108,10 @@ impl Plugin for Bridge {
 
     fn status(&self, req: &Request) -> Result<()> {
         let conf = Conf::load(req)?;
-        let existing =
-            block_on(async { Netlink::open(None)?.link_by_name(&conf.raw.bridge).await })??;
-        if let Some(link) = existing.filter(|l| l.kind != "bridge") {
+        let existing = Kernel::open(None)?.link_by_name(&conf.bridge)?;
+        if let Some(link) = existing.filter(|l| l.kind != LinkKind::Bridge) {
             return Err(Error::not_available(format!(
-                "{:?} exists and is not a bridge (it is a {:?} link)",
+                "{:?} exists and is not a bridge (it is a \"{}\" link)",
                 link.name, link.kind
             )));
         }
@@ -142,14 +131,12 @@ fn delete_container_veth(req: &Request) -> Result<()> {
     let Some(ns) = req.netns_if_present()? else {
         return Ok(());
     };
-    block_on(async {
-        let cont = Netlink::open(Some(&ns))?;
-        match cont.link_by_name(&req.ifname).await? {
-            // Deleting one end of a veth deletes the pair.
-            Some(link) => cont.delete_link(&link).await,
-            None => Ok(()),
-        }
-    })?
+    let cont = Kernel::open(Some(&ns))?;
+    match cont.link_by_name(&req.ifname)? {
+        // Deleting one end of a veth deletes the pair.
+        Some(link) => cont.delete_link(&link),
+        None => Ok(()),
+    }
 }
 
 fn owner(req: &Request) -> Owner<'_> {
@@ -200,15 +187,13 @@ fn remove_network_masquerade(conf: &Teardown, req: &Request) -> Result<()> {
         eprintln!("bridge: no usable \"bridge\" key: per-network masquerade rules are left to GC");
         return Ok(());
     };
-    let in_use = block_on(async {
-        let host = Netlink::open(None)?;
-        let Some(bridge) = host.link_by_name(bridge_name).await? else {
-            return Ok(false);
-        };
-        let links = host.links().await?;
-        Ok::<_, Error>(links.iter().any(|l| l.controller == Some(bridge.index)))
-    })??;
-    if in_use {
+    let host = Kernel::open(None)?;
+    if let Some(bridge) = host.link_by_name(bridge_name)?
+        && host
+            .links()?
+            .iter()
+            .any(|l| l.controller == Some(bridge.index))
+    {
         return Ok(());
     }
     masquerade::remove_network_rules(&mut nftables::open()?, &req.conf.name)
@@ -224,7 +209,7 @@ struct Done {
 }
 
 impl Done {
-    async fn undo(self, host: &Netlink, conf: &Conf, req: &Request) {
+    fn undo(self, host: &Kernel, conf: &Conf, req: &Request) {
         let owner = owner(req);
         if self.spoofcheck || self.masquerade {
             let removed = nftables::open().and_then(|mut nft| {
@@ -243,7 +228,7 @@ impl Done {
             }
         }
         if let Some(veth) = &self.host_veth
-            && let Err(e) = host.delete_link(veth).await
+            && let Err(e) = host.delete_link(veth)
         {
             eprintln!("bridge: cleanup after failed ADD: {e}");
         }
@@ -256,220 +241,300 @@ impl Done {
     }
 }
 
-/// Creates the bridge, or checks that the existing link of that name is one; promisc, no
-/// router advertisements, up.
 /// Creates the bridge (with a MAC of its own, so it never follows its ports'), or checks that
 /// the existing link of that name is one; promisc, no router advertisements, up. A gateway
 /// bridge made elsewhere gets its current MAC pinned before our port joins, under the node
 /// lock so concurrent ADDs agree on it.
-async fn ensure_bridge(host: &Netlink, conf: &Conf) -> Result<Link> {
-    let name = &conf.raw.bridge;
-    let created = host
-        .add_bridge(name, conf.raw.mtu, conf.has_vlans(), Some(random_mac()?))
-        .await?;
-    let lookup = async || {
-        host.link_by_name(name).await?.ok_or_else(|| {
+fn ensure_bridge(host: &Kernel, conf: &Conf) -> Result<Link> {
+    let name = &conf.bridge;
+    let created = host.add_bridge(name, conf.mtu, conf.has_vlans(), Some(random_mac()?))?;
+    let lookup = || {
+        host.link_by_name(name)?.ok_or_else(|| {
             Error::internal(format!("bridge {name:?} vanished after it was created"))
         })
     };
-    let mut bridge = lookup().await?;
-    if bridge.kind != "bridge" {
+    let mut bridge = lookup()?;
+    if bridge.kind != LinkKind::Bridge {
         return Err(Error::internal(format!(
             "{name:?} already exists but is not a bridge"
         )));
     }
     if conf.is_gateway && created == Created::Existed {
         let _lock = node_lock("bridge-mac")?;
-        bridge = lookup().await?;
+        bridge = lookup()?;
         // A bridge whose last port left has no address (all zeros).
         let mac = if bridge.mac.iter().any(|b| *b != 0) {
             bridge.mac.clone()
         } else {
             random_mac()?.to_vec()
         };
-        host.set_mac(&bridge, &mac).await?;
+        host.set_mac(&bridge, &mac)?;
         bridge.mac = mac;
     }
-    if conf.raw.promisc_mode && !bridge.promisc {
-        host.set_promisc(&bridge, true).await?;
+    if conf.promisc_mode && !bridge.promisc {
+        host.set_promisc(&bridge, true)?;
     }
     let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
     if !bridge.up {
-        host.set_up(&bridge, true).await?;
+        host.set_up(&bridge, true)?;
     }
     Ok(bridge)
 }
 
-async fn attach(
-    host: &Netlink,
-    cont: &Netlink,
-    ns: &Netns,
-    bridge: &Link,
-    conf: &Conf,
-    req: &Request,
-    done: &mut Done,
-) -> Result<CniResult> {
-    let (host_veth, cont_veth) = create_veth(host, cont, ns, bridge, conf, req, done).await?;
-    let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
-    host.set_bridge_port(&host_veth, conf.raw.hairpin_mode, conf.raw.port_isolation)
-        .await?;
-    if conf.has_vlans() {
-        set_port_vlans(host, &host_veth, conf).await?;
+/// One ADD in progress: where it works, and what it has changed so far.
+struct Add<'a> {
+    req: &'a Request,
+    conf: &'a Conf,
+    ns: &'a Netns,
+    host: Kernel,
+    cont: Kernel,
+    done: Done,
+}
+
+/// The two ends of the container's veth.
+struct Port {
+    host_veth: Link,
+    container: Link,
+}
+
+/// The links an ADD reports, in the order of the result's interfaces: bridge, host veth,
+/// container interface, VLAN gateway.
+struct Attached {
+    bridge: Link,
+    port: Port,
+    /// `<bridge>.<vlan>`, when it carries the gateway addresses.
+    vlan_gateway: Option<Link>,
+}
+
+impl Attached {
+    /// The container interface's position in the result (what `ips[].interface` names).
+    const CONTAINER: usize = 2;
+}
+
+fn ifname_taken(req: &Request) -> Error {
+    Error::internal(format!(
+        "interface {:?} already exists in the container",
+        req.ifname
+    ))
+}
+
+impl<'a> Add<'a> {
+    fn open(req: &'a Request, conf: &'a Conf, ns: &'a Netns) -> Result<Add<'a>> {
+        let host = Kernel::open(None)?;
+        let cont = Kernel::open(Some(ns))?;
+        if cont.link_by_name(&req.ifname)?.is_some() {
+            return Err(ifname_taken(req));
+        }
+        Ok(Add {
+            req,
+            conf,
+            ns,
+            host,
+            cont,
+            done: Done::default(),
+        })
     }
 
-    let mut result = CniResult {
-        interfaces: vec![
-            Interface {
-                name: bridge.name.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: host_veth.name.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: cont_veth.name.clone(),
-                mac: cont_veth.mac_string(),
-                sandbox: ns.path().display().to_string(),
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
-    };
-    if conf.raw.macspoofchk {
-        done.spoofcheck = true;
-        spoofcheck::add(
-            &mut nftables::open()?,
-            &owner(req),
-            &host_veth.name,
-            &cont_veth.mac_string(),
-        )?;
+    /// Undoes what this ADD changed (after a failure).
+    fn undo(self) {
+        self.done.undo(&self.host, self.conf, self.req);
     }
 
-    if let Some(ipam_type) = &conf.ipam {
+    /// Plugs the container into `bridge`, configures L3 when there is IPAM, and reports.
+    fn attach(&mut self, bridge: Link) -> Result<CniResult> {
+        let port = self.plug_port(&bridge)?;
+        let (lease, vlan_gateway) = match &self.conf.ipam {
+            Some(ipam_type) => self.configure_l3(ipam_type, &bridge, &port.container)?,
+            None => {
+                if !self.conf.disable_container_interface {
+                    self.cont.set_up(&port.container, true)?;
+                }
+                (CniResult::default(), None)
+            }
+        };
+        if !self.conf.disable_container_interface {
+            wait_port_up(&self.host, &port.host_veth)?;
+        }
+        let attached = Attached {
+            bridge,
+            port,
+            vlan_gateway,
+        };
+        self.result(&attached, lease)
+    }
+
+    /// The veth pair, its host end a port of `bridge` with the port options, VLANs and spoof
+    /// check.
+    fn plug_port(&mut self, bridge: &Link) -> Result<Port> {
+        let port = self.create_veth(bridge)?;
+        let host_veth = &port.host_veth;
+        let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
+        self.host
+            .set_bridge_port(host_veth, self.conf.hairpin_mode, self.conf.port_isolation)?;
+        if self.conf.has_vlans() {
+            set_port_vlans(&self.host, host_veth, self.conf)?;
+        }
+        if self.conf.macspoofchk {
+            self.done.spoofcheck = true;
+            spoofcheck::add(
+                &mut nftables::open()?,
+                &owner(self.req),
+                &host_veth.name,
+                &port.container.mac_string(),
+            )?;
+        }
+        Ok(port)
+    }
+
+    fn create_veth(&mut self, bridge: &Link) -> Result<Port> {
+        let ifname = &self.req.ifname;
+        let in_container = || Ok(self.cont.link_by_name(ifname)?.is_some());
+        let host_veth = add_port_veth(
+            &self.host,
+            bridge,
+            ifname,
+            self.ns,
+            self.conf.mtu,
+            self.conf.mac,
+            in_container,
+        )?
+        .ok_or_else(|| ifname_taken(self.req))?;
+        self.done.host_veth = Some(host_veth.clone());
+        let container = self
+            .cont
+            .link_by_name(ifname)?
+            .ok_or_else(|| Error::internal(format!("container interface {ifname:?} vanished")))?;
+        Ok(Port {
+            host_veth,
+            container,
+        })
+    }
+
+    /// The IPAM lease on the container interface; the bridge (or the VLAN's gateway link)
+    /// as the gateway; masquerade. Returns the lease as the result reports it, and the VLAN
+    /// gateway link when there is one.
+    fn configure_l3(
+        &mut self,
+        ipam_type: &str,
+        bridge: &Link,
+        container: &Link,
+    ) -> Result<(CniResult, Option<Link>)> {
+        let mut lease = self.lease(ipam_type)?;
+        let gateways = calc_gateways(&mut lease, self.conf);
+        self.address_container(bridge, container, &lease)?;
+        let vlan_gateway = match self.conf.is_gateway {
+            true => self.serve_as_gateway(bridge, &gateways)?,
+            false => None,
+        };
+        if self.conf.ip_masq {
+            let ips: Vec<IpNetwork> = lease.ips.iter().map(|ip| ip.address).collect();
+            self.done.masquerade = true;
+            driver::open(Backend::choose(self.conf.ip_masq_backend.as_deref()))?
+                .add_masquerade(&owner(self.req), &ips)?;
+        }
+        Ok((lease, vlan_gateway))
+    }
+
+    fn lease(&mut self, ipam_type: &str) -> Result<CniResult> {
         // Set first: an IPAM that leased but printed garbage is still released (DEL is idempotent).
-        done.ipam = true;
-        let lease = ipam::add(req, ipam_type)?;
+        self.done.ipam = true;
+        let lease = ipam::add(self.req, ipam_type)?;
         if lease.ips.is_empty() {
             return Err(Error::internal("IPAM plugin returned missing IP config"));
         }
-        result.ips = lease.ips;
-        result.routes = lease.routes;
-        result.dns = lease.dns;
-        let gateways = calc_gateways(&mut result, conf);
-        set_container_sysctls(ns, &req.ifname, conf.raw.enabledad)?;
+        Ok(lease)
+    }
+
+    /// The lease's addresses and routes on the container interface, which comes up.
+    fn address_container(&self, bridge: &Link, container: &Link, lease: &CniResult) -> Result<()> {
+        set_container_sysctls(self.ns, &self.req.ifname, self.conf.enabledad)?;
         // With `enabledad`, addresses are usable when ADD returns, or ADD fails (as the
         // reference: up to 5 s).
-        let dad_wait = conf.raw.enabledad.then_some(DAD_WAIT);
-        libcni::protocol::ipam::configure_iface(
-            cont,
-            ns,
-            &cont_veth,
-            &result.ips,
-            &result.routes,
+        let dad_wait = self.conf.enabledad.then_some(DAD_WAIT);
+        ipam::configure_iface(
+            &self.cont,
+            self.ns,
+            container,
+            &lease.ips,
+            &lease.routes,
             dad_wait,
-        )
-        .await?;
+        )?;
         // The host may still know a previous owner of a reused address: forget it.
-        for ip in &result.ips {
-            host.forget_neighbour(bridge, ip.address.ip()).await?;
+        for ip in &lease.ips {
+            self.host.forget_neighbour(bridge, ip.address.ip())?;
         }
-        if conf.is_gateway {
-            // With a VLAN the gateway lives on `<bridge>.<vlan>`, a port in that VLAN.
-            let gateway_link = if conf.vlan != 0 {
-                let link = ensure_vlan_gateway_link(host, bridge, conf).await?;
-                result.interfaces.push(Interface {
-                    name: link.name.clone(),
-                    ..Default::default()
-                });
-                link
-            } else {
-                bridge.clone()
+        Ok(())
+    }
+
+    /// The gateway addresses on the bridge, or with a VLAN on `<bridge>.<vlan>` (a port in
+    /// that VLAN, returned); forwarding on.
+    fn serve_as_gateway(&self, bridge: &Link, gateways: &[IpNetwork]) -> Result<Option<Link>> {
+        let vlan_gateway = match self.conf.vlan {
+            0 => None,
+            _ => Some(ensure_vlan_gateway_link(&self.host, bridge, self.conf)?),
+        };
+        let link = vlan_gateway.as_ref().unwrap_or(bridge);
+        ensure_gateway_addresses(&self.host, link, gateways, self.conf.force_address)?;
+        enable_forwarding(gateways)?;
+        Ok(vlan_gateway)
+    }
+
+    /// The links as they are now (the bridge's MAC may have changed when the port joined), the
+    /// lease, and the config's DNS over the lease's.
+    fn result(&self, attached: &Attached, lease: CniResult) -> Result<CniResult> {
+        let dns = match self.req.conf.dns()?.filter(|d| !d.is_empty()) {
+            Some(dns) => dns.clone(),
+            None => lease.dns,
+        };
+        Ok(CniResult {
+            interfaces: self.interfaces(attached)?,
+            ips: lease.ips,
+            routes: lease.routes,
+            dns,
+        })
+    }
+
+    fn interfaces(&self, attached: &Attached) -> Result<Vec<Interface>> {
+        let now = |link: &Link| -> Result<Interface> {
+            let mac = match self.host.link_by_index(link.index)? {
+                Some(current) => current.mac_string(),
+                None => link.mac_string(),
             };
-            ensure_gateway_addresses(host, &gateway_link, &gateways, conf.raw.force_address)
-                .await?;
-            enable_forwarding(&gateways)?;
+            Ok(Interface {
+                name: link.name.clone(),
+                mac,
+                ..Default::default()
+            })
+        };
+        let container = &attached.port.container;
+        let mut interfaces = vec![
+            now(&attached.bridge)?,
+            now(&attached.port.host_veth)?,
+            Interface {
+                name: container.name.clone(),
+                mac: container.mac_string(),
+                sandbox: self.ns.path().display().to_string(),
+                ..Default::default()
+            },
+        ];
+        if let Some(link) = &attached.vlan_gateway {
+            interfaces.push(now(link)?);
         }
-        if conf.raw.ip_masq {
-            let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
-            done.masquerade = true;
-            driver::open(Backend::choose(conf.raw.ip_masq_backend.as_deref()))?
-                .add_masquerade(&owner(req), &ips)?;
-        }
-    } else if !conf.raw.disable_container_interface {
-        cont.set_up(&cont_veth, true).await?;
+        Ok(interfaces)
     }
-
-    if !conf.raw.disable_container_interface {
-        wait_port_up(host, &host_veth).await?;
-    }
-    // The bridge's MAC may have changed when the port joined; report what it is now.
-    let bridge_now = host
-        .link_by_index(bridge.index)
-        .await?
-        .unwrap_or_else(|| bridge.clone());
-    let veth_now = host
-        .link_by_index(host_veth.index)
-        .await?
-        .unwrap_or(host_veth);
-    result.interfaces[0].mac = bridge_now.mac_string();
-    result.interfaces[1].mac = veth_now.mac_string();
-    if let Some(gateway_if) = result.interfaces.get_mut(3)
-        && let Some(link) = host.link_by_name(&gateway_if.name).await?
-    {
-        gateway_if.mac = link.mac_string();
-    }
-    if let Some(dns) = req.conf.dns()?.filter(|d| !d.is_empty()) {
-        result.dns = dns.clone();
-    }
-    Ok(result)
-}
-
-async fn create_veth(
-    host: &Netlink,
-    cont: &Netlink,
-    ns: &Netns,
-    bridge: &Link,
-    conf: &Conf,
-    req: &Request,
-    done: &mut Done,
-) -> Result<(Link, Link)> {
-    let in_container = async || Ok(cont.link_by_name(&req.ifname).await?.is_some());
-    let host_veth = add_port_veth(
-        host,
-        bridge,
-        &req.ifname,
-        ns,
-        conf.raw.mtu,
-        conf.mac,
-        in_container,
-    )
-    .await?
-    .ok_or_else(|| {
-        Error::internal(format!(
-            "interface {:?} already exists in the container",
-            req.ifname
-        ))
-    })?;
-    done.host_veth = Some(host_veth.clone());
-    let cont_veth = cont
-        .link_by_name(&req.ifname)
-        .await?
-        .ok_or_else(|| Error::internal(format!("container interface {:?} vanished", req.ifname)))?;
-    Ok((host_veth, cont_veth))
 }
 
 /// A veth pair whose host end (named `veth` + random hex, as the reference does) is a port of
 /// `bridge` and whose other end is `peer` in `peer_ns`. `None` when `peer` turns out to exist
 /// already (`peer_exists` tells, after a clash); a clash of the random name is retried.
-async fn add_port_veth(
-    host: &Netlink,
+fn add_port_veth(
+    host: &Kernel,
     bridge: &Link,
     peer: &str,
     peer_ns: &Netns,
     mtu: u32,
     peer_mac: Option<[u8; 6]>,
-    peer_exists: impl AsyncFn() -> Result<bool>,
+    peer_exists: impl Fn() -> Result<bool>,
 ) -> Result<Option<Link>> {
     for _ in 0..10 {
         let host_name = random_veth_name()?;
@@ -481,15 +546,14 @@ async fn add_port_veth(
             peer_mac,
             controller: bridge.index,
         };
-        if !host.add_veth(&spec).await? {
-            if peer_exists().await? {
+        if host.add_veth(&spec)? == Created::Existed {
+            if peer_exists()? {
                 return Ok(None);
             }
             continue;
         }
         return host
-            .link_by_name(&host_name)
-            .await?
+            .link_by_name(&host_name)?
             .map(Some)
             .ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")));
     }
@@ -519,82 +583,76 @@ fn random_veth_name() -> Result<String> {
     ))
 }
 
-async fn set_port_vlans(host: &Netlink, port: &Link, conf: &Conf) -> Result<()> {
+fn set_port_vlans(host: &Kernel, port: &Link, conf: &Conf) -> Result<()> {
     port_vlans(
         host,
         port,
         conf.vlan,
         &conf.trunk,
-        conf.raw.preserve_default_vlan,
+        conf.preserve_default_vlan,
     )
-    .await
 }
 
 /// The port's VLANs: `vlan` as PVID untagged, `trunk` tagged (VID 1 as PVID when there is a
 /// trunk and no `vlan`); the default VID 1 goes unless `preserve_default`.
-async fn port_vlans(
-    host: &Netlink,
+fn port_vlans(
+    host: &Kernel,
     port: &Link,
     vlan: u16,
     trunk: &[u16],
     preserve_default: bool,
 ) -> Result<()> {
     if !preserve_default {
-        host.bridge_vlan_del(port, 1).await?;
+        host.bridge_vlan_del(port, 1)?;
     }
     if vlan != 0 {
-        host.bridge_vlan_add(port, vlan, true).await?;
+        host.bridge_vlan_add(port, vlan, true)?;
     }
     for vid in trunk {
-        host.bridge_vlan_add(port, *vid, false).await?;
+        host.bridge_vlan_add(port, *vid, false)?;
     }
     if vlan == 0 && !trunk.is_empty() {
-        host.bridge_vlan_add(port, 1, true).await?;
+        host.bridge_vlan_add(port, 1, true)?;
     }
     Ok(())
 }
 
 /// `<bridge>.<vlan>`: a veth in the host namespace whose peer is a bridge port in the VLAN,
 /// carrying the gateway addresses for that VLAN. Made once, shared by the VLAN's containers.
-async fn ensure_vlan_gateway_link(host: &Netlink, bridge: &Link, conf: &Conf) -> Result<Link> {
+fn ensure_vlan_gateway_link(host: &Kernel, bridge: &Link, conf: &Conf) -> Result<Link> {
     let name = format!("{}.{}", bridge.name, conf.vlan);
     if name.len() > 15 {
         return Err(Error::invalid_config(format!(
             "the VLAN gateway interface name {name:?} is longer than 15 bytes; use a shorter \"bridge\" name"
         )));
     }
-    if let Some(link) = host.link_by_name(&name).await? {
+    if let Some(link) = host.link_by_name(&name)? {
         return Ok(link);
     }
     let here = Netns::current().map_err(|e| Error::internal(e.to_string()))?;
-    let made_meanwhile = async || Ok(host.link_by_name(&name).await?.is_some());
-    let Some(port) =
-        add_port_veth(host, bridge, &name, &here, bridge.mtu, None, made_meanwhile).await?
+    let made_meanwhile = || Ok(host.link_by_name(&name)?.is_some());
+    let Some(port) = add_port_veth(host, bridge, &name, &here, bridge.mtu, None, made_meanwhile)?
     else {
         // Another ADD made it meanwhile.
-        return host
-            .link_by_name(&name)
-            .await?
-            .ok_or_else(|| Error::internal(format!("{name:?} vanished")));
+        return existing(host, &name);
     };
-    let configured = async {
-        port_vlans(host, &port, conf.vlan, &[], conf.raw.preserve_default_vlan).await?;
-        let link = host
-            .link_by_name(&name)
-            .await?
-            .ok_or_else(|| Error::internal(format!("{name:?} vanished")))?;
-        host.set_up(&link, true).await?;
-        Ok(link)
-    }
-    .await;
+    let configured = port_vlans(host, &port, conf.vlan, &[], conf.preserve_default_vlan)
+        .and_then(|()| existing(host, &name))
+        .and_then(|link| host.set_up(&link, true).map(|()| link));
     if configured.is_err() {
         // A half-made pair would be taken as ready by the next ADD.
-        let _ = host.delete_link(&port).await;
+        let _ = host.delete_link(&port);
     }
     configured
 }
 
-/// Every IP belongs to the container interface (index 2); a missing gateway is the subnet's
+/// The link `name`, which this ADD made or saw.
+fn existing(host: &Kernel, name: &str) -> Result<Link> {
+    host.link_by_name(name)?
+        .ok_or_else(|| Error::internal(format!("{name:?} vanished")))
+}
+
+/// Every IP belongs to the container interface; a missing gateway is the subnet's
 /// first address when the bridge is the gateway; `isDefaultGateway` adds a default route per
 /// family unless IPAM returned one with a gateway. Returns the gateway addresses per family.
 fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
@@ -602,7 +660,7 @@ fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
     let mut default_found = [false, false];
     for i in 0..result.ips.len() {
         let ip = &mut result.ips[i];
-        ip.interface = Some(2);
+        ip.interface = Some(Attached::CONTAINER);
         let v4 = ip.address.is_ipv4();
         if ip.gateway.is_none() && conf.is_gateway {
             ip.gateway = first_host(ip.address);
@@ -610,7 +668,7 @@ fn calc_gateways(result: &mut CniResult, conf: &Conf) -> Vec<IpNetwork> {
         let gateway = ip.gateway;
         let prefix = ip.address.prefix();
         let fam = usize::from(!v4);
-        if conf.raw.is_default_gateway && !default_found[fam] {
+        if conf.is_default_gateway && !default_found[fam] {
             let default = default_route(v4);
             if !result
                 .routes
@@ -665,13 +723,13 @@ fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()
 /// Puts each gateway address on the bridge. An address of the same family that is not one of
 /// this network's gateways conflicts (IPv4: any; IPv6: an overlapping one) unless
 /// `forceAddress`, which replaces it.
-async fn ensure_gateway_addresses(
-    host: &Netlink,
+fn ensure_gateway_addresses(
+    host: &Kernel,
     bridge: &Link,
     gateways: &[IpNetwork],
     force: bool,
 ) -> Result<()> {
-    let existing = host.addresses(bridge).await?;
+    let existing = host.addresses(bridge)?;
     for gw in gateways {
         if existing.contains(gw) {
             continue;
@@ -690,9 +748,9 @@ async fn ensure_gateway_addresses(
                     bridge.name
                 )));
             }
-            host.del_address(bridge, *old).await?;
+            host.del_address(bridge, *old)?;
         }
-        host.add_address(bridge, *gw).await?;
+        host.add_address(bridge, *gw)?;
     }
     Ok(())
 }
@@ -718,11 +776,11 @@ fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {
 }
 
 /// Waits until the host end of the veth is operationally up, as the reference does.
-async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
+fn wait_port_up(host: &Kernel, veth: &Link) -> Result<()> {
     let mut state = String::from("unknown");
     for pause_ms in [0u64, 50, 500, 1000, 1000] {
-        libcni::kernel::netlink::pause(Duration::from_millis(pause_ms)).await;
-        match host.link_by_index(veth.index).await? {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        match host.link_by_index(veth.index)? {
             Some(l) if l.oper_up => return Ok(()),
             Some(l) => {
                 state = if l.up {
@@ -739,102 +797,131 @@ async fn wait_port_up(host: &Netlink, veth: &Link) -> Result<()> {
     )))
 }
 
-/// CHECK of the container's interface, addresses and routes; the index of the container
-/// interface in `prev`.
-async fn check_attachment(
-    ns: &Netns,
-    conf: &Conf,
-    req: &Request,
-    prev: &CniResult,
-) -> Result<usize> {
-    let host = Netlink::open(None)?;
-    let cont = Netlink::open(Some(ns))?;
-    let fail = |msg: String| Error::internal(format!("CHECK: {msg}"));
+/// CHECK of the bridge, the container's veth, its addresses and routes; the index of the
+/// container interface in `prev`.
+fn check_attachment(ns: &Netns, conf: &Conf, req: &Request, prev: &CniResult) -> Result<usize> {
+    let host = Kernel::open(None)?;
+    let cont = Kernel::open(Some(ns))?;
+    let bridge = check_bridge(&host, conf, prev)?;
+    let cont_if = container_position(req, prev)?;
+    let cont_veth = check_container_veth(&cont, &req.ifname, &prev.interfaces[cont_if].mac)?;
+    check_host_veth(&host, &cont_veth, &bridge, &req.ifname)?;
+    check_addresses(&cont, &cont_veth, prev, cont_if)?;
+    check_routes(&cont, prev)?;
+    Ok(cont_if)
+}
 
-    let bridge_if = prev.interfaces.iter().find(|i| i.name == conf.raw.bridge);
+fn check_failed(msg: impl std::fmt::Display) -> Error {
+    Error::internal(format!("CHECK: {msg}"))
+}
+
+/// The bridge exists, with the MAC `prev` reports and the configured promiscuous mode.
+fn check_bridge(host: &Kernel, conf: &Conf, prev: &CniResult) -> Result<Link> {
     let bridge = host
-        .link_by_name(&conf.raw.bridge)
-        .await?
-        .ok_or_else(|| fail(format!("bridge {:?} does not exist", conf.raw.bridge)))?;
-    if bridge.kind != "bridge" {
-        return Err(fail(format!("{:?} is not a bridge", bridge.name)));
+        .link_by_name(&conf.bridge)?
+        .ok_or_else(|| check_failed(format!("bridge {:?} does not exist", conf.bridge)))?;
+    if bridge.kind != LinkKind::Bridge {
+        return Err(check_failed(format!("{:?} is not a bridge", bridge.name)));
     }
-    if let Some(i) = bridge_if
+    if let Some(i) = prev.interfaces.iter().find(|i| i.name == conf.bridge)
         && !i.mac.is_empty()
         && !i.mac.eq_ignore_ascii_case(&bridge.mac_string())
     {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "bridge {:?} has MAC {}, expected {}",
             bridge.name,
             bridge.mac_string(),
             i.mac
         )));
     }
-    if bridge.promisc != conf.raw.promisc_mode {
-        return Err(fail(format!(
+    if bridge.promisc != conf.promisc_mode {
+        return Err(check_failed(format!(
             "bridge {:?} promiscuous mode is {}, expected {}",
-            bridge.name, bridge.promisc, conf.raw.promisc_mode
+            bridge.name, bridge.promisc, conf.promisc_mode
         )));
     }
+    Ok(bridge)
+}
 
+/// Where `prev` lists this attachment's container interface.
+fn container_position(req: &Request, prev: &CniResult) -> Result<usize> {
     let sandbox = req
         .netns
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let cont_if = prev
-        .interfaces
+    prev.interfaces
         .iter()
         .position(|i| i.name == req.ifname && i.sandbox == sandbox)
         .ok_or_else(|| {
-            fail(format!(
+            check_failed(format!(
                 "prevResult has no interface {:?} in {sandbox:?}",
                 req.ifname
             ))
-        })?;
-    let expected_mac = &prev.interfaces[cont_if].mac;
-    let cont_veth = cont.link_by_name(&req.ifname).await?.ok_or_else(|| {
-        fail(format!(
-            "interface {:?} is missing in the container",
-            req.ifname
-        ))
-    })?;
-    if cont_veth.kind != "veth" {
-        return Err(fail(format!(
-            "container interface {:?} is not a veth",
-            req.ifname
+        })
+}
+
+/// The container's `ifname` is a veth with the MAC `prev` reports (when it reports one).
+fn check_container_veth(cont: &Kernel, ifname: &str, expected_mac: &str) -> Result<Link> {
+    let cont_veth = cont
+        .link_by_name(ifname)?
+        .ok_or_else(|| check_failed(format!("interface {ifname:?} is missing in the container")))?;
+    if cont_veth.kind != LinkKind::Veth {
+        return Err(check_failed(format!(
+            "container interface {ifname:?} is not a veth"
         )));
     }
     if !expected_mac.is_empty() && !expected_mac.eq_ignore_ascii_case(&cont_veth.mac_string()) {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "container interface has MAC {}, expected {expected_mac}",
             cont_veth.mac_string()
         )));
     }
+    Ok(cont_veth)
+}
+
+/// The container veth's peer is on the host, a port of `bridge`.
+fn check_host_veth(host: &Kernel, cont_veth: &Link, bridge: &Link, ifname: &str) -> Result<()> {
     let peer = cont_veth
         .peer
-        .ok_or_else(|| fail("container veth has no peer".into()))?;
+        .ok_or_else(|| check_failed("container veth has no peer"))?;
     let host_veth = host
-        .link_by_index(peer)
-        .await?
-        .filter(|l| l.kind == "veth" && l.peer == Some(cont_veth.index))
-        .ok_or_else(|| fail(format!("the host end of {:?} is missing", req.ifname)))?;
+        .link_by_index(peer)?
+        .filter(|l| l.kind == LinkKind::Veth && l.peer == Some(cont_veth.index))
+        .ok_or_else(|| check_failed(format!("the host end of {ifname:?} is missing")))?;
     if host_veth.controller != Some(bridge.index) {
-        return Err(fail(format!(
+        return Err(check_failed(format!(
             "{:?} is not a port of bridge {:?}",
             host_veth.name, bridge.name
         )));
     }
+    Ok(())
+}
 
-    let addresses = cont.addresses(&cont_veth).await?;
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(cont_if)) {
-        if !addresses.contains(&ip.address) {
-            return Err(fail(format!(
-                "address {} is missing on {:?}",
-                ip.address, req.ifname
-            )));
-        }
+/// Every address `prev` gives the container interface is on it.
+fn check_addresses(
+    cont: &Kernel,
+    cont_veth: &Link,
+    prev: &CniResult,
+    cont_if: usize,
+) -> Result<()> {
+    let addresses = cont.addresses(cont_veth)?;
+    match prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(cont_if))
+        .find(|ip| !addresses.contains(&ip.address))
+    {
+        Some(ip) => Err(check_failed(format!(
+            "address {} is missing on {:?}",
+            ip.address, cont_veth.name
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Every route of `prev` is in the container.
+fn check_routes(cont: &Kernel, prev: &CniResult) -> Result<()> {
     for v4 in [true, false] {
         let wanted: Vec<&Route> = prev
             .routes
@@ -844,20 +931,18 @@ async fn check_attachment(
         if wanted.is_empty() {
             continue;
         }
-        let present = cont.routes(v4).await?;
-        for route in wanted {
-            if !present
-                .iter()
-                .any(|m| libcni::kernel::netlink::route_matches(m, route))
-            {
-                return Err(fail(format!(
-                    "route to {} is missing in the container",
-                    route.dst
-                )));
-            }
+        let present = cont.routes(v4)?;
+        if let Some(route) = wanted
+            .into_iter()
+            .find(|route| !present.iter().any(|r| r.matches(route)))
+        {
+            return Err(check_failed(format!(
+                "route to {} is missing in the container",
+                route.dst
+            )));
         }
     }
-    Ok(cont_if)
+    Ok(())
 }
 
 /// CHECK of `ipMasq`: the masquerade of the container's addresses, ours or what the Go bridge

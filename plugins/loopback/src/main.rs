@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use libcni::kernel::netlink::{Netlink, block_on};
+use libcni::kernel::netlink::Kernel;
 use libcni::kernel::netns::Netns;
 use libcni::protocol::result::{CniResult, Interface, IpConfig};
 use libcni::protocol::skel::{self, Plugin, Request};
@@ -22,15 +22,12 @@ impl Plugin for Loopback {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let prev = req.prev_result()?;
         let ns = req.netns()?;
-        let addresses = block_on(async {
-            let nl = Netlink::open(Some(&ns))?;
-            let lo = nl
-                .link_by_name(LO)
-                .await?
-                .ok_or_else(|| Error::internal("no lo in the container"))?;
-            nl.set_up(&lo, true).await?;
-            nl.addresses(&lo).await
-        })??;
+        let nl = Kernel::open(Some(&ns))?;
+        let lo = nl
+            .link_by_name(LO)?
+            .ok_or_else(|| Error::internal("no lo in the container"))?;
+        nl.set_up(&lo, true)?;
+        let addresses = nl.addresses(&lo)?;
         if let Some(bad) = addresses.iter().find(|a| !a.ip().is_loopback()) {
             return Err(Error::internal(format!(
                 "loopback interface found with non-loopback address {bad}"
@@ -69,11 +66,8 @@ impl Plugin for Loopback {
 
     fn check(&self, req: &Request) -> Result<()> {
         let ns = req.netns()?;
-        let up = block_on(async {
-            let nl = Netlink::open(Some(&ns))?;
-            Ok::<_, Error>(nl.link_by_name(LO).await?.is_some_and(|lo| lo.up))
-        })??;
-        if up {
+        let lo = Kernel::open(Some(&ns))?.link_by_name(LO)?;
+        if lo.is_some_and(|lo| lo.up) {
             Ok(())
         } else {
             Err(Error::internal("loopback interface is down"))
@@ -82,13 +76,11 @@ impl Plugin for Loopback {
 }
 
 fn set_lo(ns: &Netns, up: bool) -> Result<()> {
-    block_on(async {
-        let nl = Netlink::open(Some(ns))?;
-        match nl.link_by_name(LO).await? {
-            Some(lo) => nl.set_up(&lo, up).await,
-            None => Ok(()),
-        }
-    })?
+    let nl = Kernel::open(Some(ns))?;
+    match nl.link_by_name(LO)? {
+        Some(lo) => nl.set_up(&lo, up),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

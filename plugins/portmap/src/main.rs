@@ -19,7 +19,7 @@ use libcni::firewall::portmap::{self, Attachment, Mapping};
 use libcni::firewall::{
     Backend, Owner, check, driver, nftables, portmap_conditions, portmap_iptables,
 };
-use libcni::kernel::netlink::{Netlink, block_on};
+use libcni::kernel::netlink::Kernel;
 use libcni::kernel::nf_tables::L4;
 use libcni::kernel::{conntrack, sysctl};
 use libcni::protocol::error;
@@ -164,7 +164,8 @@ fn after_rules(conf: &Conf, ips: &[IpNetwork], firewall: &mut dyn driver::Driver
         && let Some(v4) = ips.iter().find(|ip| ip.is_ipv4())
     {
         firewall.ensure_localnet_guard()?;
-        let link = block_on(async { Netlink::open(None)?.route_get(v4.ip()).await })??
+        let link = Kernel::open(None)?
+            .route_get(v4.ip())?
             .ok_or_else(|| Error::internal(format!("no route to the container address {v4}")))?;
         sysctl::set(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")?;
     }
