@@ -176,6 +176,27 @@ fn run(opts: Options) -> Result<()> {
     let watch = forks::Watch::start()
         .map_err(|e| eprintln!("rcni-bench: cannot count forks ({e}); counts left out"))
         .ok();
+    let mut suites = suites(&opts);
+    let bench = Bench { opts, watch };
+    let started = Instant::now();
+
+    bench.measure(&mut suites)?;
+
+    let report = Report {
+        machine: machine(),
+        settings: json!({
+            "rounds": bench.opts.rounds, "runs_per_round": bench.opts.runs,
+            "pods": bench.opts.pods, "parallel": bench.opts.parallel, "churn": bench.opts.churn,
+            "go_cnitool": bench.opts.go_cnitool.is_some(),
+            "wall_s": started.elapsed().as_secs(),
+        }),
+        suites: suites.into_iter().map(|(s, _)| s).collect(),
+    };
+    write_outputs(&report, &bench.opts.out)
+}
+
+/// Ours, each reference, then the floor: the order every phase runs them in.
+fn suites(opts: &Options) -> Vec<(Suite, Kind)> {
     let mut suites: Vec<(Suite, Kind)> = vec![(
         Suite {
             key: "ours".into(),
@@ -211,45 +232,7 @@ fn run(opts: Options) -> Result<()> {
         },
         Kind::Floor,
     ));
-    let bench = Bench { opts, watch };
-    let started = Instant::now();
-
-    for round in 1..=bench.opts.rounds {
-        for (suite, kind) in &mut suites {
-            eprintln!("round {round}/{}: {}", bench.opts.rounds, suite.key);
-            bench
-                .round(suite, kind)
-                .map_err(|e| format!("{} (round {round}): {e}", suite.key))?;
-        }
-    }
-    for (suite, kind) in &mut suites {
-        eprintln!("pods on the node: {}", suite.key);
-        bench
-            .pods(suite, kind)
-            .map_err(|e| format!("{} (pods): {e}", suite.key))?;
-    }
-    if bench.opts.churn > 0 {
-        for (suite, kind) in &mut suites {
-            eprintln!("churn, {} cycles: {}", bench.opts.churn, suite.key);
-            suite.churn = Some(
-                bench
-                    .churn(kind)
-                    .map_err(|e| format!("{} (churn): {e}", suite.key))?,
-            );
-        }
-    }
-
-    let report = Report {
-        machine: machine(),
-        settings: json!({
-            "rounds": bench.opts.rounds, "runs_per_round": bench.opts.runs,
-            "pods": bench.opts.pods, "parallel": bench.opts.parallel, "churn": bench.opts.churn,
-            "go_cnitool": bench.opts.go_cnitool.is_some(),
-            "wall_s": started.elapsed().as_secs(),
-        }),
-        suites: suites.into_iter().map(|(s, _)| s).collect(),
-    };
-    write_outputs(&report, &bench.opts.out)
+    suites
 }
 
 fn write_outputs(report: &Report, out: &Path) -> Result<()> {
@@ -268,6 +251,32 @@ fn write_outputs(report: &Report, out: &Path) -> Result<()> {
 }
 
 impl Bench {
+    /// The rounds (alternating suites), then pods on the node and churn, suite after suite.
+    fn measure(&self, suites: &mut [(Suite, Kind)]) -> Result<()> {
+        for round in 1..=self.opts.rounds {
+            for (suite, kind) in suites.iter_mut() {
+                eprintln!("round {round}/{}: {}", self.opts.rounds, suite.key);
+                self.round(suite, kind)
+                    .map_err(|e| format!("{} (round {round}): {e}", suite.key))?;
+            }
+        }
+        for (suite, kind) in suites.iter_mut() {
+            eprintln!("pods on the node: {}", suite.key);
+            self.pods(suite, kind)
+                .map_err(|e| format!("{} (pods): {e}", suite.key))?;
+        }
+        if self.opts.churn > 0 {
+            for (suite, kind) in suites.iter_mut() {
+                eprintln!("churn, {} cycles: {}", self.opts.churn, suite.key);
+                suite.churn = Some(
+                    self.churn(kind)
+                        .map_err(|e| format!("{} (churn): {e}", suite.key))?,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// One step of a pod's life (the pod is made, untimed, by the caller): timed, or, in a
     /// round's first run, accounted. Whether it succeeded. A failure is counted with its
     /// message and the run goes on: a reference plugin's known bug (the Go portmap's CHECK of
