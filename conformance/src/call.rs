@@ -97,9 +97,11 @@ pub fn outcome_within(
     }
 }
 
-/// One plugin invocation through the protocol, run inside `host`.
+/// One plugin invocation through the protocol with a clean environment: inside a `host`
+/// namespace ([`Call::new`]) or, for a plugin that needs none, from the test process
+/// ([`Call::outside`]).
 pub struct Call<'a> {
-    host: &'a Netns,
+    host: Option<&'a Netns>,
     plugin: PathBuf,
     env: Vec<(String, String)>,
     limit: Option<std::time::Duration>,
@@ -109,10 +111,21 @@ pub struct Call<'a> {
 impl<'a> Call<'a> {
     /// `command` with a full valid environment; override or remove variables with `env`/`unset`.
     pub fn new(host: &'a Netns, plugin: PathBuf, command: &str, netns: &Path) -> Call<'a> {
+        Call::with_netns(Some(host), plugin, command, &netns.display().to_string())
+    }
+
+    /// A plugin that needs no namespace (an IPAM plugin such as host-local, which ignores
+    /// `CNI_NETNS`), run from the test process: `CNI_NETNS=/dev/null`.
+    pub fn outside(plugin: impl Into<PathBuf>, command: &str) -> Call<'a> {
+        Call::with_netns(None, plugin.into(), command, "/dev/null")
+    }
+
+    /// Container `ctr1`, `eth0`, our binaries as `CNI_PATH`.
+    fn with_netns(host: Option<&'a Netns>, plugin: PathBuf, command: &str, netns: &str) -> Self {
         let env = [
             ("CNI_COMMAND", command),
             ("CNI_CONTAINERID", "ctr1"),
-            ("CNI_NETNS", &netns.display().to_string()),
+            ("CNI_NETNS", netns),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", &bin_dir().display().to_string()),
         ];
@@ -152,60 +165,20 @@ impl<'a> Call<'a> {
         self
     }
 
-    pub fn run(self, stdin: &str) -> Outcome {
+    /// The process, not yet started (for tests that signal it).
+    pub fn command(&self) -> Command {
+        let program = |p: &dyn AsRef<std::ffi::OsStr>| match self.host {
+            Some(host) => host.command(p),
+            None => Command::new(p),
+        };
         let mut cmd = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut cmd = self.host.command(program);
+            Some((wrapper, args)) => {
+                let mut cmd = program(wrapper);
                 cmd.args(args).arg(&self.plugin);
                 cmd
             }
-            None => self.host.command(&self.plugin),
+            None => program(&self.plugin),
         };
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env);
-        outcome_within(&mut cmd, stdin, self.limit)
-    }
-}
-
-/// One invocation of a plugin that needs no namespace (an IPAM plugin such as host-local, which
-/// ignores `CNI_NETNS`), run from the test process with a clean environment.
-#[derive(Clone)]
-pub struct Exec {
-    plugin: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Exec {
-    /// `command` with a full valid environment: container `ctr1`, `eth0`, `CNI_NETNS=/dev/null`.
-    pub fn new(plugin: impl Into<PathBuf>, command: &str) -> Exec {
-        let env = [
-            ("CNI_COMMAND", command.to_string()),
-            ("CNI_CONTAINERID", "ctr1".to_string()),
-            ("CNI_NETNS", "/dev/null".to_string()),
-            ("CNI_IFNAME", "eth0".to_string()),
-            ("CNI_PATH", bin_dir().display().to_string()),
-        ];
-        Exec {
-            plugin: plugin.into(),
-            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        }
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    pub fn unset(mut self, key: &str) -> Self {
-        self.env.retain(|(k, _)| k != key);
-        self
-    }
-
-    /// The process, not yet started (for tests that signal it).
-    pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.plugin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -213,7 +186,7 @@ impl Exec {
     }
 
     pub fn run(&self, stdin: &str) -> Outcome {
-        outcome(&mut self.command(), stdin)
+        outcome_within(&mut self.command(), stdin, self.limit)
     }
 }
 

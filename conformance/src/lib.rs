@@ -16,7 +16,7 @@ mod reference;
 mod traffic;
 
 pub use call::{
-    Call, Exec, Outcome, command_with_private_var_lib, executed_programs, outcome, outcome_within,
+    Call, Outcome, command_with_private_var_lib, executed_programs, outcome, outcome_within,
     result_ips,
 };
 pub use cnitool::{Workdir, cnitool, cnitool_container_id, cnitool_env};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::{Exec, Outcome, bin, dir_files};
+use crate::{Call, Outcome, bin, dir_files};
 
 /// A host-local network for black-box tests: the config (`name`, `type`, `ipam.type` filled in)
 /// with its own temporary `ipam.dataDir`, which goes away with the value.
@@ -50,13 +50,13 @@ impl HostLocalNet {
     }
 
     /// Our host-local, for container `id` and interface `ifname`.
-    pub fn exec(&self, command: &str, id: &str, ifname: &str) -> Exec {
+    pub fn exec(&self, command: &str, id: &str, ifname: &str) -> Call<'static> {
         self.exec_as(&bin("host-local"), command, id, ifname)
     }
 
     /// Another host-local binary (the reference) on the same config.
-    pub fn exec_as(&self, plugin: &Path, command: &str, id: &str, ifname: &str) -> Exec {
-        Exec::new(plugin, command)
+    pub fn exec_as(&self, plugin: &Path, command: &str, id: &str, ifname: &str) -> Call<'static> {
+        Call::outside(plugin, command)
             .env("CNI_CONTAINERID", id)
             .env("CNI_IFNAME", ifname)
     }
