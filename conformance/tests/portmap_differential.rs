@@ -182,14 +182,6 @@ fn at(addr: &str, port: u16) -> String {
     }
 }
 
-/// The Go portmap's chain for a container: `CNI-DN-` + hex(SHA-512(network + ID)), 28 chars.
-fn reference_chain(cid: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha512::digest(format!("{NET}{cid}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-DN-{}", &hex[..21])
-}
-
 /// A pod the reference chain set up (iptables `CNI-DN-…` chain and its jumps from
 /// `CNI-HOSTPORT-DNAT`, both families) is fully removed by our cnitool DEL running our portmap
 /// and bridge (and host-local): chain and jumps gone, the ports closed, the veth and the lease
@@ -199,7 +191,7 @@ fn our_del_removes_a_pod_the_reference_set_up() {
     let side = Side::reference();
     let maps = json!(tcp_udp(8080, 80));
     let pod = side.pod("ref", &maps);
-    let chain = reference_chain(&pod.cid);
+    let chain = libcni::firewall::portmap_iptables::reference_chain(NET, &pod.cid);
     let before = side.nat_rules();
     for prog in ["iptables", "ip6tables"] {
         for want in [

@@ -15,7 +15,6 @@ use conformance::{
     executed_programs, lease_files, newest_reference_dir, outcome, unique,
 };
 use serde_json::{Value, json};
-use sha2::Digest;
 use tempfile::TempDir;
 
 const NET: &str = "refchk";
@@ -162,21 +161,14 @@ fn mappings() -> Value {
     ])
 }
 
-fn sha512_hex(s: &str) -> String {
-    sha2::Sha512::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The Go bridge's masquerade chain of a container: `CNI-` + 24 hex digits.
+/// The Go bridge's masquerade chain of a container.
 fn bridge_chain(cid: &str) -> String {
-    format!("CNI-{}", &sha512_hex(&format!("{NET}{cid}"))[..24])
+    libcni::firewall::masquerade::reference_chain(NET, cid)
 }
 
-/// The Go portmap's chain of a container: `CNI-DN-` + 21 hex digits.
+/// The Go portmap's chain of a container.
 fn portmap_chain(cid: &str) -> String {
-    format!("CNI-DN-{}", &sha512_hex(&format!("{NET}{cid}"))[..21])
+    libcni::firewall::portmap_iptables::reference_chain(NET, cid)
 }
 
 /// Asserts a failed CHECK whose message says `what` and `how` (`only part`, `none present`).
