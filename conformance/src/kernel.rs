@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::{Netns, run_ok};
+use crate::{Netns, outcome, run_ok};
 
 impl Netns {
     /// The flags of link `name`, e.g. `["LOOPBACK","UP","LOWER_UP"]`.
@@ -119,26 +119,8 @@ impl Netns {
 
     /// Applies `script` with `nft -f -` in this namespace; fails the test if nft refuses it.
     pub fn nft(&self, script: &str) {
-        use std::io::Write;
-        let mut child = self
-            .command("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = outcome(self.command("nft").args(["-f", "-"]), script);
+        assert_eq!(out.status, 0, "nft failed: {}\n{script}", out.stderr);
     }
 
     /// `nft -j list ruleset` in this namespace: the `nftables` array.
