@@ -160,8 +160,8 @@ impl<'a> Call<'a> {
 
     /// Runs the plugin as the last argument of `wrapper` (`strace -f -o <file>`,
     /// `prlimit --as=… --`).
-    pub fn under(mut self, wrapper: &[&str]) -> Self {
-        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+    pub fn under(mut self, wrapper: &[impl AsRef<str>]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| w.as_ref().to_string()).collect();
         self
     }
 
@@ -222,6 +222,15 @@ pub fn command_with_private_var_lib(host: &Netns, var_lib: &Path, program: &Path
         .arg(var_lib)
         .arg(program);
     cmd
+}
+
+/// The wrapper (`strace`) that logs to `trace` every program started under it; read the log
+/// with [`executed_programs`].
+pub fn execve_tracer(trace: &Path) -> Vec<String> {
+    let args = ["strace", "-f", "-qq", "-e", "trace=execve", "-o"];
+    let mut tracer: Vec<String> = args.map(String::from).into();
+    tracer.push(trace.display().to_string());
+    tracer
 }
 
 /// The program names in an `strace -f -e trace=execve` log (see `Call::under`).

@@ -570,6 +570,17 @@ pub struct Target<'a> {
     pub limit: Duration,
 }
 
+impl<'a> Target<'a> {
+    pub fn new(name: &'a str, cases: u64, regressions: &'a [u64], limit: Duration) -> Self {
+        Target {
+            name,
+            cases,
+            regressions,
+            limit,
+        }
+    }
+}
+
 /// Runs `check` on the input `generate` makes from each seed of this run. A panic or an
 /// `Err` fails the test with the seed and the input; so does a case still running after
 /// `limit` (the process exits then: the stuck case cannot be stopped).

@@ -2,6 +2,7 @@
 
 use std::process::{Command, Stdio};
 
+use libcni::kernel::nf_tables::{Batch, Chain, Family, Rule};
 use serde_json::Value;
 
 use crate::{Netns, outcome, run_ok};
@@ -155,6 +156,17 @@ impl Netns {
         );
     }
 
+    /// Puts iptables' nat table in use with a rule that is no plugin's (`POSTROUTING -o up0
+    /// -j RETURN`), as on a node whose iptables has chains of its own.
+    pub fn use_iptables_nat(&self) {
+        let rule = ["-A", "POSTROUTING", "-o", "up0", "-j", "RETURN"];
+        run_ok(
+            self.command("iptables")
+                .args(["-w", "-t", "nat"])
+                .args(rule),
+        );
+    }
+
     /// Deletes the rules of nftables chain `family table chain` whose comment `pick` accepts;
     /// how many there were.
     pub fn nft_delete_rules(
@@ -196,4 +208,19 @@ pub fn bridge_vlan_filtering_supported() -> bool {
             .unwrap()
             .success()
     })
+}
+
+/// An nf_tables batch (for the in-process client) that adds `table inet t` with the regular `chains` and `rules`.
+pub fn nft_batch(chains: &[&str], rules: impl IntoIterator<Item = Rule>) -> Batch {
+    let mut batch = Batch::new();
+    batch.add_table(Family::Inet, "t").unwrap();
+    for chain in chains {
+        batch
+            .add_chain(&Chain::regular(Family::Inet, "t", chain))
+            .unwrap();
+    }
+    for rule in rules {
+        batch.add_rule(&rule).unwrap();
+    }
+    batch
 }

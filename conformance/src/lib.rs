@@ -16,15 +16,18 @@ mod reference;
 mod traffic;
 
 pub use call::{
-    Call, Outcome, command_with_private_var_lib, executed_programs, outcome, outcome_within,
-    result_ips,
+    Call, Outcome, command_with_private_var_lib, executed_programs, execve_tracer, outcome,
+    outcome_within, result_ips,
 };
 pub use cnitool::{Workdir, cnitool, cnitool_container_id, cnitool_env};
 pub use files::{FileState, dir_files, lease_files, umask};
-pub use kernel::bridge_vlan_filtering_supported;
+pub use kernel::{bridge_vlan_filtering_supported, nft_batch};
 pub use netns::{Netns, node_with_uplink};
-pub use network::HostLocalNet;
-pub use reference::{REFERENCE_DIR, go_cnitool, newest_reference_dir};
+pub use network::{BridgeConf, HostLocalNet, portmap_conflist, portmap_plugin};
+pub use reference::{
+    REFERENCE_DIR, fetched_reference_dirs, go_cnitool, installed, newest_reference_dir,
+    reference_plugin,
+};
 pub use traffic::Background;
 
 use std::path::{Path, PathBuf};

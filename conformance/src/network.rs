@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{Call, Outcome, bin, dir_files};
 
@@ -90,4 +90,77 @@ impl HostLocalNet {
     pub fn last_reserved(&self, set: usize) -> Option<String> {
         std::fs::read_to_string(self.dir().join(format!("last_reserved_ip.{set}"))).ok()
     }
+}
+
+/// The bridge plugin's config, built up: a bridge, host-local IPAM, other keys; then one plugin
+/// of a list ([`BridgeConf::plugin`]) or a whole network ([`BridgeConf::network`]).
+#[derive(Clone)]
+pub struct BridgeConf(Value);
+
+impl BridgeConf {
+    /// On bridge `br`, without IPAM.
+    pub fn new(br: &str) -> BridgeConf {
+        BridgeConf(json!({"type": "bridge", "bridge": br}))
+    }
+
+    /// host-local IPAM with `ranges` (the `ipam.ranges` array).
+    pub fn ranges(mut self, ranges: Value) -> Self {
+        self.0["ipam"] = json!({"type": "host-local", "ranges": ranges});
+        self
+    }
+
+    /// host-local IPAM with one range set per subnet; no subnet: L2 (`"ipam": {}`).
+    pub fn subnets(mut self, subnets: &[&str]) -> Self {
+        if subnets.is_empty() {
+            self.0["ipam"] = json!({});
+            return self;
+        }
+        self.ranges(subnets.iter().map(|s| json!([{"subnet": s}])).collect())
+    }
+
+    /// host-local's leases under `data` (nothing for L2).
+    pub fn data_dir(mut self, data: &Path) -> Self {
+        if self.0["ipam"].get("type").is_some() {
+            self.0["ipam"]["dataDir"] = json!(data);
+        }
+        self
+    }
+
+    /// Sets every key of the object `extra`.
+    pub fn with(mut self, extra: &Value) -> Self {
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            self.0[k] = v.clone();
+        }
+        self
+    }
+
+    /// As one plugin of a list.
+    pub fn plugin(self) -> Value {
+        self.0
+    }
+
+    /// As a whole network config.
+    pub fn network(self, version: &str, name: &str) -> Value {
+        let mut conf = self.0;
+        conf["cniVersion"] = version.into();
+        conf["name"] = name.into();
+        conf
+    }
+}
+
+/// The portmap plugin's config: the `portMappings` capability and the keys of `extra`.
+pub fn portmap_plugin(extra: &Value) -> Value {
+    let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        portmap[k] = v.clone();
+    }
+    portmap
+}
+
+/// The port-mapping chain as a conflist: loopback, then `bridge`, then `portmap`.
+pub fn portmap_conflist(version: &str, name: &str, bridge: BridgeConf, portmap: Value) -> Value {
+    json!({
+        "cniVersion": version, "name": name,
+        "plugins": [{"type": "loopback"}, bridge.plugin(), portmap],
+    })
 }

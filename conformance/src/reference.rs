@@ -14,11 +14,29 @@ pub fn go_cnitool() -> PathBuf {
         })
 }
 
-/// The newest reference plugins, unpacked under `target/reference-<version>/` by
-/// `conformance/scripts/fetch-reference.sh` (the highest version there).
-pub fn newest_reference_dir() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&target)
+/// `binary`, a reference plugin or the Go cnitool, when it is installed; otherwise the test
+/// fails saying how to install it.
+pub fn installed(binary: impl Into<PathBuf>) -> PathBuf {
+    let binary = binary.into();
+    assert!(
+        binary.is_file(),
+        "reference binary {} missing: Debian's plugins come with `apt-get install \
+         containernetworking-plugins`, newer ones with conformance/scripts/fetch-reference.sh, \
+         the Go cnitool with conformance/scripts/build-go-cnitool.sh",
+        binary.display()
+    );
+    binary
+}
+
+/// Debian's reference plugin `name`, installed.
+pub fn reference_plugin(name: &str) -> PathBuf {
+    installed(Path::new(REFERENCE_DIR).join(name))
+}
+
+/// The reference releases unpacked under `target/reference-<version>/` by
+/// `conformance/scripts/fetch-reference.sh`, oldest first.
+pub fn fetched_reference_dirs(target: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(target)
         .into_iter()
         .flatten()
         .flatten()
@@ -26,7 +44,6 @@ pub fn newest_reference_dir() -> PathBuf {
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("reference-"))
-                && p.join("portmap").is_file()
         })
         .collect();
     dirs.sort_by_key(|p| {
@@ -36,10 +53,19 @@ pub fn newest_reference_dir() -> PathBuf {
             .map(|n| n.parse::<u32>().unwrap_or(0))
             .collect::<Vec<_>>()
     });
-    dirs.pop().unwrap_or_else(|| {
-        panic!(
-            "no reference plugins in {}/reference-*: run conformance/scripts/fetch-reference.sh target",
-            target.display()
-        )
-    })
+    dirs
+}
+
+/// The newest fetched reference plugins (the highest version under `target/reference-*`).
+pub fn newest_reference_dir() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    fetched_reference_dirs(&target)
+        .into_iter()
+        .rfind(|d| d.join("portmap").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no reference plugins in {}/reference-*: run conformance/scripts/fetch-reference.sh target",
+                target.display()
+            )
+        })
 }

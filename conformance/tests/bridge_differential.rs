@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use conformance::{
-    Call, Netns, Outcome, REFERENCE_DIR, bin, bin_dir, bridge_vlan_filtering_supported,
-    lease_files, unique,
+    BridgeConf, Call, Netns, Outcome, REFERENCE_DIR, bin, bin_dir, bridge_vlan_filtering_supported,
+    lease_files, reference_plugin, unique,
 };
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
@@ -17,12 +17,7 @@ use tempfile::TempDir;
 const NET: &str = "brdiff";
 
 fn reference() -> PathBuf {
-    let p = Path::new(REFERENCE_DIR).join("bridge");
-    assert!(
-        p.is_file(),
-        "reference plugin missing: apt-get install containernetworking-plugins"
-    );
-    p
+    reference_plugin("bridge")
 }
 
 /// One implementation's world: its host namespace, a container, a dataDir, the plugin and the
@@ -72,6 +67,16 @@ impl Side {
         self.call(&self.plugin, command).run(&self.stdin(conf))
     }
 
+    /// A successful ADD of `conf`: its result and the host end of the pod's veth.
+    fn add(&self, conf: &Value) -> (Value, String) {
+        let result = self.run("ADD", conf).ok().clone();
+        let veth = result["interfaces"][1]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (result, veth)
+    }
+
     fn leases(&self) -> Vec<String> {
         lease_files(&self.data.path().join(NET))
     }
@@ -79,20 +84,10 @@ impl Side {
 
 /// The shared config: `subnets` one range set each (none: L2), `extra` top-level keys.
 fn conf(version: &str, br: &str, subnets: &[&str], extra: &Value) -> Value {
-    let ipam = if subnets.is_empty() {
-        json!({})
-    } else {
-        json!({
-            "type": "host-local",
-            "ranges": subnets.iter().map(|s| json!([{"subnet": s}])).collect::<Vec<_>>(),
-        })
-    };
-    let mut conf =
-        json!({"cniVersion": version, "name": NET, "type": "bridge", "bridge": br, "ipam": ipam});
-    for (k, v) in extra.as_object().unwrap() {
-        conf[k] = v.clone();
-    }
-    conf
+    BridgeConf::new(br)
+        .subnets(subnets)
+        .with(extra)
+        .network(version, NET)
 }
 
 /// The result with the random parts replaced: host veth name (checked to be `veth` + 8 hex
@@ -486,11 +481,7 @@ fn our_del_removes_a_pod_the_reference_added() {
             &["10.64.0.0/24", "fd64::/64"],
             &json!({"isDefaultGateway": true}),
         );
-        let result = side.run("ADD", &conf).ok().clone();
-        let veth = result["interfaces"][1]["name"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (result, veth) = side.add(&conf);
         assert_eq!(side.leases(), ["10.64.0.2", "fd64::2"]);
 
         let mut with_prev = conf.clone();
@@ -526,11 +517,7 @@ fn reference_del_removes_a_pod_we_added() {
         &["10.65.0.0/24"],
         &json!({"isDefaultGateway": true}),
     );
-    let result = side.run("ADD", &conf).ok().clone();
-    let veth = result["interfaces"][1]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, veth) = side.add(&conf);
     side.call(&reference(), "DEL")
         .env("CNI_PATH", REFERENCE_DIR)
         .run(&side.stdin(&conf))
@@ -565,11 +552,7 @@ fn our_del_removes_the_reference_masquerade_without_the_namespace() {
         &["10.66.0.0/24", "fd66::/64"],
         &json!({"isDefaultGateway": true, "ipMasq": true}),
     );
-    let result = side.run("ADD", &conf).ok().clone();
-    let veth = result["interfaces"][1]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, veth) = side.add(&conf);
     let before = nat_rules(&side.host);
     assert_eq!(before.matches(":CNI-").count(), 2, "{before}");
     assert!(

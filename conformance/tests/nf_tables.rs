@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use conformance::Netns;
+use conformance::{Netns, nft_batch};
 use ipnetwork::IpNetwork;
 use libcni::kernel::nf_tables::{
     BaseChain, Batch, Chain, ChainType, Client, Errno, Error, Family, Hook, L4, ListedRule, Policy,
@@ -155,21 +155,6 @@ fn net(s: &str) -> IpNetwork {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A batch that adds `table inet t` with the regular `chains` and `rules`.
-fn batch_of(chains: &[&str], rules: impl IntoIterator<Item = Rule>) -> Batch {
-    let mut batch = Batch::new();
-    batch.add_table(Family::Inet, "t").unwrap();
-    for chain in chains {
-        batch
-            .add_chain(&Chain::regular(Family::Inet, "t", chain))
-            .unwrap();
-    }
-    for rule in rules {
-        batch.add_rule(&rule).unwrap();
-    }
-    batch
 }
 
 /// `n` accept rules in `inet t chain`, commented with their number.
@@ -420,7 +405,8 @@ fn dump_returns_one_chain_with_handles_and_comments() {
 fn delete_by_handle_removes_exactly_one_rule() {
     let ns = Netns::new("nfx");
     let mut c = client(&ns);
-    c.commit(&batch_of(&["c"], numbered_rules("c", 3))).unwrap();
+    c.commit(&nft_batch(&["c"], numbered_rules("c", 3)))
+        .unwrap();
     let before = c.list_rules(Family::Inet, "t", "c").unwrap();
     c.delete_rule(Family::Inet, "t", "c", before[1].handle)
         .unwrap();
@@ -442,7 +428,7 @@ fn delete_by_handle_removes_exactly_one_rule() {
 fn batch_error_names_the_failing_message_and_changes_nothing() {
     let ns = Netns::new("nfe");
     let mut c = client(&ns);
-    let batch = batch_of(
+    let batch = nft_batch(
         &["c"],
         [
             Rule::new(Family::Inet, "t", "missing").accept(),
@@ -565,7 +551,7 @@ fn a_large_batch_gets_all_its_acks() {
             .accept()
             .comment(&format!("r{i}"))
     });
-    c.commit(&batch_of(&["c"], rules)).unwrap();
+    c.commit(&nft_batch(&["c"], rules)).unwrap();
     let rules = c.list_rules(Family::Inet, "t", "c").unwrap();
     assert_eq!(rules.len(), 3000);
     assert_eq!(rules[2999].comment.as_deref(), Some("r2999"));
@@ -577,7 +563,7 @@ fn cost_of_add_rule_and_of_a_chain_dump() {
     const N: u32 = 1000;
     let ns = Netns::new("nfp");
     let mut c = client(&ns);
-    c.commit(&batch_of(&["big", "small"], numbered_rules("small", 10)))
+    c.commit(&nft_batch(&["big", "small"], numbered_rules("small", 10)))
         .unwrap();
     let start = Instant::now();
     for i in 0..N {

@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conformance::{
-    Background, Call, Netns, Outcome, Workdir, bin, cnitool_container_id, cnitool_env,
-    node_with_uplink, result_ips, unique,
+    Background, BridgeConf, Call, Netns, Outcome, Workdir, bin, cnitool_container_id, cnitool_env,
+    node_with_uplink, portmap_conflist, portmap_plugin, result_ips, unique,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -57,19 +57,11 @@ impl World {
         let (host, ext) = node_with_uplink();
         let data = tempfile::tempdir().unwrap();
         let br = unique("pm");
-        let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
-        for (k, v) in extra.as_object().unwrap() {
-            portmap[k] = v.clone();
-        }
-        let conflist = json!({
-            "cniVersion": "1.1.0", "name": NET,
-            "plugins": [
-                {"type": "loopback"},
-                {"type": "bridge", "bridge": br, "isDefaultGateway": true, "hairpinMode": true,
-                 "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": ranges}},
-                portmap,
-            ],
-        });
+        let bridge = BridgeConf::new(&br)
+            .ranges(ranges)
+            .data_dir(data.path())
+            .with(&json!({"isDefaultGateway": true, "hairpinMode": true}));
+        let conflist = portmap_conflist("1.1.0", NET, bridge, portmap_plugin(&extra));
         let work = Workdir::new();
         work.write_conf("10-pm.conflist", &conflist);
         World {
