@@ -268,66 +268,10 @@ pub fn mutate_value(g: &mut Gen, v: &mut Value) {
     let Some(node) = at_mut(v, &path) else { return };
     match g.below(10) {
         0 | 1 => *node = odd_value(g, 2),
-        2 => {
-            if let Value::Object(m) = node
-                && !m.is_empty()
-            {
-                let k = m.keys().nth(g.below(m.len())).cloned().unwrap_or_default();
-                m.remove(&k);
-            } else if let Value::Array(a) = node
-                && !a.is_empty()
-            {
-                a.remove(g.below(a.len()));
-            }
-        }
-        3 => {
-            if let Value::Object(m) = node {
-                let key = if keys.is_empty() || g.chance(30) {
-                    odd_string(g)
-                } else {
-                    g.pick(&keys).clone()
-                };
-                let value = if g.chance(50) { donor } else { odd_value(g, 2) };
-                m.insert(key, value);
-            } else if let Value::Array(a) = node {
-                let at = g.below(a.len() + 1);
-                let item = if g.chance(60) && !a.is_empty() {
-                    a[g.below(a.len())].clone()
-                } else {
-                    odd_value(g, 2)
-                };
-                let copies = if g.chance(10) { 1 + g.below(2000) } else { 1 };
-                for _ in 0..copies {
-                    a.insert(at, item.clone());
-                }
-            }
-        }
-        4 => {
-            if let Value::Object(m) = node
-                && !m.is_empty()
-            {
-                let k = m.keys().nth(g.below(m.len())).cloned().unwrap_or_default();
-                let variant = case_variant(g, &k);
-                let value = m[&k].clone();
-                if g.chance(50) {
-                    m.remove(&k);
-                }
-                m.insert(variant, value);
-            }
-        }
-        5 => {
-            let most = if g.chance(20) { 300 } else { 40 };
-            let depth = 1 + g.below(most);
-            let mut inner = node.take();
-            for _ in 0..depth {
-                inner = if g.chance(50) {
-                    Value::Array(vec![inner])
-                } else {
-                    json!({ "a": inner })
-                };
-            }
-            *node = inner;
-        }
+        2 => drop_entry(g, node),
+        3 => add_entry(g, node, &keys, donor),
+        4 => recase_key(g, node),
+        5 => nest(g, node),
         6 => *node = Value::String(odd_string(g)),
         7 => *node = odd_number(g),
         8 => *node = donor,
@@ -344,6 +288,75 @@ pub fn mutate_value(g: &mut Gen, v: &mut Value) {
             }
         }
     }
+}
+
+/// Removes one key of an object or one item of an array.
+fn drop_entry(g: &mut Gen, node: &mut Value) {
+    if let Value::Object(m) = node
+        && !m.is_empty()
+    {
+        let k = m.keys().nth(g.below(m.len())).cloned().unwrap_or_default();
+        m.remove(&k);
+    } else if let Value::Array(a) = node
+        && !a.is_empty()
+    {
+        a.remove(g.below(a.len()));
+    }
+}
+
+/// Adds a key (known elsewhere in the document or odd) to an object, or an item (maybe many
+/// copies) to an array.
+fn add_entry(g: &mut Gen, node: &mut Value, keys: &[String], donor: Value) {
+    if let Value::Object(m) = node {
+        let key = if keys.is_empty() || g.chance(30) {
+            odd_string(g)
+        } else {
+            g.pick(keys).clone()
+        };
+        let value = if g.chance(50) { donor } else { odd_value(g, 2) };
+        m.insert(key, value);
+    } else if let Value::Array(a) = node {
+        let at = g.below(a.len() + 1);
+        let item = if g.chance(60) && !a.is_empty() {
+            a[g.below(a.len())].clone()
+        } else {
+            odd_value(g, 2)
+        };
+        let copies = if g.chance(10) { 1 + g.below(2000) } else { 1 };
+        for _ in 0..copies {
+            a.insert(at, item.clone());
+        }
+    }
+}
+
+/// Gives one key of an object another case, keeping or dropping the original.
+fn recase_key(g: &mut Gen, node: &mut Value) {
+    if let Value::Object(m) = node
+        && !m.is_empty()
+    {
+        let k = m.keys().nth(g.below(m.len())).cloned().unwrap_or_default();
+        let variant = case_variant(g, &k);
+        let value = m[&k].clone();
+        if g.chance(50) {
+            m.remove(&k);
+        }
+        m.insert(variant, value);
+    }
+}
+
+/// Wraps `node` in up to 300 arrays or objects.
+fn nest(g: &mut Gen, node: &mut Value) {
+    let most = if g.chance(20) { 300 } else { 40 };
+    let depth = 1 + g.below(most);
+    let mut inner = node.take();
+    for _ in 0..depth {
+        inner = if g.chance(50) {
+            Value::Array(vec![inner])
+        } else {
+            json!({ "a": inner })
+        };
+    }
+    *node = inner;
 }
 
 /// Raw changes to a document's bytes: flips, inserts, deletions, truncation, repeated spans
