@@ -16,6 +16,7 @@
 # Needs root (apt-get install). Idempotent: exits at once if OUTDIR/cnitool
 # already exists and runs.
 set -euo pipefail
+source "$(dirname "$0")/private-apt.sh"
 
 [[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 outdir=$1
@@ -40,20 +41,8 @@ read -r uri suite_comp < <(apt-cache policy golang-github-appc-cni-dev |
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp"/{parts,lists/partial,cache/archives/partial,src,gopath/src/cnitool}
-
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-opt=""; [[ -f $keyring ]] && opt="[signed-by=$keyring] "
-echo "deb-src ${opt}$uri ${suite_comp%/*} ${suite_comp##*/}" >"$tmp/sources.list"
-
-apt_private=(
-    -o Dir::Etc::SourceList="$tmp/sources.list"
-    -o Dir::Etc::SourceParts="$tmp/parts"
-    -o Dir::State::Lists="$tmp/lists"
-    -o Dir::Cache="$tmp/cache"
-    -o APT::Sandbox::User=root
-)
-apt-get "${apt_private[@]}" update -q >/dev/null
+mkdir -p "$tmp"/{src,gopath/src/cnitool}
+private_apt "$tmp" deb-src "$uri ${suite_comp%/*} ${suite_comp##*/}"
 (cd "$tmp/src" && apt-get "${apt_private[@]}" source -q "golang-github-appc-cni=$version" >/dev/null)
 
 cp "$tmp"/src/golang-github-appc-cni-*/cnitool/cnitool.go "$tmp/gopath/src/cnitool/"

@@ -10,6 +10,7 @@
 # uses, so /etc/apt, the system's lists and the installed packages are untouched. Needs network
 # access to that mirror only. Idempotent: a directory that already holds the plugins is kept.
 set -euo pipefail
+source "$(dirname "$0")/private-apt.sh"
 
 [[ $# -eq 1 ]] || { echo "usage: $0 TARGETDIR" >&2; exit 2; }
 target=$1
@@ -33,19 +34,8 @@ uri=$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' "Releas
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp"/{parts,lists/partial,cache/archives/partial,deb,x}
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-opt=""; [[ -f $keyring ]] && opt="[signed-by=$keyring] "
-echo "deb ${opt}${uri%/} unstable main" >"$tmp/sources.list"
-apt_private=(
-    -o Dir::Etc::SourceList="$tmp/sources.list"
-    -o Dir::Etc::SourceParts="$tmp/parts"
-    -o Dir::State::Lists="$tmp/lists"
-    -o Dir::State::Status=/dev/null
-    -o Dir::Cache="$tmp/cache"
-    -o APT::Sandbox::User=root
-)
-apt-get "${apt_private[@]}" update -q >/dev/null
+mkdir -p "$tmp"/{deb,x}
+private_apt "$tmp" deb "${uri%/} unstable main" -o Dir::State::Status=/dev/null
 (cd "$tmp/deb" && apt-get "${apt_private[@]}" download -q containernetworking-plugins >/dev/null)
 deb=$(echo "$tmp"/deb/*.deb)
 version=$(dpkg-deb -f "$deb" Version)

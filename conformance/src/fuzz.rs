@@ -268,19 +268,30 @@ pub fn mutate_value(g: &mut Gen, v: &mut Value) {
     let Some(node) = at_mut(v, &path) else { return };
     match g.below(10) {
         0 | 1 => *node = odd_value(g, 2),
-        2 => drop_member(g, node),
-        3 => add_member(g, node, &keys, donor),
+        2 => drop_entry(g, node),
+        3 => add_entry(g, node, &keys, donor),
         4 => recase_key(g, node),
         5 => nest(g, node),
         6 => *node = Value::String(odd_string(g)),
         7 => *node = odd_number(g),
         8 => *node = donor,
-        _ => retype(node),
+        _ => {
+            // A number as a string and back, a string as a number.
+            *node = match node.take() {
+                Value::Number(n) => Value::String(n.to_string()),
+                Value::String(s) => s
+                    .parse::<serde_json::Number>()
+                    .map(Value::Number)
+                    .unwrap_or(Value::String(s)),
+                Value::Bool(b) => Value::String(b.to_string()),
+                other => other,
+            }
+        }
     }
 }
 
 /// Removes one key of an object or one item of an array.
-fn drop_member(g: &mut Gen, node: &mut Value) {
+fn drop_entry(g: &mut Gen, node: &mut Value) {
     if let Value::Object(m) = node
         && !m.is_empty()
     {
@@ -293,9 +304,9 @@ fn drop_member(g: &mut Gen, node: &mut Value) {
     }
 }
 
-/// Adds a key (an odd one or one used elsewhere in the document) to an object, or items (a
-/// copy of a sibling, sometimes thousands of times) to an array.
-fn add_member(g: &mut Gen, node: &mut Value, keys: &[String], donor: Value) {
+/// Adds a key (known elsewhere in the document or odd) to an object, or an item (maybe many
+/// copies) to an array.
+fn add_entry(g: &mut Gen, node: &mut Value, keys: &[String], donor: Value) {
     if let Value::Object(m) = node {
         let key = if keys.is_empty() || g.chance(30) {
             odd_string(g)
@@ -318,7 +329,7 @@ fn add_member(g: &mut Gen, node: &mut Value, keys: &[String], donor: Value) {
     }
 }
 
-/// Gives one key of an object another case, sometimes keeping the original beside it.
+/// Gives one key of an object another case, keeping or dropping the original.
 fn recase_key(g: &mut Gen, node: &mut Value) {
     if let Value::Object(m) = node
         && !m.is_empty()
@@ -333,7 +344,7 @@ fn recase_key(g: &mut Gen, node: &mut Value) {
     }
 }
 
-/// Wraps the node in arrays and objects, up to 300 deep.
+/// Wraps `node` in up to 300 arrays or objects.
 fn nest(g: &mut Gen, node: &mut Value) {
     let most = if g.chance(20) { 300 } else { 40 };
     let depth = 1 + g.below(most);
@@ -346,19 +357,6 @@ fn nest(g: &mut Gen, node: &mut Value) {
         };
     }
     *node = inner;
-}
-
-/// A number as a string and back, a string as a number, a bool as a string.
-fn retype(node: &mut Value) {
-    *node = match node.take() {
-        Value::Number(n) => Value::String(n.to_string()),
-        Value::String(s) => s
-            .parse::<serde_json::Number>()
-            .map(Value::Number)
-            .unwrap_or(Value::String(s)),
-        Value::Bool(b) => Value::String(b.to_string()),
-        other => other,
-    }
 }
 
 /// Raw changes to a document's bytes: flips, inserts, deletions, truncation, repeated spans
@@ -583,6 +581,17 @@ pub struct Target<'a> {
     pub cases: u64,
     pub regressions: &'a [u64],
     pub limit: Duration,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(name: &'a str, cases: u64, regressions: &'a [u64], limit: Duration) -> Self {
+        Target {
+            name,
+            cases,
+            regressions,
+            limit,
+        }
+    }
 }
 
 /// Runs `check` on the input `generate` makes from each seed of this run. A panic or an

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use conformance::{
-    Call, Netns, Outcome, VERSIONS, bin, bridge_vlan_filtering_supported, lease_files, unique,
+    BridgeConf, Call, Netns, Outcome, VERSIONS, bin, bridge_vlan_filtering_supported, lease_files,
+    unique,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -31,21 +32,11 @@ impl Net {
     fn named(name: &str, version: &str, subnets: &[&str], extra: Value) -> Net {
         let data = tempfile::tempdir().unwrap();
         let br = unique("br");
-        let ipam = if subnets.is_empty() {
-            json!({})
-        } else {
-            json!({
-                "type": "host-local",
-                "dataDir": data.path(),
-                "ranges": subnets.iter().map(|s| json!([{"subnet": s}])).collect::<Vec<_>>(),
-            })
-        };
-        let mut conf = json!({
-            "cniVersion": version, "name": name, "type": "bridge", "bridge": br, "ipam": ipam,
-        });
-        for (k, v) in extra.as_object().into_iter().flatten() {
-            conf[k] = v.clone();
-        }
+        let conf = BridgeConf::new(&br)
+            .subnets(subnets)
+            .data_dir(data.path())
+            .with(&extra)
+            .network(version, name);
         Net {
             name: name.into(),
             br,

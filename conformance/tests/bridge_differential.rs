@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use conformance::{
-    Call, Netns, Outcome, REFERENCE_DIR, bin, bin_dir, bridge_vlan_filtering_supported,
-    lease_files, unique,
+    BridgeConf, Call, Netns, Outcome, REFERENCE_DIR, bin, bin_dir, bridge_vlan_filtering_supported,
+    lease_files, reference_plugin, unique,
 };
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
@@ -17,12 +17,7 @@ use tempfile::TempDir;
 const NET: &str = "brdiff";
 
 fn reference() -> PathBuf {
-    let p = Path::new(REFERENCE_DIR).join("bridge");
-    assert!(
-        p.is_file(),
-        "reference plugin missing: apt-get install containernetworking-plugins"
-    );
-    p
+    reference_plugin("bridge")
 }
 
 /// One implementation's world: its host namespace, a container, a dataDir, the plugin and the
@@ -72,6 +67,16 @@ impl Side {
         self.call(&self.plugin, command).run(&self.stdin(conf))
     }
 
+    /// A successful ADD of `conf`: its result and the host end of the pod's veth.
+    fn add(&self, conf: &Value) -> (Value, String) {
+        let result = self.run("ADD", conf).ok().clone();
+        let veth = result["interfaces"][1]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (result, veth)
+    }
+
     fn leases(&self) -> Vec<String> {
         lease_files(&self.data.path().join(NET))
     }
@@ -79,20 +84,10 @@ impl Side {
 
 /// The shared config: `subnets` one range set each (none: L2), `extra` top-level keys.
 fn conf(version: &str, br: &str, subnets: &[&str], extra: &Value) -> Value {
-    let ipam = if subnets.is_empty() {
-        json!({})
-    } else {
-        json!({
-            "type": "host-local",
-            "ranges": subnets.iter().map(|s| json!([{"subnet": s}])).collect::<Vec<_>>(),
-        })
-    };
-    let mut conf =
-        json!({"cniVersion": version, "name": NET, "type": "bridge", "bridge": br, "ipam": ipam});
-    for (k, v) in extra.as_object().unwrap() {
-        conf[k] = v.clone();
-    }
-    conf
+    BridgeConf::new(br)
+        .subnets(subnets)
+        .with(extra)
+        .network(version, NET)
 }
 
 /// The result with the random parts replaced: host veth name (checked to be `veth` + 8 hex
@@ -175,13 +170,27 @@ fn routes(ctr: &Netns, family: &str) -> Value {
     ctr.ip_json(&[family, "route", "show", "table", "main"])
 }
 
+/// The state of host link `name`: its attributes, the `fields` of its `linkinfo` object
+/// `info.1` (kept as `info.0`), its addresses, VLANs and `accept_ra`.
+fn host_link_state(host: &Netns, name: &str, info: (&str, &str), fields: &[&str]) -> Value {
+    let link = host.link(name).unwrap_or_else(|| panic!("no link {name}"));
+    let mut s = link_state(&link);
+    s[info.0] = pick(&link["linkinfo"][info.1], fields);
+    s["addrs"] = json!(host.global_addrs(name));
+    s["vlans"] = vlans(host, name);
+    s["accept_ra"] = host
+        .sysctl(&format!("net/ipv6/conf/{name}/accept_ra"))
+        .into();
+    s
+}
+
 /// Everything the two implementations should agree on after an ADD.
 fn kernel_state(side: &Side, br: &str) -> Value {
     let (host, ctr) = (&side.host, &side.ctr);
-    let bridge = host.link(br).expect("no bridge");
-    let mut bridge_state = link_state(&bridge);
-    bridge_state["info"] = pick(
-        &bridge["linkinfo"]["info_data"],
+    let bridge_state = host_link_state(
+        host,
+        br,
+        ("info", "info_data"),
         &[
             "vlan_filtering",
             "vlan_protocol",
@@ -192,9 +201,6 @@ fn kernel_state(side: &Side, br: &str) -> Value {
             "mcast_snooping",
         ],
     );
-    bridge_state["addrs"] = json!(host.global_addrs(br));
-    bridge_state["vlans"] = vlans(host, br);
-    bridge_state["accept_ra"] = host.sysctl(&format!("net/ipv6/conf/{br}/accept_ra")).into();
 
     let ports: Vec<String> = host
         .ip_json(&["link", "show", "master", br])
@@ -206,10 +212,10 @@ fn kernel_state(side: &Side, br: &str) -> Value {
     let ports_state: Vec<Value> = ports
         .iter()
         .map(|p| {
-            let link = host.link(p).unwrap();
-            let mut s = link_state(&link);
-            s["port"] = pick(
-                &link["linkinfo"]["info_slave_data"],
+            host_link_state(
+                host,
+                p,
+                ("port", "info_slave_data"),
                 &[
                     "state",
                     "priority",
@@ -229,11 +235,7 @@ fn kernel_state(side: &Side, br: &str) -> Value {
                     "isolated",
                     "locked",
                 ],
-            );
-            s["vlans"] = vlans(host, p);
-            s["addrs"] = json!(host.global_addrs(p));
-            s["accept_ra"] = host.sysctl(&format!("net/ipv6/conf/{p}/accept_ra")).into();
-            s
+            )
         })
         .collect();
 
@@ -410,41 +412,39 @@ fn gateway(subnet: &str) -> String {
 
 const SHARED_VERSIONS: [&str; 2] = ["1.0.0", "0.4.0"];
 
+/// [`compare`] in every version both implementations speak.
+fn compare_shared(subnets: &[&str], extra: Value) {
+    for v in SHARED_VERSIONS {
+        compare(v, subnets, extra.clone());
+    }
+}
+
 /// IPv4 with `isDefaultGateway`.
 #[test]
 fn v4_default_gateway_matches_the_reference() {
-    for v in SHARED_VERSIONS {
-        compare(v, &["10.60.0.0/24"], json!({"isDefaultGateway": true}));
-    }
+    compare_shared(&["10.60.0.0/24"], json!({"isDefaultGateway": true}));
 }
 
 /// Dual-stack with `isDefaultGateway`, `hairpinMode` and `mtu`.
 #[test]
 fn dual_stack_hairpin_mtu_matches_the_reference() {
-    for v in SHARED_VERSIONS {
-        compare(
-            v,
-            &["10.61.0.0/24", "fd61::/64"],
-            json!({"isDefaultGateway": true, "hairpinMode": true, "mtu": 1400}),
-        );
-    }
+    compare_shared(
+        &["10.61.0.0/24", "fd61::/64"],
+        json!({"isDefaultGateway": true, "hairpinMode": true, "mtu": 1400}),
+    );
 }
 
 /// IPv4 without a gateway on the bridge, with `promiscMode`.
 #[test]
 fn promisc_without_gateway_matches_the_reference() {
-    for v in SHARED_VERSIONS {
-        compare(v, &["10.62.0.0/24"], json!({"promiscMode": true}));
-    }
+    compare_shared(&["10.62.0.0/24"], json!({"promiscMode": true}));
 }
 
 /// L2, plain and with `hairpinMode` and `mtu`.
 #[test]
 fn l2_matches_the_reference() {
-    for v in SHARED_VERSIONS {
-        compare(v, &[], json!({}));
-        compare(v, &[], json!({"hairpinMode": true, "mtu": 9000}));
-    }
+    compare_shared(&[], json!({}));
+    compare_shared(&[], json!({"hairpinMode": true, "mtu": 9000}));
 }
 
 /// L2 with `vlan` (access port): with `preserveDefaultVlan` (which Debian's 1.1.1 does not know
@@ -452,10 +452,8 @@ fn l2_matches_the_reference() {
 /// On a kernel without bridge VLAN filtering both refuse and leave nothing.
 #[test]
 fn l2_vlan_matches_the_reference() {
-    for v in SHARED_VERSIONS {
-        compare(v, &[], json!({"vlan": 100, "preserveDefaultVlan": true}));
-        compare(v, &[], json!({"vlan": 100}));
-    }
+    compare_shared(&[], json!({"vlan": 100, "preserveDefaultVlan": true}));
+    compare_shared(&[], json!({"vlan": 100}));
 }
 
 /// L3 with `vlan` and `isDefaultGateway`: the gateway lives on `<bridge>.100`, a 4th
@@ -483,11 +481,7 @@ fn our_del_removes_a_pod_the_reference_added() {
             &["10.64.0.0/24", "fd64::/64"],
             &json!({"isDefaultGateway": true}),
         );
-        let result = side.run("ADD", &conf).ok().clone();
-        let veth = result["interfaces"][1]["name"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (result, veth) = side.add(&conf);
         assert_eq!(side.leases(), ["10.64.0.2", "fd64::2"]);
 
         let mut with_prev = conf.clone();
@@ -523,11 +517,7 @@ fn reference_del_removes_a_pod_we_added() {
         &["10.65.0.0/24"],
         &json!({"isDefaultGateway": true}),
     );
-    let result = side.run("ADD", &conf).ok().clone();
-    let veth = result["interfaces"][1]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, veth) = side.add(&conf);
     side.call(&reference(), "DEL")
         .env("CNI_PATH", REFERENCE_DIR)
         .run(&side.stdin(&conf))
@@ -562,11 +552,7 @@ fn our_del_removes_the_reference_masquerade_without_the_namespace() {
         &["10.66.0.0/24", "fd66::/64"],
         &json!({"isDefaultGateway": true, "ipMasq": true}),
     );
-    let result = side.run("ADD", &conf).ok().clone();
-    let veth = result["interfaces"][1]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, veth) = side.add(&conf);
     let before = nat_rules(&side.host);
     assert_eq!(before.matches(":CNI-").count(), 2, "{before}");
     assert!(

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use conformance::{
-    Netns, VERSIONS, Workdir, bin, bin_dir, cnitool, cnitool_container_id, go_cnitool, outcome,
-    unique,
+    Netns, VERSIONS, Workdir, bin, bin_dir, cnitool, cnitool_container_id, go_cnitool, installed,
+    outcome, unique,
 };
 use serde_json::{Value, json};
 
@@ -412,12 +412,7 @@ impl Drop for GoCache {
 }
 
 fn go(host: &Netns, work: &Workdir, args: &[&str]) -> conformance::Outcome {
-    let tool = go_cnitool();
-    assert!(
-        tool.is_file(),
-        "Go cnitool missing at {} (conformance/scripts/build-go-cnitool.sh)",
-        tool.display()
-    );
+    let tool = installed(go_cnitool());
     let mut cmd = host.command(tool);
     cmd.args(args)
         .env("NETCONFPATH", work.net_dir())

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use conformance::{
     Netns, Outcome, bin_dir, cnitool_container_id, command_with_private_var_lib, go_cnitool,
-    lease_files, outcome,
+    installed, lease_files, outcome,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -38,12 +38,7 @@ impl Node {
 
     /// The Go cnitool `verb network ctr` with our plugins.
     fn go_cnitool(&self, verb: &str, network: &str, ctr: &Netns) -> Outcome {
-        let tool = go_cnitool();
-        assert!(
-            tool.is_file(),
-            "{} is missing: run conformance/scripts/build-go-cnitool.sh target/go-cnitool",
-            tool.display()
-        );
+        let tool = installed(go_cnitool());
         let mut cmd = command_with_private_var_lib(&self.host, self.var_lib.path(), &tool);
         cmd.args([verb, network, ctr.path.to_str().unwrap()])
             .env_clear()

@@ -3,16 +3,11 @@
 
 use std::path::PathBuf;
 
-use conformance::{Call, Netns, REFERENCE_DIR, bin};
+use conformance::{Call, Netns, bin, reference_plugin};
 use serde_json::{Value, json};
 
 fn reference() -> PathBuf {
-    let p = PathBuf::from(REFERENCE_DIR).join("loopback");
-    assert!(
-        p.is_file(),
-        "reference plugin missing: apt-get install containernetworking-plugins"
-    );
-    p
+    reference_plugin("loopback")
 }
 
 fn conf(version: &str) -> String {

@@ -11,7 +11,7 @@ use conformance::VERSIONS;
 use conformance::fuzz::{self, Gen, seeds};
 use libcni::Version;
 use libcni::kernel::nf_tables::expr::{self, CmpOp, PayloadBase, Verdict};
-use libcni::kernel::nf_tables::{Acks, Batch, Chain, DumpStep, Family, Rule, RuleDump};
+use libcni::kernel::nf_tables::{Acks, Batch, DumpStep, Family, Rule, RuleDump};
 use libcni::protocol::args::CniArgs;
 use libcni::protocol::result::CniResult;
 use libcni::protocol::skel::{Plugin, Request};
@@ -30,12 +30,7 @@ const NLM_F_MULTI: u16 = 2;
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn target<'a>(name: &'a str, cases: u64, regressions: &'a [u64]) -> fuzz::Target<'a> {
-    fuzz::Target {
-        name,
-        cases,
-        regressions,
-        limit: LIMIT,
-    }
+    fuzz::Target::new(name, cases, regressions, LIMIT)
 }
 
 fn version(g: &mut Gen) -> &'static str {
@@ -451,13 +446,7 @@ fn fuzz_nf_tables_rule_dump() {
 }
 
 fn transaction() -> Batch {
-    let mut b = Batch::new();
-    b.add_table(Family::Inet, "t").unwrap();
-    b.add_chain(&Chain::regular(Family::Inet, "t", "c"))
-        .unwrap();
-    b.add_rule(&Rule::new(Family::Inet, "t", "c").accept())
-        .unwrap();
-    b
+    conformance::nft_batch(&["c"], [Rule::new(Family::Inet, "t", "c").accept()])
 }
 
 #[test]

@@ -18,12 +18,7 @@ const PROCESS_LIMIT: Duration = Duration::from_secs(10);
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 
 fn target<'a>(name: &'a str, cases: u64, regressions: &'a [u64]) -> fuzz::Target<'a> {
-    fuzz::Target {
-        name,
-        cases,
-        regressions,
-        limit: CASE_LIMIT,
-    }
+    fuzz::Target::new(name, cases, regressions, CASE_LIMIT)
 }
 
 /// Paths of one test's scratch files: the lease directory, a resolv.conf, a sentinel file

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use conformance::{HostLocalNet, VERSIONS, dir_files, result_ips, umask};
+use conformance::{HostLocalNet, Outcome, VERSIONS, dir_files, result_ips, umask};
 use serde_json::{Value, json};
 
 fn lease(id: &str, ifname: &str) -> String {
@@ -269,96 +269,115 @@ fn status_warns_of_a_full_range_set() {
 /// ignored when `args.cni.ips` is present (even empty), not when only `runtimeConfig.ips` is.
 #[test]
 fn requested_ips_from_every_source() {
-    struct Case {
-        what: &'static str,
-        args: Option<Value>,
-        runtime: Option<Value>,
-        cni_args: &'static str,
-        expected: [&'static str; 3],
-    }
     let cases = [
-        Case {
-            what: "args.cni.ips for every set",
-            args: Some(json!(["10.1.2.9/24", "10.1.3.15", "2001:db8::9/64"])),
-            runtime: None,
-            cni_args: "",
-            expected: ["10.1.2.9", "10.1.3.15", "2001:db8::9"],
-        },
-        Case {
-            what: "runtimeConfig.ips",
-            args: None,
-            runtime: Some(json!(["10.1.3.17", "2001:db8::17"])),
-            cni_args: "",
-            expected: ["10.1.2.2", "10.1.3.17", "2001:db8::17"],
-        },
-        Case {
-            what: "CNI_ARGS IP with prefix",
-            args: None,
-            runtime: None,
-            cni_args: "IP=10.1.2.77/24",
-            expected: ["10.1.2.77", "10.1.3.10", "2001:db8::2"],
-        },
-        Case {
-            what: "CNI_ARGS IP among other keys",
-            args: None,
-            runtime: None,
-            cni_args: "IgnoreUnknown=1;K8S_POD_NAME=p;IP=2001:db8::77",
-            expected: ["10.1.2.2", "10.1.3.10", "2001:db8::77"],
-        },
-        Case {
-            what: "CNI_ARGS IP ignored beside args.cni.ips",
-            args: Some(json!(["10.1.3.11"])),
-            runtime: None,
-            cni_args: "IP=10.1.2.77",
-            expected: ["10.1.2.2", "10.1.3.11", "2001:db8::2"],
-        },
-        Case {
-            what: "CNI_ARGS IP ignored beside an empty args.cni.ips",
-            args: Some(json!([])),
-            runtime: None,
-            cni_args: "IP=10.1.2.77",
-            expected: ["10.1.2.2", "10.1.3.10", "2001:db8::2"],
-        },
-        Case {
-            what: "CNI_ARGS IP kept beside runtimeConfig.ips",
-            args: None,
-            runtime: Some(json!(["10.1.3.12"])),
-            cni_args: "IP=10.1.2.77",
-            expected: ["10.1.2.77", "10.1.3.12", "2001:db8::2"],
-        },
-        Case {
-            what: "args.cni.ips and runtimeConfig.ips merged",
-            args: Some(json!(["2001:db8::5"])),
-            runtime: Some(json!(["10.1.2.5", "2001:db8::5"])),
-            cni_args: "",
-            expected: ["10.1.2.5", "10.1.3.10", "2001:db8::5"],
-        },
+        (
+            "args.cni.ips for every set",
+            Requested::default().args(json!(["10.1.2.9/24", "10.1.3.15", "2001:db8::9/64"])),
+            ["10.1.2.9", "10.1.3.15", "2001:db8::9"],
+        ),
+        (
+            "runtimeConfig.ips",
+            Requested::default().runtime(json!(["10.1.3.17", "2001:db8::17"])),
+            ["10.1.2.2", "10.1.3.17", "2001:db8::17"],
+        ),
+        (
+            "CNI_ARGS IP with prefix",
+            Requested::default().cni_args("IP=10.1.2.77/24"),
+            ["10.1.2.77", "10.1.3.10", "2001:db8::2"],
+        ),
+        (
+            "CNI_ARGS IP among other keys",
+            Requested::default().cni_args("IgnoreUnknown=1;K8S_POD_NAME=p;IP=2001:db8::77"),
+            ["10.1.2.2", "10.1.3.10", "2001:db8::77"],
+        ),
+        (
+            "CNI_ARGS IP ignored beside args.cni.ips",
+            Requested::default()
+                .args(json!(["10.1.3.11"]))
+                .cni_args("IP=10.1.2.77"),
+            ["10.1.2.2", "10.1.3.11", "2001:db8::2"],
+        ),
+        (
+            "CNI_ARGS IP ignored beside an empty args.cni.ips",
+            Requested::default()
+                .args(json!([]))
+                .cni_args("IP=10.1.2.77"),
+            ["10.1.2.2", "10.1.3.10", "2001:db8::2"],
+        ),
+        (
+            "CNI_ARGS IP kept beside runtimeConfig.ips",
+            Requested::default()
+                .runtime(json!(["10.1.3.12"]))
+                .cni_args("IP=10.1.2.77"),
+            ["10.1.2.77", "10.1.3.12", "2001:db8::2"],
+        ),
+        (
+            "args.cni.ips and runtimeConfig.ips merged",
+            Requested::default()
+                .args(json!(["2001:db8::5"]))
+                .runtime(json!(["10.1.2.5", "2001:db8::5"])),
+            ["10.1.2.5", "10.1.3.10", "2001:db8::5"],
+        ),
     ];
-    for case in cases {
-        let mut net = HostLocalNet::new("1.0.0", request_ranges());
-        if let Some(args) = case.args {
-            net = net.with("args", json!({"cni": {"ips": args}}));
-        }
-        if let Some(ips) = case.runtime {
-            net = net.with("runtimeConfig", json!({"ips": ips}));
-        }
-        let out = net
-            .exec("ADD", "c1", "eth0")
-            .env("CNI_ARGS", case.cni_args)
-            .run(&net.stdin());
-        assert_eq!(result_ips(out.ok()), case.expected, "{}", case.what);
+    for (what, requested, expected) in cases {
+        let (net, out) = requested.add();
+        assert_eq!(result_ips(out.ok()), expected, "{what}");
         let leases = net.leases();
         assert_eq!(
             leases.keys().map(String::as_str).collect::<Vec<_>>(),
             {
-                let mut e = case.expected.to_vec();
+                let mut e = expected.to_vec();
                 e.sort();
                 e
             },
-            "{}",
-            case.what
+            "{what}"
         );
         assert!(leases.values().all(|c| *c == lease("c1", "eth0")));
+    }
+}
+
+/// Where a test requests addresses: `args.cni.ips`, `runtimeConfig.ips`, `CNI_ARGS`.
+#[derive(Default)]
+struct Requested {
+    args: Option<Value>,
+    runtime: Option<Value>,
+    cni_args: &'static str,
+}
+
+impl Requested {
+    fn args(self, ips: Value) -> Self {
+        Requested {
+            args: Some(ips),
+            ..self
+        }
+    }
+
+    fn runtime(self, ips: Value) -> Self {
+        Requested {
+            runtime: Some(ips),
+            ..self
+        }
+    }
+
+    fn cni_args(self, cni_args: &'static str) -> Self {
+        Requested { cni_args, ..self }
+    }
+
+    /// ADD of (c1, eth0) on a fresh network of [`request_ranges`]: the network and what the
+    /// plugin answered.
+    fn add(self) -> (HostLocalNet, Outcome) {
+        let mut net = HostLocalNet::new("1.0.0", request_ranges());
+        if let Some(args) = self.args {
+            net = net.with("args", json!({"cni": {"ips": args}}));
+        }
+        if let Some(ips) = self.runtime {
+            net = net.with("runtimeConfig", json!({"ips": ips}));
+        }
+        let out = net
+            .exec("ADD", "c1", "eth0")
+            .env("CNI_ARGS", self.cni_args)
+            .run(&net.stdin());
+        (net, out)
     }
 }
 
@@ -375,112 +394,74 @@ fn request_ranges() -> Value {
 /// where it came from, and leaves no lease behind.
 #[test]
 fn requested_ip_errors_name_their_source() {
-    struct Case {
-        what: &'static str,
-        args: Option<Value>,
-        runtime: Option<Value>,
-        cni_args: &'static str,
-        code: u64,
-        needles: &'static [&'static str],
-    }
-    let cases = [
-        Case {
-            what: "the gateway, from args",
-            args: Some(json!(["10.1.2.1"])),
-            runtime: None,
-            cni_args: "",
-            code: 7,
-            needles: &["args.cni.ips", "10.1.2.1", "gateway"],
-        },
-        Case {
-            what: "the gateway, from runtimeConfig",
-            args: None,
-            runtime: Some(json!(["2001:db8::1"])),
-            cni_args: "",
-            code: 7,
-            needles: &["runtimeConfig.ips", "2001:db8::1", "gateway"],
-        },
-        Case {
-            what: "the gateway, from CNI_ARGS",
-            args: None,
-            runtime: None,
-            cni_args: "IP=10.1.2.1",
-            code: 7,
-            needles: &["CNI_ARGS", "10.1.2.1", "gateway"],
-        },
-        Case {
-            what: "in no range, from args",
-            args: Some(json!(["10.9.9.9"])),
-            runtime: None,
-            cni_args: "",
-            code: 7,
-            needles: &["args.cni.ips", "10.9.9.9", "not in any range set"],
-        },
-        Case {
-            what: "in the subnet but outside rangeStart-rangeEnd, from runtimeConfig",
-            args: None,
-            runtime: Some(json!(["10.1.3.5"])),
-            cni_args: "",
-            code: 7,
-            needles: &["runtimeConfig.ips", "10.1.3.5", "not in any range set"],
-        },
-        Case {
-            what: "in no range, from CNI_ARGS",
-            args: None,
-            runtime: None,
-            cni_args: "IP=192.168.0.1",
-            code: 7,
-            needles: &["CNI_ARGS", "192.168.0.1", "not in any range set"],
-        },
-        Case {
-            what: "two for one range set",
-            args: Some(json!(["10.1.2.5", "10.1.2.6"])),
-            runtime: None,
-            cni_args: "",
-            code: 7,
-            needles: &["args.cni.ips", "10.1.2.6", "ipam.ranges[0]"],
-        },
-        Case {
-            what: "not an address",
-            args: Some(json!(["nonsense"])),
-            runtime: None,
-            cni_args: "",
-            code: 7,
-            needles: &["args.cni.ips", "nonsense"],
-        },
-        Case {
-            what: "CNI_ARGS IP not an address",
-            args: None,
-            runtime: None,
-            cni_args: "IP=zz",
-            code: 4,
-            needles: &["CNI_ARGS", "zz"],
-        },
-        Case {
-            what: "CNI_ARGS unknown key without IgnoreUnknown",
-            args: None,
-            runtime: None,
-            cni_args: "IP=10.1.2.7;FOO=1",
-            code: 4,
-            needles: &["FOO", "IgnoreUnknown"],
-        },
+    let cases: [(&str, Requested, u64, &[&str]); 10] = [
+        (
+            "the gateway, from args",
+            Requested::default().args(json!(["10.1.2.1"])),
+            7,
+            &["args.cni.ips", "10.1.2.1", "gateway"],
+        ),
+        (
+            "the gateway, from runtimeConfig",
+            Requested::default().runtime(json!(["2001:db8::1"])),
+            7,
+            &["runtimeConfig.ips", "2001:db8::1", "gateway"],
+        ),
+        (
+            "the gateway, from CNI_ARGS",
+            Requested::default().cni_args("IP=10.1.2.1"),
+            7,
+            &["CNI_ARGS", "10.1.2.1", "gateway"],
+        ),
+        (
+            "in no range, from args",
+            Requested::default().args(json!(["10.9.9.9"])),
+            7,
+            &["args.cni.ips", "10.9.9.9", "not in any range set"],
+        ),
+        (
+            "in the subnet but outside rangeStart-rangeEnd, from runtimeConfig",
+            Requested::default().runtime(json!(["10.1.3.5"])),
+            7,
+            &["runtimeConfig.ips", "10.1.3.5", "not in any range set"],
+        ),
+        (
+            "in no range, from CNI_ARGS",
+            Requested::default().cni_args("IP=192.168.0.1"),
+            7,
+            &["CNI_ARGS", "192.168.0.1", "not in any range set"],
+        ),
+        (
+            "two for one range set",
+            Requested::default().args(json!(["10.1.2.5", "10.1.2.6"])),
+            7,
+            &["args.cni.ips", "10.1.2.6", "ipam.ranges[0]"],
+        ),
+        (
+            "not an address",
+            Requested::default().args(json!(["nonsense"])),
+            7,
+            &["args.cni.ips", "nonsense"],
+        ),
+        (
+            "CNI_ARGS IP not an address",
+            Requested::default().cni_args("IP=zz"),
+            4,
+            &["CNI_ARGS", "zz"],
+        ),
+        (
+            "CNI_ARGS unknown key without IgnoreUnknown",
+            Requested::default().cni_args("IP=10.1.2.7;FOO=1"),
+            4,
+            &["FOO", "IgnoreUnknown"],
+        ),
     ];
-    for case in cases {
-        let mut net = HostLocalNet::new("1.0.0", request_ranges());
-        if let Some(args) = case.args {
-            net = net.with("args", json!({"cni": {"ips": args}}));
+    for (what, requested, code, needles) in cases {
+        let (net, out) = requested.add();
+        for needle in needles {
+            out.err(code, needle);
         }
-        if let Some(ips) = case.runtime {
-            net = net.with("runtimeConfig", json!({"ips": ips}));
-        }
-        let out = net
-            .exec("ADD", "c1", "eth0")
-            .env("CNI_ARGS", case.cni_args)
-            .run(&net.stdin());
-        for needle in case.needles {
-            out.err(case.code, needle);
-        }
-        assert!(net.leases().is_empty(), "{}: {:?}", case.what, net.leases());
+        assert!(net.leases().is_empty(), "{what}: {:?}", net.leases());
     }
 }
 

@@ -9,12 +9,7 @@ use conformance::{FileState, HostLocalNet, Outcome, VERSIONS, bin, dir_files, re
 use serde_json::{Value, json};
 
 fn reference() -> PathBuf {
-    let p = PathBuf::from(conformance::REFERENCE_DIR).join("host-local");
-    assert!(
-        p.is_file(),
-        "reference plugin missing: apt-get install containernetworking-plugins"
-    );
-    p
+    conformance::reference_plugin("host-local")
 }
 
 fn ours() -> PathBuf {

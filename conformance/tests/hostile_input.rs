@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use conformance::{Call, HostLocalNet, Netns, Outcome, Workdir, bin, cnitool, unique};
+use conformance::{BridgeConf, Call, HostLocalNet, Netns, Outcome, Workdir, bin, cnitool, unique};
 use serde_json::{Value, json};
 
 /// Long enough for a debug build on a machine shared by parallel suites (10 MB inputs take
@@ -13,10 +13,10 @@ const PROMPT: Duration = Duration::from_secs(30);
 
 /// A bridge network with host-local IPAM (its own `dataDir`) on a unique bridge.
 fn bridge_conf(data: &std::path::Path, subnet: &str) -> Value {
-    json!({
-        "cniVersion": "1.1.0", "name": unique("hn"), "type": "bridge", "bridge": unique("br"),
-        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": subnet}]]},
-    })
+    BridgeConf::new(&unique("br"))
+        .subnets(&[subnet])
+        .data_dir(data)
+        .network("1.1.0", &unique("hn"))
 }
 
 fn lease_count(data: &std::path::Path, conf: &Value) -> usize {

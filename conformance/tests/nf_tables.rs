@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use conformance::Netns;
+use conformance::{Netns, nft_batch};
 use ipnetwork::IpNetwork;
 use libcni::kernel::nf_tables::{
     BaseChain, Batch, Chain, ChainType, Client, Errno, Error, Family, Hook, L4, ListedRule, Policy,
@@ -157,6 +157,15 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// `n` accept rules in `inet t chain`, commented with their number.
+fn numbered_rules(chain: &str, n: u16) -> impl Iterator<Item = Rule> {
+    (0..n).map(move |i| {
+        Rule::new(Family::Inet, "t", chain)
+            .accept()
+            .comment(&i.to_string())
+    })
+}
+
 const NAT_PRE: Option<(ChainType, Hook, i32)> =
     Some((ChainType::Nat, Hook::Prerouting, priority::DSTNAT));
 const NAT_OUT: Option<(ChainType, Hook, i32)> = Some((ChainType::Nat, Hook::Output, -100));
@@ -225,38 +234,40 @@ fn portmap_dnat_rules() {
 #[test]
 fn portmap_hairpin_and_localhost_masquerade() {
     let mut p = Pair::new(Family::Inet, "postrouting", NAT_POST);
-    p.same(
-        p.rule()
-            .match_ct_status_dnat()
-            .match_saddr(net("10.88.0.0/16"))
-            .match_daddr(ip("10.88.0.5"))
-            .masquerade()
-            .comment("hairpin"),
-        "ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade comment \"hairpin\"",
-    );
-    p.same(
-        p.rule()
-            .match_ct_status_dnat()
-            .match_saddr(ip("127.0.0.1"))
-            .match_daddr(ip("10.88.0.5"))
-            .masquerade(),
-        "ct status dnat ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade",
-    );
-    p.same(
-        p.rule()
-            .match_ct_status_dnat()
-            .match_saddr(net("fd00::5/64"))
-            .match_daddr(ip("fd00::5"))
-            .masquerade(),
-        "ct status dnat ip6 saddr fd00::/64 ip6 daddr fd00::5 masquerade",
-    );
-    p.same(
-        p.rule()
-            .match_ct_status_dnat()
-            .match_daddr(ip("10.88.0.5"))
-            .masquerade(),
-        "ct status dnat ip daddr 10.88.0.5 masquerade",
-    );
+    let cases = [
+        (
+            Some("10.88.0.0/16"),
+            "10.88.0.5",
+            Some("hairpin"),
+            "ip saddr 10.88.0.0/16 ip daddr 10.88.0.5",
+        ),
+        (
+            Some("127.0.0.1/32"),
+            "10.88.0.5",
+            None,
+            "ip saddr 127.0.0.1 ip daddr 10.88.0.5",
+        ),
+        (
+            Some("fd00::5/64"),
+            "fd00::5",
+            None,
+            "ip6 saddr fd00::/64 ip6 daddr fd00::5",
+        ),
+        (None, "10.88.0.5", None, "ip daddr 10.88.0.5"),
+    ];
+    for (saddr, daddr, comment, matches) in cases {
+        let mut rule = p.rule().match_ct_status_dnat();
+        if let Some(saddr) = saddr {
+            rule = rule.match_saddr(net(saddr));
+        }
+        rule = rule.match_daddr(ip(daddr)).masquerade();
+        let mut text = format!("ct status dnat {matches} masquerade");
+        if let Some(comment) = comment {
+            rule = rule.comment(comment);
+            text += &format!(" comment \"{comment}\"");
+        }
+        p.same(rule, &text);
+    }
 }
 
 #[test]
@@ -394,21 +405,8 @@ fn dump_returns_one_chain_with_handles_and_comments() {
 fn delete_by_handle_removes_exactly_one_rule() {
     let ns = Netns::new("nfx");
     let mut c = client(&ns);
-    let mut batch = Batch::new();
-    batch.add_table(Family::Inet, "t").unwrap();
-    batch
-        .add_chain(&Chain::regular(Family::Inet, "t", "c"))
+    c.commit(&nft_batch(&["c"], numbered_rules("c", 3)))
         .unwrap();
-    for i in 0..3 {
-        batch
-            .add_rule(
-                &Rule::new(Family::Inet, "t", "c")
-                    .accept()
-                    .comment(&i.to_string()),
-            )
-            .unwrap();
-    }
-    c.commit(&batch).unwrap();
     let before = c.list_rules(Family::Inet, "t", "c").unwrap();
     c.delete_rule(Family::Inet, "t", "c", before[1].handle)
         .unwrap();
@@ -430,17 +428,13 @@ fn delete_by_handle_removes_exactly_one_rule() {
 fn batch_error_names_the_failing_message_and_changes_nothing() {
     let ns = Netns::new("nfe");
     let mut c = client(&ns);
-    let mut batch = Batch::new();
-    batch.add_table(Family::Inet, "t").unwrap();
-    batch
-        .add_chain(&Chain::regular(Family::Inet, "t", "c"))
-        .unwrap();
-    batch
-        .add_rule(&Rule::new(Family::Inet, "t", "missing").accept())
-        .unwrap();
-    batch
-        .add_rule(&Rule::new(Family::Inet, "t", "c").accept())
-        .unwrap();
+    let batch = nft_batch(
+        &["c"],
+        [
+            Rule::new(Family::Inet, "t", "missing").accept(),
+            Rule::new(Family::Inet, "t", "c").accept(),
+        ],
+    );
     match c.commit(&batch) {
         Err(Error::Rejected {
             index, op, errno, ..
@@ -551,22 +545,13 @@ fn invalid_requests_never_reach_the_kernel() {
 fn a_large_batch_gets_all_its_acks() {
     let ns = Netns::new("nfl");
     let mut c = client(&ns);
-    let mut batch = Batch::new();
-    batch.add_table(Family::Inet, "t").unwrap();
-    batch
-        .add_chain(&Chain::regular(Family::Inet, "t", "c"))
-        .unwrap();
-    for i in 0..3000u16 {
-        batch
-            .add_rule(
-                &Rule::new(Family::Inet, "t", "c")
-                    .match_dport(L4::Tcp, i)
-                    .accept()
-                    .comment(&format!("r{i}")),
-            )
-            .unwrap();
-    }
-    c.commit(&batch).unwrap();
+    let rules = (0..3000u16).map(|i| {
+        Rule::new(Family::Inet, "t", "c")
+            .match_dport(L4::Tcp, i)
+            .accept()
+            .comment(&format!("r{i}"))
+    });
+    c.commit(&nft_batch(&["c"], rules)).unwrap();
     let rules = c.list_rules(Family::Inet, "t", "c").unwrap();
     assert_eq!(rules.len(), 3000);
     assert_eq!(rules[2999].comment.as_deref(), Some("r2999"));
@@ -578,23 +563,8 @@ fn cost_of_add_rule_and_of_a_chain_dump() {
     const N: u32 = 1000;
     let ns = Netns::new("nfp");
     let mut c = client(&ns);
-    let mut batch = Batch::new();
-    batch.add_table(Family::Inet, "t").unwrap();
-    for chain in ["big", "small"] {
-        batch
-            .add_chain(&Chain::regular(Family::Inet, "t", chain))
-            .unwrap();
-    }
-    for i in 0..10 {
-        batch
-            .add_rule(
-                &Rule::new(Family::Inet, "t", "small")
-                    .accept()
-                    .comment(&i.to_string()),
-            )
-            .unwrap();
-    }
-    c.commit(&batch).unwrap();
+    c.commit(&nft_batch(&["big", "small"], numbered_rules("small", 10)))
+        .unwrap();
     let start = Instant::now();
     for i in 0..N {
         let rule = Rule::new(Family::Inet, "t", "big")

@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conformance::{
-    Background, Call, Netns, Outcome, Workdir, bin, cnitool_container_id, cnitool_env,
-    node_with_uplink, result_ips, unique,
+    Background, BridgeConf, Call, Netns, Outcome, Workdir, bin, cnitool_container_id, cnitool_env,
+    node_with_uplink, portmap_conflist, portmap_plugin, result_ips, unique,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -57,19 +57,11 @@ impl World {
         let (host, ext) = node_with_uplink();
         let data = tempfile::tempdir().unwrap();
         let br = unique("pm");
-        let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
-        for (k, v) in extra.as_object().unwrap() {
-            portmap[k] = v.clone();
-        }
-        let conflist = json!({
-            "cniVersion": "1.1.0", "name": NET,
-            "plugins": [
-                {"type": "loopback"},
-                {"type": "bridge", "bridge": br, "isDefaultGateway": true, "hairpinMode": true,
-                 "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": ranges}},
-                portmap,
-            ],
-        });
+        let bridge = BridgeConf::new(&br)
+            .ranges(ranges)
+            .data_dir(data.path())
+            .with(&json!({"isDefaultGateway": true, "hairpinMode": true}));
+        let conflist = portmap_conflist("1.1.0", NET, bridge, portmap_plugin(&extra));
         let work = Workdir::new();
         work.write_conf("10-pm.conflist", &conflist);
         World {
@@ -158,22 +150,13 @@ impl World {
     }
 }
 
-fn hash16(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha512::digest(s.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The iptables backend's chain of attachment (`cid`, eth0) on our network: `RCNI-DN-` + 8 hex
-/// digits of the network's hash + 12 of the attachment's (documented in libcni).
+/// The iptables backend's chain of attachment (`cid`, eth0) on our network.
 fn iptables_chain(cid: &str) -> String {
-    format!(
-        "RCNI-DN-{}{}",
-        &hash16(NET)[..8],
-        &hash16(&format!("eth0:{cid}"))[..12]
-    )
+    libcni::firewall::portmap_iptables::chain(&libcni::firewall::Owner {
+        network: NET,
+        container_id: cid,
+        ifname: "eth0",
+    })
 }
 
 /// The tables of `table inet rcni_portmap` in `ns`: its rules, empty when there is no table.
@@ -855,22 +838,15 @@ impl Loop {
 
 /// Waits (up to 5 s) until `ns` tracks a UDP flow to `local`:`port` that is not DNATed (its
 /// reply direction comes from `local` itself).
-fn wait_for_unnated_entry(ns: &Netns, family: &str, local: &str, port: u16) -> bool {
+fn wait_for_unnated_entry(ns: &Netns, v6: bool, local: &str, port: u16) -> bool {
     let needle = format!("src={local} dst=");
     let sport = format!("sport={port} ");
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let out = ns
             .command("conntrack")
-            .args([
-                "-L",
-                "-f",
-                family,
-                "-p",
-                "udp",
-                "--orig-port-dst",
-                &port.to_string(),
-            ])
+            .arg("-L")
+            .args(libcni::kernel::conntrack::udp_port_selector(port, v6))
             .stderr(Stdio::null())
             .output()
             .unwrap();
@@ -911,9 +887,10 @@ fn udp_host_port_moves_to_a_new_pod_at_once(backend: &str) {
     drop(a);
     // The clients keep sending to a port nobody maps: the host now tracks their flows as its
     // own (the reply would come from the host's address), entries a new rule cannot change.
-    for (family, local) in [("ipv4", UP4), ("ipv6", UP6)] {
+    for (v6, local) in [(false, UP4), (true, UP6)] {
+        let family = if v6 { "ipv6" } else { "ipv4" };
         assert!(
-            wait_for_unnated_entry(&w.host, family, local, 5353),
+            wait_for_unnated_entry(&w.host, v6, local, 5353),
             "{family}: the client's flow is not tracked as the host's own: its entry to the \
              deleted pod was not flushed on DEL"
         );

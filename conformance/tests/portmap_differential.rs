@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use conformance::{
-    Background, Netns, Outcome, REFERENCE_DIR, Workdir, bin_dir, cnitool_container_id, cnitool_env,
-    lease_files, node_with_uplink, unique,
+    Background, BridgeConf, Netns, Outcome, REFERENCE_DIR, Workdir, bin_dir, cnitool_container_id,
+    cnitool_env, lease_files, node_with_uplink, portmap_conflist, portmap_plugin, reference_plugin,
+    unique,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -19,12 +20,8 @@ const UP4: &str = "192.168.77.1";
 const UP6: &str = "fd77::1";
 
 fn reference_dir() -> PathBuf {
-    let dir = PathBuf::from(REFERENCE_DIR);
-    assert!(
-        dir.join("portmap").is_file(),
-        "reference plugins missing: apt-get install containernetworking-plugins"
-    );
-    dir
+    reference_plugin("portmap");
+    PathBuf::from(REFERENCE_DIR)
 }
 
 /// One implementation's node: a host namespace with an uplink to an external namespace
@@ -55,20 +52,11 @@ impl Side {
         );
         let data = tempfile::tempdir().unwrap();
         let br = unique("pd");
-        let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
-        for (k, v) in extra.as_object().unwrap() {
-            portmap[k] = v.clone();
-        }
-        let conflist = json!({
-            "cniVersion": "1.0.0", "name": NET,
-            "plugins": [
-                {"type": "loopback"},
-                {"type": "bridge", "bridge": br, "isDefaultGateway": true, "hairpinMode": true,
-                 "ipam": {"type": "host-local", "dataDir": data.path(),
-                          "ranges": [[{"subnet": "10.99.0.0/24"}], [{"subnet": "fd99::/64"}]]}},
-                portmap,
-            ],
-        });
+        let bridge = BridgeConf::new(&br)
+            .subnets(&["10.99.0.0/24", "fd99::/64"])
+            .data_dir(data.path())
+            .with(&json!({"isDefaultGateway": true, "hairpinMode": true}));
+        let conflist = portmap_conflist("1.0.0", NET, bridge, portmap_plugin(&extra));
         let work = Workdir::new();
         work.write_conf("10-pm.conflist", &conflist);
         Side {
@@ -182,14 +170,6 @@ fn at(addr: &str, port: u16) -> String {
     }
 }
 
-/// The Go portmap's chain for a container: `CNI-DN-` + hex(SHA-512(network + ID)), 28 chars.
-fn reference_chain(cid: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha512::digest(format!("{NET}{cid}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-DN-{}", &hex[..21])
-}
-
 /// A pod the reference chain set up (iptables `CNI-DN-…` chain and its jumps from
 /// `CNI-HOSTPORT-DNAT`, both families) is fully removed by our cnitool DEL running our portmap
 /// and bridge (and host-local): chain and jumps gone, the ports closed, the veth and the lease
@@ -199,7 +179,7 @@ fn our_del_removes_a_pod_the_reference_set_up() {
     let side = Side::reference();
     let maps = json!(tcp_udp(8080, 80));
     let pod = side.pod("ref", &maps);
-    let chain = reference_chain(&pod.cid);
+    let chain = libcni::firewall::portmap_iptables::reference_chain(NET, &pod.cid);
     let before = side.nat_rules();
     for prog in ["iptables", "ip6tables"] {
         for want in [

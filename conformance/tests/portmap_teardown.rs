@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use conformance::{
-    Call, Netns, Workdir, bin, cnitool_container_id, cnitool_env, executed_programs, result_ips,
+    BridgeConf, Call, Netns, Workdir, bin, cnitool_container_id, cnitool_env, executed_programs,
+    execve_tracer, portmap_conflist, portmap_plugin, result_ips,
 };
 use libcni::firewall::Owner;
 use serde_json::{Value, json};
@@ -72,18 +73,18 @@ fn del_among_300_pods_removes_exactly_its_rules() {
     let work = Workdir::new();
     work.write_conf(
         "10-pm.conflist",
-        &json!({
-            "cniVersion": "1.1.0", "name": NET,
-            "plugins": [
-                {"type": "loopback"},
-                {"type": "bridge", "bridge": conformance::unique("pt"), "isGateway": true,
-                 "ipam": {"type": "host-local", "dataDir": data.path(),
-                          "ranges": [[{"subnet": "10.97.0.0/22", "rangeStart": "10.97.0.2",
-                                       "rangeEnd": "10.97.0.9"}]]}},
-                {"type": "portmap", "backend": "nftables",
-                 "capabilities": {"portMappings": true}},
-            ],
-        }),
+        &portmap_conflist(
+            "1.1.0",
+            NET,
+            BridgeConf::new(&conformance::unique("pt"))
+                .ranges(
+                    json!([[{"subnet": "10.97.0.0/22", "rangeStart": "10.97.0.2",
+                                 "rangeEnd": "10.97.0.9"}]]),
+                )
+                .data_dir(data.path())
+                .with(&json!({"isGateway": true})),
+            portmap_plugin(&json!({"backend": "nftables"})),
+        ),
     );
     // The chain's pod makes the bridge (and the route to the pods' subnet portmap looks up).
     let pod = Netns::new("c");
@@ -145,36 +146,14 @@ fn add_check_and_del_run_no_other_program() {
     // The route to the container's address, for route_localnet.
     let _peer = host.veth_peer("p", &["10.96.0.1/24"], &["10.96.0.2/24"]);
     // iptables-nft's nat table exists, without any chain of ours or of the Go portmap.
-    let nat = host
-        .command("iptables")
-        .args([
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "up0",
-            "-j",
-            "RETURN",
-        ])
-        .status()
-        .unwrap();
-    assert!(nat.success());
+    host.use_iptables_nat();
     let ctr = Netns::new("c");
     let conf = portmap_conf(json!({}), &ctr.path, "10.96.0.5/24", 8080);
     let trace_dir = tempfile::tempdir().unwrap();
     for verb in ["ADD", "CHECK", "DEL"] {
         let trace = trace_dir.path().join(verb);
         Call::new(&host, bin("portmap"), verb, &ctr.path)
-            .under(&[
-                "strace",
-                "-f",
-                "-qq",
-                "-e",
-                "trace=execve",
-                "-o",
-                trace.to_str().unwrap(),
-            ])
+            .under(&execve_tracer(&trace))
             .run(&conf)
             .ok();
         assert_eq!(executed_programs(&trace), ["portmap"], "{verb}");

@@ -6,150 +6,134 @@ use serde_json::json;
 
 const GOOD: &str = r#"{"cniVersion":"1.0.0","name":"lo-net","type":"loopback"}"#;
 
-struct Case {
-    what: &'static str,
-    env: &'static [(&'static str, Option<&'static str>)],
-    stdin: &'static str,
-    code: u64,
-    needle: &'static str,
-}
+/// What a case is: its name, environment changes (`None` unsets), stdin, the expected code
+/// and a needle of the message.
+type Case = (
+    &'static str,
+    &'static [(&'static str, Option<&'static str>)],
+    &'static str,
+    u64,
+    &'static str,
+);
 
 const CASES: &[Case] = &[
-    Case {
-        what: "unknown command",
-        env: &[("CNI_COMMAND", Some("FROB"))],
-        stdin: GOOD,
-        code: 4,
-        needle: "FROB",
-    },
-    Case {
-        what: "missing container id and ifname",
-        env: &[("CNI_CONTAINERID", None), ("CNI_IFNAME", None)],
-        stdin: GOOD,
-        code: 4,
-        needle: "[CNI_CONTAINERID,CNI_IFNAME]",
-    },
-    Case {
-        what: "missing netns on ADD",
-        env: &[("CNI_NETNS", Some(""))],
-        stdin: GOOD,
-        code: 4,
-        needle: "CNI_NETNS",
-    },
-    Case {
-        what: "missing CNI_PATH",
-        env: &[("CNI_PATH", None)],
-        stdin: GOOD,
-        code: 4,
-        needle: "CNI_PATH",
-    },
-    Case {
-        what: "invalid container id",
-        env: &[("CNI_CONTAINERID", Some("bad/id"))],
-        stdin: GOOD,
-        code: 4,
-        needle: "\"bad/id\"",
-    },
-    Case {
-        what: "ifname too long",
-        env: &[("CNI_IFNAME", Some("eth0123456789012"))],
-        stdin: GOOD,
-        code: 4,
-        needle: "CNI_IFNAME",
-    },
-    Case {
-        what: "ifname with slash",
-        env: &[("CNI_IFNAME", Some("a/b"))],
-        stdin: GOOD,
-        code: 4,
-        needle: "\"a/b\"",
-    },
-    Case {
-        what: "bad JSON",
-        env: &[],
-        stdin: "{\"cniVersion\":",
-        code: 6,
-        needle: "network config",
-    },
-    Case {
-        what: "empty stdin",
-        env: &[],
-        stdin: "",
-        code: 6,
-        needle: "network config",
-    },
-    Case {
-        what: "wrong type",
-        env: &[],
-        stdin: r#"{"cniVersion":"1.0.0","name":["x"]}"#,
-        code: 6,
-        needle: "\"name\"",
-    },
-    Case {
-        what: "missing name",
-        env: &[],
-        stdin: r#"{"cniVersion":"1.0.0","type":"loopback"}"#,
-        code: 7,
-        needle: "name",
-    },
-    Case {
-        what: "invalid name",
-        env: &[],
-        stdin: r#"{"cniVersion":"1.0.0","name":"a/b"}"#,
-        code: 7,
-        needle: "\"a/b\"",
-    },
-    Case {
-        what: "unsupported version",
-        env: &[],
-        stdin: r#"{"cniVersion":"2.0.0","name":"n"}"#,
-        code: 1,
-        needle: "\"2.0.0\"",
-    },
-    Case {
-        what: "CHECK on 0.3.1",
-        env: &[("CNI_COMMAND", Some("CHECK"))],
-        stdin: r#"{"cniVersion":"0.3.1","name":"n"}"#,
-        code: 1,
-        needle: "CHECK",
-    },
-    Case {
-        what: "GC on 1.0.0",
-        env: &[("CNI_COMMAND", Some("GC"))],
-        stdin: GOOD,
-        code: 1,
-        needle: "GC",
-    },
-    Case {
-        what: "STATUS on 1.0.0",
-        env: &[("CNI_COMMAND", Some("STATUS"))],
-        stdin: GOOD,
-        code: 1,
-        needle: "STATUS",
-    },
+    (
+        "unknown command",
+        &[("CNI_COMMAND", Some("FROB"))],
+        GOOD,
+        4,
+        "FROB",
+    ),
+    (
+        "missing container id and ifname",
+        &[("CNI_CONTAINERID", None), ("CNI_IFNAME", None)],
+        GOOD,
+        4,
+        "[CNI_CONTAINERID,CNI_IFNAME]",
+    ),
+    (
+        "missing netns on ADD",
+        &[("CNI_NETNS", Some(""))],
+        GOOD,
+        4,
+        "CNI_NETNS",
+    ),
+    (
+        "missing CNI_PATH",
+        &[("CNI_PATH", None)],
+        GOOD,
+        4,
+        "CNI_PATH",
+    ),
+    (
+        "invalid container id",
+        &[("CNI_CONTAINERID", Some("bad/id"))],
+        GOOD,
+        4,
+        "\"bad/id\"",
+    ),
+    (
+        "ifname too long",
+        &[("CNI_IFNAME", Some("eth0123456789012"))],
+        GOOD,
+        4,
+        "CNI_IFNAME",
+    ),
+    (
+        "ifname with slash",
+        &[("CNI_IFNAME", Some("a/b"))],
+        GOOD,
+        4,
+        "\"a/b\"",
+    ),
+    ("bad JSON", &[], "{\"cniVersion\":", 6, "network config"),
+    ("empty stdin", &[], "", 6, "network config"),
+    (
+        "wrong type",
+        &[],
+        r#"{"cniVersion":"1.0.0","name":["x"]}"#,
+        6,
+        "\"name\"",
+    ),
+    (
+        "missing name",
+        &[],
+        r#"{"cniVersion":"1.0.0","type":"loopback"}"#,
+        7,
+        "name",
+    ),
+    (
+        "invalid name",
+        &[],
+        r#"{"cniVersion":"1.0.0","name":"a/b"}"#,
+        7,
+        "\"a/b\"",
+    ),
+    (
+        "unsupported version",
+        &[],
+        r#"{"cniVersion":"2.0.0","name":"n"}"#,
+        1,
+        "\"2.0.0\"",
+    ),
+    (
+        "CHECK on 0.3.1",
+        &[("CNI_COMMAND", Some("CHECK"))],
+        r#"{"cniVersion":"0.3.1","name":"n"}"#,
+        1,
+        "CHECK",
+    ),
+    ("GC on 1.0.0", &[("CNI_COMMAND", Some("GC"))], GOOD, 1, "GC"),
+    (
+        "STATUS on 1.0.0",
+        &[("CNI_COMMAND", Some("STATUS"))],
+        GOOD,
+        1,
+        "STATUS",
+    ),
 ];
 
 #[test]
 fn bad_inputs_get_their_code_and_touch_nothing() {
     let host = Netns::new("h");
     let ctr = Netns::new("c");
-    for case in CASES {
+    for &(what, env, stdin, code, needle) in CASES {
         let mut call = Call::new(&host, bin("loopback"), "ADD", &ctr.path);
-        for (k, v) in case.env {
+        for (k, v) in env {
             call = match v {
                 Some(v) => call.env(k, v),
                 None => call.unset(k),
             };
         }
-        let out = call.run(case.stdin);
-        assert_eq!(out.status, 1, "{}: {out:?}", case.what);
-        out.err(case.code, case.needle);
+        let out = call.run(stdin);
+        assert_eq!(out.status, 1, "{}: {out:?}", what);
+        out.err(code, needle);
         assert!(
             out.json["cniVersion"].is_string(),
             "{}: error without cniVersion",
-            case.what
+            what
         );
-        assert!(!ctr.is_up("lo"), "{}: the namespace was changed", case.what);
+        assert!(!ctr.is_up("lo"), "{}: the namespace was changed", what);
     }
 }
 

@@ -11,11 +11,11 @@
 use std::path::{Path, PathBuf};
 
 use conformance::{
-    Call, Netns, Outcome, REFERENCE_DIR, Workdir, bin, bin_dir, cnitool_container_id, cnitool_env,
-    executed_programs, lease_files, newest_reference_dir, outcome, unique,
+    BridgeConf, Call, Netns, Outcome, REFERENCE_DIR, Workdir, bin, bin_dir, cnitool_container_id,
+    cnitool_env, executed_programs, execve_tracer, installed, lease_files, newest_reference_dir,
+    outcome, portmap_plugin, unique,
 };
 use serde_json::{Value, json};
-use sha2::Digest;
 use tempfile::TempDir;
 
 const NET: &str = "refchk";
@@ -32,21 +32,17 @@ struct Node {
 
 impl Node {
     fn new(reference: PathBuf, nftables: bool) -> Node {
-        assert!(
-            reference.join("portmap").is_file(),
-            "no reference plugins in {}",
-            reference.display()
-        );
+        installed(reference.join("portmap"));
         let host = Netns::new("h");
         host.ip(&["link", "set", "lo", "up"]);
         let data = tempfile::tempdir().unwrap();
         let br = unique("rc");
-        let mut bridge = json!({
-            "type": "bridge", "bridge": br, "isGateway": true, "ipMasq": true,
-            "ipam": {"type": "host-local", "dataDir": data.path(),
-                     "ranges": [[{"subnet": "10.98.0.0/24"}], [{"subnet": "fd98::/64"}]]},
-        });
-        let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+        let mut bridge = BridgeConf::new(&br)
+            .subnets(&["10.98.0.0/24", "fd98::/64"])
+            .data_dir(data.path())
+            .with(&json!({"isGateway": true, "ipMasq": true}))
+            .plugin();
+        let mut portmap = portmap_plugin(&json!({}));
         if nftables {
             bridge["ipMasqBackend"] = "nftables".into();
             portmap["backend"] = "nftables".into();
@@ -162,21 +158,14 @@ fn mappings() -> Value {
     ])
 }
 
-fn sha512_hex(s: &str) -> String {
-    sha2::Sha512::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The Go bridge's masquerade chain of a container: `CNI-` + 24 hex digits.
+/// The Go bridge's masquerade chain of a container.
 fn bridge_chain(cid: &str) -> String {
-    format!("CNI-{}", &sha512_hex(&format!("{NET}{cid}"))[..24])
+    libcni::firewall::masquerade::reference_chain(NET, cid)
 }
 
-/// The Go portmap's chain of a container: `CNI-DN-` + 21 hex digits.
+/// The Go portmap's chain of a container.
 fn portmap_chain(cid: &str) -> String {
-    format!("CNI-DN-{}", &sha512_hex(&format!("{NET}{cid}"))[..21])
+    libcni::firewall::portmap_iptables::reference_chain(NET, cid)
 }
 
 /// Asserts a failed CHECK whose message says `what` and `how` (`only part`, `none present`).
@@ -310,30 +299,14 @@ fn our_pods_beside_the_reference_pods() {
 #[test]
 fn check_starts_no_process_where_the_reference_left_nothing() {
     let node = Node::new(newest_reference_dir(), true);
-    let nat = node
-        .host
-        .command("iptables")
-        .args([
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "up0",
-            "-j",
-            "RETURN",
-        ])
-        .status()
-        .unwrap();
-    assert!(nat.success());
+    node.host.use_iptables_nat();
     let ctr = Netns::new("c");
     node.tool(&bin_dir(), "add", &ctr).ok();
     let trace = tempfile::NamedTempFile::new().unwrap();
     let caps = json!({"portMappings": mappings()}).to_string();
-    let mut cmd = node.host.command("strace");
-    cmd.args(["-f", "-qq", "-e", "trace=execve", "-o"])
-        .arg(trace.path())
+    let tracer = execve_tracer(trace.path());
+    let mut cmd = node.host.command(&tracer[0]);
+    cmd.args(&tracer[1..])
         .arg(bin("cnitool"))
         .args(["check", NET, ctr.path.to_str().unwrap()])
         .env("NETCONFPATH", node.work.net_dir())

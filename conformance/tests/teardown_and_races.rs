@@ -3,29 +3,20 @@
 use std::path::Path;
 use std::thread;
 
-use conformance::{Call, Netns, bin, unique};
+use conformance::{BridgeConf, Call, Netns, bin, unique};
 use serde_json::{Value, json};
 
 fn bridge_conf(br: &str, data: &Path, extra: Value) -> Value {
-    let mut conf = json!({
-        "cniVersion": "1.1.0", "name": unique("tr"), "type": "bridge", "bridge": br,
-        "isGateway": true,
-        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "10.57.0.0/24"}]]}
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        conf[k] = v.clone();
-    }
-    conf
+    BridgeConf::new(br)
+        .subnets(&["10.57.0.0/24"])
+        .data_dir(data)
+        .with(&json!({"isGateway": true}))
+        .with(&extra)
+        .network("1.1.0", &unique("tr"))
 }
 
 fn leases(data: &Path, net: &str) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(data.join(net)) else {
-        return vec![];
-    };
-    dir.flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-        .collect()
+    conformance::lease_files(&data.join(net))
 }
 
 /// A config that a runtime can no longer ADD with (a bad MAC, a bad mapping) still lets its

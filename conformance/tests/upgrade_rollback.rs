@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use conformance::{
-    Netns, Outcome, REFERENCE_DIR, Workdir, bin_dir, cnitool_container_id, cnitool_env,
-    lease_files, node_with_uplink, result_ips, unique,
+    BridgeConf, Netns, Outcome, REFERENCE_DIR, Workdir, bin_dir, cnitool_container_id, cnitool_env,
+    installed, lease_files, node_with_uplink, portmap_conflist, portmap_plugin, result_ips, unique,
 };
 use libcni::firewall::{masquerade, portmap_iptables};
 use serde_json::{Value, json};
@@ -88,26 +88,16 @@ impl Node {
     fn new(reference: &Reference) -> Node {
         let (host, ext) = node_with_uplink();
         let data = tempfile::tempdir().unwrap();
-        let mut bridge = json!({
-            "type": "bridge", "bridge": unique("ur"), "isDefaultGateway": true, "ipMasq": true,
-            "macspoofchk": true,
-            "ipam": {"type": "host-local", "dataDir": data.path(),
-                     "ranges": [[{"subnet": "10.98.0.0/24"}], [{"subnet": "fd98::/64"}]]},
-        });
-        let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
-        for (conf, extra) in [
-            (&mut bridge, &reference.bridge_keys),
-            (&mut portmap, &reference.portmap_keys),
-        ] {
-            for (k, v) in extra.as_object().unwrap() {
-                conf[k] = v.clone();
-            }
-        }
+        let bridge = BridgeConf::new(&unique("ur"))
+            .subnets(&["10.98.0.0/24", "fd98::/64"])
+            .data_dir(data.path())
+            .with(&json!({"isDefaultGateway": true, "ipMasq": true, "macspoofchk": true}))
+            .with(&reference.bridge_keys);
+        let portmap = portmap_plugin(&reference.portmap_keys);
         let work = Workdir::new();
         work.write_conf(
             "10-uprb.conflist",
-            &json!({"cniVersion": "1.0.0", "name": NET,
-                    "plugins": [{"type": "loopback"}, bridge, portmap]}),
+            &portmap_conflist("1.0.0", NET, bridge, portmap),
         );
         Node {
             host,
@@ -224,10 +214,7 @@ fn upgrade_and_roll_back(reference: Reference) {
     let node = Node::new(&reference);
     let ours = bin_dir();
     let theirs = &reference.dir;
-    assert!(
-        theirs.join("portmap").is_file(),
-        "{theirs:?} holds no reference plugins"
-    );
+    installed(theirs.join("portmap"));
 
     // The reference's pods, which ours CHECKs after the switch; then ours beside them: one
     // ADDed, CHECKed and DELeted, two that stay.

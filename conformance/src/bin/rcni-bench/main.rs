@@ -122,18 +122,7 @@ fn has_plugins(dir: &Path) -> bool {
 /// Debian's reference, then every newer one unpacked under target/ (fetch-reference.sh).
 fn default_references(target: &Path) -> Vec<PathBuf> {
     let mut refs = vec![PathBuf::from(conformance::REFERENCE_DIR)];
-    let mut extra: Vec<PathBuf> = std::fs::read_dir(target)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("reference-"))
-        })
-        .collect();
-    extra.sort();
-    refs.extend(extra);
+    refs.extend(conformance::fetched_reference_dirs(target));
     refs.into_iter().filter(|d| has_plugins(d)).collect()
 }
 
