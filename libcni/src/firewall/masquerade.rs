@@ -22,12 +22,12 @@
 //! made for a container, so DEL on an upgraded node cleans up pods the reference set up.
 
 use ipnetwork::IpNetwork;
-use sha2::Digest;
 
 use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
-use super::{hash16, nftables, subnet_of};
+use super::{nftables, subnet_of};
+use crate::hash::{chain_name, hash16};
 use crate::kernel::nf_tables::{
     self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
 };
@@ -273,9 +273,7 @@ fn comment_arg(args: &[String]) -> Option<&str> {
 /// The Go bridge's iptables chain of a container: `CNI-` + 24 hex digits of
 /// SHA-512(network + containerID).
 pub fn reference_chain(network: &str, container_id: &str) -> String {
-    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-{}", &hex[..24])
+    chain_name("CNI-", &format!("{network}{container_id}"))
 }
 
 /// The prefix of the Go bridge's nftables masquerade comments for one attachment.

@@ -19,13 +19,12 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use sha2::Digest;
-
 use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, network_key};
 use super::portmap::Attachment;
-use super::{hash16, subnet_of};
+use super::subnet_of;
+use crate::hash::{chain_name, sha512_hex};
 use crate::kernel::nf_tables::Client;
 use crate::protocol::error::Result;
 
@@ -38,16 +37,14 @@ pub(super) const MASQ: &str = "CNI-HOSTPORT-MASQ";
 pub fn chain(owner: &Owner<'_>) -> String {
     format!(
         "RCNI-DN-{}{}",
-        &hash16(owner.network)[..8],
-        &hash16(&format!("{}:{}", owner.ifname, owner.container_id))[..12]
+        sha512_hex(owner.network, 8),
+        sha512_hex(&format!("{}:{}", owner.ifname, owner.container_id), 12)
     )
 }
 
 /// The Go portmap's chain for a container: `CNI-DN-` + hex(SHA-512(network + ID)), 28 chars.
 pub fn reference_chain(network: &str, container_id: &str) -> String {
-    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-DN-{}", &hex[..21])
+    chain_name("CNI-DN-", &format!("{network}{container_id}"))
 }
 
 fn family_of(ip: &IpAddr) -> Family {
