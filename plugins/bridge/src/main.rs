@@ -681,7 +681,7 @@ async fn ensure_gateway_addresses(
             .filter(|a| a.is_ipv4() == gw.is_ipv4() && !gateways.contains(a))
         {
             let conflicts = gw.is_ipv4() || old.contains(gw.ip()) || gw.contains(old.ip());
-            if !conflicts || (old.is_ipv6() && old.ip().is_unicast_link_local_v6()) {
+            if !conflicts || matches!(old.ip(), IpAddr::V6(v6) if v6.is_unicast_link_local()) {
                 continue;
             }
             if !force {
@@ -695,16 +695,6 @@ async fn ensure_gateway_addresses(
         host.add_address(bridge, *gw).await?;
     }
     Ok(())
-}
-
-trait LinkLocal {
-    fn is_unicast_link_local_v6(&self) -> bool;
-}
-
-impl LinkLocal for IpAddr {
-    fn is_unicast_link_local_v6(&self) -> bool {
-        matches!(self, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-    }
 }
 
 fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {
