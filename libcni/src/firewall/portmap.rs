@@ -365,13 +365,26 @@ pub(super) mod tests {
         ]
     }
 
+    pub const OWNER: Owner<'static> = Owner {
+        network: "net",
+        container_id: "c1",
+        ifname: "eth0",
+    };
+
+    /// A mapping to container port 80.
+    pub fn to_80(host_port: u16, protocol: L4, host_ip: Option<&str>) -> Mapping {
+        Mapping {
+            host_port,
+            container_port: 80,
+            protocol,
+            host_ip: host_ip.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    /// `OWNER`'s attachment with SNAT, mark bit 13, no conditions.
     pub fn attachment<'a>(mappings: &'a [Mapping], ips: &'a [IpNetwork]) -> Attachment<'a> {
         Attachment {
-            owner: Owner {
-                network: "net",
-                container_id: "c1",
-                ifname: "eth0",
-            },
+            owner: OWNER,
             mappings,
             container_ips: ips,
             snat: true,

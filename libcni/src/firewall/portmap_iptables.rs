@@ -47,6 +47,20 @@ pub fn reference_chain(network: &str, container_id: &str) -> String {
     chain_name("CNI-DN-", &format!("{network}{container_id}"))
 }
 
+/// The shared POSTROUTING jump to [`MASQ`], as the reference writes it.
+pub(super) fn masq_hook() -> Vec<String> {
+    [
+        "-m",
+        "comment",
+        "--comment",
+        "CNI portfwd requiring masquerade",
+        "-j",
+        MASQ,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn family_of(ip: &IpAddr) -> Family {
     if ip.is_ipv4() { Family::V4 } else { Family::V6 }
 }
@@ -399,16 +413,7 @@ fn count_shared_chains(tally: &mut Tally, fam: Family, a: &Attachment<'_>) -> Re
         .filter(|r| r.contains(&format!("--mark {mark}")) && r.ends_with("-j MASQUERADE"))
         .count();
     tally.count(format!("{program} masquerade rule in {MASQ}"), masq, 1);
-    let hook = [
-        "-m",
-        "comment",
-        "--comment",
-        "CNI portfwd requiring masquerade",
-        "-j",
-        MASQ,
-    ]
-    .map(String::from);
-    let jumps = iptables::exists(fam, "nat", "POSTROUTING", &hook)?;
+    let jumps = iptables::exists(fam, "nat", "POSTROUTING", &masq_hook())?;
     tally.count(
         format!("{program} jump to {MASQ} in POSTROUTING"),
         usize::from(jumps),
@@ -468,13 +473,8 @@ pub fn retain(
 mod tests {
     use super::*;
     use crate::firewall::portmap::Mapping;
+    use crate::firewall::portmap::tests::{OWNER, attachment, to_80};
     use crate::kernel::nf_tables::L4;
-
-    const OWNER: Owner<'static> = Owner {
-        network: "net",
-        container_id: "c1",
-        ifname: "eth0",
-    };
 
     #[test]
     fn reference_chain_names() {
@@ -490,49 +490,21 @@ mod tests {
 
     #[test]
     fn reference_entry_rules_per_protocol_and_15_ports() {
-        let mapping = |host_port, protocol| Mapping {
-            host_port,
-            container_port: 80,
-            protocol,
-            host_ip: None,
-        };
-        let mut mappings: Vec<Mapping> = (1..=16).map(|p| mapping(p, L4::Tcp)).collect();
-        mappings.push(mapping(53, L4::Udp));
+        let mut mappings: Vec<Mapping> = (1..=16).map(|p| to_80(p, L4::Tcp, None)).collect();
+        mappings.push(to_80(53, L4::Udp, None));
         let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
-        let a = Attachment {
-            owner: OWNER,
-            mappings: &mappings,
-            container_ips: &ips,
-            snat: true,
-            masq_all: false,
-            conditions_v4: &[],
-            conditions_v6: &[],
-            mark_bit: 13,
-            external_set_mark_chain: None,
-        };
+        let a = attachment(&mappings, &ips);
         assert_eq!(reference_entry_rules(&a), 3);
         assert_eq!(reference_entry_rules(&Attachment { mappings: &[], ..a }), 0);
     }
 
     #[test]
     fn chain_rules_follow_the_reference_order() {
-        let mappings = [Mapping {
-            host_port: 8080,
-            container_port: 80,
-            protocol: L4::Tcp,
-            host_ip: None,
-        }];
+        let mappings = [to_80(8080, L4::Tcp, None)];
         let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
         let a = Attachment {
-            owner: OWNER,
-            mappings: &mappings,
-            container_ips: &ips,
-            snat: true,
-            masq_all: false,
-            conditions_v4: &[],
-            conditions_v6: &[],
             mark_bit: 5,
-            external_set_mark_chain: None,
+            ..attachment(&mappings, &ips)
         };
         let c = chain(&OWNER);
         let lines = attachment_lines(&a, &ips[0]);

@@ -145,17 +145,7 @@ pub(super) fn iptables(a: &Attachment<'_>) -> Result<Vec<Write>> {
                 MASQ,
                 args(&["-m", "mark", "--mark", &mark, "-j", "MASQUERADE"]),
             )?;
-            missing.prepend(
-                "POSTROUTING",
-                args(&[
-                    "-m",
-                    "comment",
-                    "--comment",
-                    "CNI portfwd requiring masquerade",
-                    "-j",
-                    MASQ,
-                ]),
-            )?;
+            missing.prepend("POSTROUTING", portmap_iptables::masq_hook())?;
         }
         missing.chain(DNAT)?;
         for hook in ["PREROUTING", "OUTPUT"] {
@@ -278,40 +268,16 @@ pub(super) fn nft(nft: &mut Client, a: &Attachment<'_>, release: Release) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::super::Owner;
     use super::super::portmap::Mapping;
+    use super::super::portmap::tests::{attachment, to_80};
     use super::*;
     use crate::kernel::nf_tables::L4;
 
-    fn attachment<'a>(mappings: &'a [Mapping], ips: &'a [IpNetwork]) -> Attachment<'a> {
-        Attachment {
-            owner: Owner {
-                network: "net",
-                container_id: "c1",
-                ifname: "eth0",
-            },
-            mappings,
-            container_ips: ips,
-            snat: true,
-            masq_all: false,
-            conditions_v4: &[],
-            conditions_v6: &[],
-            mark_bit: 13,
-            external_set_mark_chain: None,
-        }
-    }
-
     fn mappings() -> [Mapping; 3] {
-        let m = |host_port, protocol, host_ip: Option<&str>| Mapping {
-            host_port,
-            container_port: 80,
-            protocol,
-            host_ip: host_ip.map(|h| h.parse().unwrap()),
-        };
         [
-            m(8080, L4::Udp, None),
-            m(8081, L4::Tcp, Some("192.168.1.5")),
-            m(8082, L4::Tcp, Some("::")),
+            to_80(8080, L4::Udp, None),
+            to_80(8081, L4::Tcp, Some("192.168.1.5")),
+            to_80(8082, L4::Tcp, Some("::")),
         ]
     }
 
