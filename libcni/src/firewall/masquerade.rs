@@ -28,9 +28,7 @@ use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
 use super::{nftables, subnet_of};
 use crate::hash::{chain_name, hash16};
-use crate::kernel::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
-};
+use crate::kernel::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Rule};
 use crate::protocol::error::Result;
 
 pub const TABLE: &str = "rcni_masquerade";
@@ -52,17 +50,12 @@ fn multicast(v4: bool) -> IpNetwork {
 
 fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
     batch.create_table(NFT, TABLE)?;
-    batch.add_chain(&Chain::base(
-        NFT,
-        TABLE,
-        CHAIN,
-        BaseChain {
-            kind: ChainType::Nat,
-            hook: Hook::Postrouting,
-            priority: nf_tables::priority::SRCNAT,
-            policy: Policy::Accept,
-        },
-    ))?;
+    let postrouting = BaseChain::accepting(
+        ChainType::Nat,
+        Hook::Postrouting,
+        nf_tables::priority::SRCNAT,
+    );
+    batch.add_chain(&Chain::base(NFT, TABLE, CHAIN, postrouting))?;
     Ok(())
 }
 

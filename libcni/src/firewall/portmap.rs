@@ -28,7 +28,7 @@ use super::check::Tally;
 use super::owner::{Owner, stale};
 use super::{nftables, portmap_conditions, subnet_of};
 use crate::kernel::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Policy, Rule,
+    self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Rule,
 };
 use crate::protocol::error::Result;
 
@@ -172,12 +172,7 @@ pub(super) fn plan(a: &Attachment<'_>) -> Vec<Planned> {
 
 /// Declares the table, its hook chains with their jumps, and `hostports`.
 pub(super) fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
-    let nat = |hook, priority| BaseChain {
-        kind: ChainType::Nat,
-        hook,
-        priority,
-        policy: Policy::Accept,
-    };
+    let nat = |hook, priority| BaseChain::accepting(ChainType::Nat, hook, priority);
     batch.create_table(NFT, TABLE)?;
     for (name, hook, priority) in [
         ("prerouting", Hook::Prerouting, nf_tables::priority::DSTNAT),

@@ -119,6 +119,18 @@ pub struct BaseChain {
     pub policy: Policy,
 }
 
+impl BaseChain {
+    /// A base chain whose packets go on when no rule decides: every chain we hook.
+    pub fn accepting(kind: ChainType, hook: Hook, priority: i32) -> BaseChain {
+        BaseChain {
+            kind,
+            hook,
+            priority,
+            policy: Policy::Accept,
+        }
+    }
+}
+
 /// A chain: regular (`base: None`, only reached by jumps) or hooked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
