@@ -85,18 +85,21 @@ impl Attachment<'_> {
     }
 }
 
+/// `(ip daddr <hostIP> | meta nfproto <family>) <l4> dport <host port> dnat to <to>:<port>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Dnat {
+    pub host_ip: Option<IpAddr>,
+    pub protocol: L4,
+    pub host_port: u16,
+    pub to: IpAddr,
+    pub port: u16,
+}
+
 /// One rule of an attachment, before it is built as netlink expressions or as nft text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Planned {
-    /// In `hostports`: `(ip daddr <hostIP> | meta nfproto <family>) <l4> dport <host port>
-    /// dnat to <to>:<port>`.
-    Dnat {
-        host_ip: Option<IpAddr>,
-        protocol: L4,
-        host_port: u16,
-        to: IpAddr,
-        port: u16,
-    },
+    /// In `hostports`.
+    Dnat(Dnat),
     /// In `postrouting`: `ct status dnat [saddr <from>] daddr <to> masquerade`.
     Masquerade { from: Option<IpNetwork>, to: IpAddr },
 }
@@ -104,7 +107,7 @@ pub(super) enum Planned {
 impl Planned {
     pub(super) fn chain(&self) -> &'static str {
         match self {
-            Planned::Dnat { .. } => HOSTPORTS,
+            Planned::Dnat(_) => HOSTPORTS,
             Planned::Masquerade { .. } => POSTROUTING,
         }
     }
@@ -112,19 +115,13 @@ impl Planned {
     fn rule(&self, comment: &str) -> Rule {
         let rule = Rule::new(NFT, TABLE, self.chain());
         match *self {
-            Planned::Dnat {
-                host_ip,
-                protocol,
-                host_port,
-                to,
-                port,
-            } => match host_ip {
+            Planned::Dnat(d) => match d.host_ip {
                 Some(h) => rule.match_daddr(h),
-                None if to.is_ipv4() => rule.match_nfproto_v4(),
+                None if d.to.is_ipv4() => rule.match_nfproto_v4(),
                 None => rule.match_nfproto_v6(),
             }
-            .match_dport(protocol, host_port)
-            .dnat_to(to, Some(port)),
+            .match_dport(d.protocol, d.host_port)
+            .dnat_to(d.to, Some(d.port)),
             Planned::Masquerade { from, to } => {
                 let rule = rule.match_ct_status_dnat();
                 match from {
@@ -147,13 +144,13 @@ pub(super) fn plan(a: &Attachment<'_>) -> Vec<Planned> {
     for net in a.container_ips {
         let ip = net.ip();
         for m in a.mappings_for(ip) {
-            planned.push(Planned::Dnat {
+            planned.push(Planned::Dnat(Dnat {
                 host_ip: m.host_ip.filter(|h| !h.is_unspecified()),
                 protocol: m.protocol,
                 host_port: m.host_port,
                 to: ip,
                 port: m.container_port,
-            });
+            }));
         }
         if a.snat {
             let from = (!a.masq_all).then(|| subnet_of(net));
@@ -400,20 +397,20 @@ pub(super) mod tests {
         assert_eq!(
             planned,
             [
-                Planned::Dnat {
+                Planned::Dnat(Dnat {
                     host_ip: None,
                     protocol: L4::Tcp,
                     host_port: 8080,
                     to: ip("10.88.0.5"),
                     port: 80
-                },
-                Planned::Dnat {
+                }),
+                Planned::Dnat(Dnat {
                     host_ip: Some(ip("192.168.1.5")),
                     protocol: L4::Udp,
                     host_port: 5353,
                     to: ip("10.88.0.5"),
                     port: 53
-                },
+                }),
                 Planned::Masquerade {
                     from: net("10.88.0.0/16"),
                     to: ip("10.88.0.5")
@@ -423,13 +420,13 @@ pub(super) mod tests {
                     to: ip("10.88.0.5")
                 },
                 // The v4-only hostIP mapping is skipped for v6; no localhost rule for v6.
-                Planned::Dnat {
+                Planned::Dnat(Dnat {
                     host_ip: None,
                     protocol: L4::Tcp,
                     host_port: 8080,
                     to: ip("fd00::5"),
                     port: 80
-                },
+                }),
                 Planned::Masquerade {
                     from: net("fd00::/64"),
                     to: ip("fd00::5")
