@@ -18,9 +18,6 @@ use super::rule::{L3, Rule};
 
 /// `IFNAMSIZ`: interface names are compared as 16 zero-padded bytes.
 const IFNAMSIZ: usize = 16;
-/// `NFPROTO_IPV4` / `NFPROTO_IPV6`.
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -85,9 +82,10 @@ impl Rule {
         }
         self.l3 = Some(l3);
         let proto = match l3 {
-            L3::V4 => NFPROTO_IPV4,
-            L3::V6 => NFPROTO_IPV6,
-        };
+            L3::V4 => Family::Ip,
+            L3::V6 => Family::Ip6,
+        }
+        .nfproto();
         self.push(expr::meta_load(MetaKey::Nfproto, R1))
             .push(expr::cmp(CmpOp::Eq, R1, vec![proto]))
     }

@@ -28,6 +28,11 @@ impl Family {
         }
     }
 
+    /// The `NFPROTO_*` number.
+    pub fn nfproto(self) -> u8 {
+        self.proto().into()
+    }
+
     /// The name `nft` uses.
     pub fn name(self) -> &'static str {
         match self {
