@@ -71,7 +71,7 @@ pub fn remove_reference(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     let chains = [chain.clone(), format!("{chain}-mac")];
     let mut batch = Batch::new();
     for r in &jumps {
-        batch.delete_rule(r.family, &r.table, &r.chain, r.handle)?;
+        batch.delete_rule(r)?;
     }
     // The iface chain jumps to the -mac chain: empty both before deleting them.
     for name in &chains {
