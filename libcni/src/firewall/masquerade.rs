@@ -89,10 +89,6 @@ fn ipt_rules(owner: &Owner<'_>, ip: &IpNetwork) -> [String; 2] {
     ]
 }
 
-fn family(ip: &IpNetwork) -> Family {
-    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
-}
-
 /// Masquerades the traffic of `ips`, the attachment's addresses (nftables).
 pub fn add_nft(nft: &mut Client, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
     nftables::add_rules(nft, &nft_rules(owner, ips), base_objects)
@@ -103,7 +99,7 @@ pub fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
     // Creating the chain and its jump is check-then-act: one ADD at a time.
     let _lock = crate::kernel::lock::node_lock("masquerade")?;
     for fam in Family::BOTH {
-        let mine: Vec<&IpNetwork> = ips.iter().filter(|ip| family(ip) == fam).collect();
+        let mine: Vec<&IpNetwork> = ips.iter().filter(|ip| Family::of(ip.ip()) == fam).collect();
         if mine.is_empty() {
             continue;
         }
@@ -216,7 +212,7 @@ pub fn tally_iptables(
     let mut ours = Tally::new(format!("iptables {IPT_CHAIN}"));
     let mut earlier_rules = 0;
     for fam in Family::BOTH {
-        let addresses = ips.iter().filter(|ip| family(ip) == fam).count();
+        let addresses = ips.iter().filter(|ip| Family::of(ip.ip()) == fam).count();
         if addresses == 0 {
             continue;
         }
@@ -334,7 +330,7 @@ pub fn reference_tally_iptables(
     let chain = reference_chain(owner.network, owner.container_id);
     let mut tally = Tally::new(format!("the reference's iptables {chain}"));
     for fam in Family::BOTH {
-        let addresses = ips.iter().filter(|ip| family(ip) == fam).count();
+        let addresses = ips.iter().filter(|ip| Family::of(ip.ip()) == fam).count();
         if addresses == 0 {
             continue;
         }

@@ -61,10 +61,6 @@ pub(super) fn masq_hook() -> Vec<String> {
     .to_vec()
 }
 
-fn family_of(ip: &IpAddr) -> Family {
-    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
-}
-
 /// The shared chains and their hooks, for a family that does not have them yet.
 fn base_lines(a: &Attachment<'_>) -> Vec<String> {
     let mark = format!("{:#x}", 1u32 << a.mark_bit);
@@ -157,7 +153,7 @@ pub fn add(a: &Attachment<'_>) -> Result<()> {
         if a.mappings_for(*ip).next().is_none() {
             continue;
         }
-        let fam = family_of(ip);
+        let fam = Family::of(*ip);
         let mut lines = Vec::new();
         // Declaring a chain in a restore flushes it if it exists: the shared chains are made
         // once, under the node lock, after checking again that no one made them meanwhile.
@@ -303,7 +299,7 @@ pub fn tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
     let key = a.owner.key();
     let mut tally = Tally::new(format!("iptables {chain}"));
     for net in a.container_ips {
-        let fam = family_of(&net.ip());
+        let fam = Family::of(net.ip());
         let expected = attachment_lines(a, net);
         let want = |prefix: &str| expected.iter().filter(|l| l.starts_with(prefix)).count();
         let (mut own, mut entries) = (0, 0);
@@ -343,7 +339,7 @@ pub fn reference_tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
     let mut tally = Tally::new(format!("the reference's iptables {chain}"));
     for net in a.container_ips {
         let ip = net.ip();
-        let fam = family_of(&ip);
+        let fam = Family::of(ip);
         let mappings = a.mappings_for(ip).count();
         let marks_per_mapping = match (a.snat, ip.is_ipv4() && !a.masq_all) {
             (false, _) => 0,

@@ -21,8 +21,8 @@ use ipnetwork::IpNetwork;
 
 use super::portmap::{Attachment, REFERENCE_CHAINS, REFERENCE_COMMENT_MAX, REFERENCE_TABLE};
 use super::portmap_iptables::{self, DNAT, MASQ, SETMARK};
-use super::reference::{Missing, Release, Write, args, delete_lines, family_of};
-use super::{nftables, subnet_of};
+use super::reference::{Missing, Release, Write, args, delete_lines};
+use super::{iptables, nftables, subnet_of};
 use crate::kernel::nf_tables::{self, Client};
 use crate::protocol::error::{Error, Result};
 
@@ -123,7 +123,7 @@ pub(super) fn iptables(a: &Attachment<'_>) -> Result<Vec<Write>> {
     let dn = portmap_iptables::reference_chain(a.owner.network, a.owner.container_id);
     let mut writes = Vec::new();
     for net in a.container_ips {
-        let mut missing = Missing::new(family_of(net));
+        let mut missing = Missing::new(iptables::Family::of(net.ip()));
         if a.snat && a.external_set_mark_chain.is_none() {
             let mark = format!("{:#x}/{:#x}", 1u32 << a.mark_bit, 1u32 << a.mark_bit);
             missing.chain(SETMARK)?;
