@@ -511,11 +511,7 @@ fn random_mac() -> Result<[u8; 6]> {
 
 /// `veth` + 8 random hex digits, as the reference names host ends.
 fn random_veth_name() -> Result<String> {
-    let bytes = random_bytes::<4>()?;
-    Ok(format!(
-        "veth{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("veth{}", libcni::hash::hex(&random_bytes::<4>()?)))
 }
 
 async fn set_port_vlans(host: &Netlink, port: &Link, conf: &Conf) -> Result<()> {
