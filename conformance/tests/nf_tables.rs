@@ -408,14 +408,11 @@ fn delete_by_handle_removes_exactly_one_rule() {
     c.commit(&nft_batch(&["c"], numbered_rules("c", 3)))
         .unwrap();
     let before = c.list_rules(Family::Inet, "t", "c").unwrap();
-    c.delete_rule(Family::Inet, "t", "c", before[1].handle)
-        .unwrap();
+    c.delete_rule(&before[1]).unwrap();
     let after = c.list_rules(Family::Inet, "t", "c").unwrap();
     assert_eq!(after, [before[0].clone(), before[2].clone()]);
     // Again: the handle is gone.
-    let err = c
-        .delete_rule(Family::Inet, "t", "c", before[1].handle)
-        .unwrap_err();
+    let err = c.delete_rule(&before[1]).unwrap_err();
     assert!(err.is_not_found(), "{err}");
     c.flush_chain(Family::Inet, "t", "c").unwrap();
     assert!(c.list_rules(Family::Inet, "t", "c").unwrap().is_empty());
@@ -588,16 +585,15 @@ fn cost_of_add_rule_and_of_a_chain_dump() {
         );
     }
     let dump_big = start.elapsed() / 20;
-    let handles: Vec<u64> = c
+    let handles: Vec<ListedRule> = c
         .list_rules(Family::Inet, "t", "big")
         .unwrap()
-        .iter()
+        .into_iter()
         .take(100)
-        .map(|r| r.handle)
         .collect();
     let start = Instant::now();
     for h in &handles {
-        c.delete_rule(Family::Inet, "t", "big", *h).unwrap();
+        c.delete_rule(h).unwrap();
     }
     let delete = start.elapsed() / handles.len() as u32;
     // The kernel finishes deferred destruction when the socket closes.

@@ -1,10 +1,12 @@
 //! The one shared library of the suite: the CNI protocol as plugins speak it ([`protocol`]),
 //! the kernel objects they work on ([`kernel`]), the firewall drivers built on them
-//! ([`firewall`]), and the runtime side that `cnitool` uses ([`runtime`]).
+//! ([`firewall`]), the names and keys they derive by hashing ([`hash`]), and the runtime side
+//! that `cnitool` uses ([`runtime`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod firewall;
+pub mod hash;
 pub mod kernel;
 pub mod protocol;
 pub mod runtime;

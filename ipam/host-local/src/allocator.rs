@@ -33,86 +33,118 @@ pub fn allocate(
     let mut out = Vec::new();
     let mut used_requests = Vec::new();
     for (s, set) in cfg.sets.iter().enumerate() {
-        if let Some((ip, from)) = cfg
+        let request = cfg
             .requested
             .iter()
             .copied()
-            .find(|(ip, _)| set.contains(*ip))
-        {
-            used_requests.push(ip);
-            let range = set.find(ip).unwrap_or_default();
-            if ip == set.ranges[range].gateway {
-                return Err(Error::invalid_config(format!(
-                    "{from}: requested IP {ip} is the gateway of range set {}",
-                    set.key
-                )));
+            .find(|(ip, _)| set.contains(*ip));
+        let allocation = match request {
+            Some(request) => {
+                used_requests.push(request.0);
+                requested(s, set, request, leases, &mine)?
             }
-            let new = match leases.get(&ip) {
-                None => true,
-                Some(_) if mine(&ip) => false,
-                Some(owner) => {
-                    return Err(Error::internal(format!(
-                        "requested IP address {ip} is not available in range set {} (held by {owner})",
-                        set.describe()
-                    )));
-                }
-            };
-            out.push(Allocation {
-                set: s,
-                range,
-                ip,
-                new,
-            });
-            continue;
-        }
-        // A repeated ADD (runtimes retry after crashes) gets the lease it already has.
-        if let Some(ip) = leases
-            .keys()
-            .copied()
-            .filter(|ip| set.contains(*ip) && mine(ip))
-            .min_by_key(|ip| to_u128(*ip))
-        {
-            out.push(Allocation {
-                set: s,
-                range: set.find(ip).unwrap_or_default(),
-                ip,
-                new: false,
-            });
-            continue;
-        }
-        let free =
-            |range: usize, ip: IpAddr| !set.ranges[range].reserved(ip) && !leases.contains_key(&ip);
-        match round_robin(set, last.get(&s).copied(), free) {
-            Some((range, ip)) => out.push(Allocation {
-                set: s,
-                range,
-                ip,
-                new: true,
-            }),
-            None => {
-                return Err(Error::internal(format!(
-                    "no IP addresses available in range set: {}",
-                    set.describe()
-                )));
-            }
-        }
-    }
-    if let Some((stray, from)) = cfg
-        .requested
-        .iter()
-        .find(|(ip, _)| !used_requests.contains(ip))
-    {
-        return Err(Error::invalid_config(
-            match cfg.sets.iter().find(|s| s.contains(*stray)) {
-                Some(set) => format!(
-                    "{from}: requested IP {stray} is a second address for range set {}, which gives one address",
-                    set.key
-                ),
-                None => format!("{from}: requested IP {stray} is not in any range set"),
+            // A repeated ADD (runtimes retry after crashes) gets the lease it already has.
+            None => match held(s, set, leases, &mine) {
+                Some(held) => held,
+                None => next_free(s, set, leases, last.get(&s).copied())?,
             },
-        ));
+        };
+        out.push(allocation);
     }
+    refuse_unused_requests(cfg, &used_requests)?;
     Ok(out)
+}
+
+/// The address the runtime asked for in set `s`, unless it is the gateway or someone else's.
+fn requested(
+    s: usize,
+    set: &RangeSet,
+    (ip, from): (IpAddr, &str),
+    leases: &HashMap<IpAddr, Owner>,
+    mine: &dyn Fn(&IpAddr) -> bool,
+) -> Result<Allocation> {
+    let range = set.find(ip).unwrap_or_default();
+    if ip == set.ranges[range].gateway {
+        return Err(Error::invalid_config(format!(
+            "{from}: requested IP {ip} is the gateway of range set {}",
+            set.key
+        )));
+    }
+    let new = match leases.get(&ip) {
+        None => true,
+        Some(_) if mine(&ip) => false,
+        Some(owner) => {
+            return Err(Error::internal(format!(
+                "requested IP address {ip} is not available in range set {} (held by {owner})",
+                set.describe()
+            )));
+        }
+    };
+    Ok(Allocation {
+        set: s,
+        range,
+        ip,
+        new,
+    })
+}
+
+/// The lowest address of set `s` this attachment already holds.
+fn held(
+    s: usize,
+    set: &RangeSet,
+    leases: &HashMap<IpAddr, Owner>,
+    mine: &dyn Fn(&IpAddr) -> bool,
+) -> Option<Allocation> {
+    let ip = leases
+        .keys()
+        .copied()
+        .filter(|ip| set.contains(*ip) && mine(ip))
+        .min_by_key(|ip| to_u128(*ip))?;
+    Some(Allocation {
+        set: s,
+        range: set.find(ip).unwrap_or_default(),
+        ip,
+        new: false,
+    })
+}
+
+/// The next free address of set `s` after `last`.
+fn next_free(
+    s: usize,
+    set: &RangeSet,
+    leases: &HashMap<IpAddr, Owner>,
+    last: Option<IpAddr>,
+) -> Result<Allocation> {
+    let free =
+        |range: usize, ip: IpAddr| !set.ranges[range].reserved(ip) && !leases.contains_key(&ip);
+    let (range, ip) = round_robin(set, last, free).ok_or_else(|| {
+        Error::internal(format!(
+            "no IP addresses available in range set: {}",
+            set.describe()
+        ))
+    })?;
+    Ok(Allocation {
+        set: s,
+        range,
+        ip,
+        new: true,
+    })
+}
+
+/// Fails for a requested address no set gave out: a second one for a set, or one outside all.
+fn refuse_unused_requests(cfg: &Config, used: &[IpAddr]) -> Result<()> {
+    let Some((stray, from)) = cfg.requested.iter().find(|(ip, _)| !used.contains(ip)) else {
+        return Ok(());
+    };
+    Err(Error::invalid_config(
+        match cfg.sets.iter().find(|s| s.contains(*stray)) {
+            Some(set) => format!(
+                "{from}: requested IP {stray} is a second address for range set {}, which gives one address",
+                set.key
+            ),
+            None => format!("{from}: requested IP {stray} is not in any range set"),
+        },
+    ))
 }
 
 /// The first address, after `last` (or from the first range's start), for which `free` holds,

@@ -13,7 +13,6 @@ use libcni::protocol::args::CniArgs;
 use libcni::runtime::{ConfList, Runtime, RuntimeConf, cache, rollback};
 use libcni::{Error, Result};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha512};
 
 const USAGE: &str = "\
 usage: cnitool [-i IFNAME] add|check|del NETWORK NETNS_PATH
@@ -274,11 +273,9 @@ fn runtime_conf(
     })
 }
 
-/// `cnitool-` + the first 10 bytes of SHA-512 of the namespace path, in hex.
+/// `cnitool-` + the first 20 hex digits of SHA-512 of the namespace path.
 fn container_id(netns: &str) -> String {
-    let digest = Sha512::digest(netns.as_bytes());
-    let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-    format!("cnitool-{hex}")
+    format!("cnitool-{}", libcni::hash::sha512_hex(netns, 20))
 }
 
 /// Go's `filepath.Abs`: join with the working directory and clean `.` and `..` lexically.

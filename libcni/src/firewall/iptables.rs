@@ -16,6 +16,11 @@ pub enum Family {
 impl Family {
     pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
 
+    /// The family of `ip`.
+    pub fn of(ip: std::net::IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
     /// `iptables` or `ip6tables`.
     pub fn program(self) -> &'static str {
         match self {

@@ -17,9 +17,7 @@
 use ipnetwork::IpNetwork;
 
 use super::iptables::{self, Family};
-use crate::kernel::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
-};
+use crate::kernel::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Rule};
 use crate::protocol::error::Result;
 
 pub const TABLE: &str = "rcni_localnet";
@@ -65,17 +63,8 @@ pub fn ensure_nft(nft: &mut Client) -> Result<()> {
     }
     let mut batch = Batch::new();
     batch.create_table(NFT, TABLE)?;
-    batch.add_chain(&Chain::base(
-        NFT,
-        TABLE,
-        CHAIN,
-        BaseChain {
-            kind: ChainType::Filter,
-            hook: Hook::Input,
-            priority: 0,
-            policy: Policy::Accept,
-        },
-    ))?;
+    let input = BaseChain::accepting(ChainType::Filter, Hook::Input, 0);
+    batch.add_chain(&Chain::base(NFT, TABLE, CHAIN, input))?;
     batch.add_rule(
         &Rule::new(NFT, TABLE, CHAIN)
             .match_daddr(loopback())

@@ -22,15 +22,13 @@
 //! made for a container, so DEL on an upgraded node cleans up pods the reference set up.
 
 use ipnetwork::IpNetwork;
-use sha2::Digest;
 
 use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
-use super::{hash16, nftables, subnet_of};
-use crate::kernel::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
-};
+use super::{nftables, subnet_of};
+use crate::hash::{chain_name, hash16};
+use crate::kernel::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Rule};
 use crate::protocol::error::{self, Result};
 
 pub const TABLE: &str = "rcni_masquerade";
@@ -52,17 +50,12 @@ fn multicast(v4: bool) -> IpNetwork {
 
 fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
     batch.create_table(NFT, TABLE)?;
-    batch.add_chain(&Chain::base(
-        NFT,
-        TABLE,
-        CHAIN,
-        BaseChain {
-            kind: ChainType::Nat,
-            hook: Hook::Postrouting,
-            priority: nf_tables::priority::SRCNAT,
-            policy: Policy::Accept,
-        },
-    ))?;
+    let postrouting = BaseChain::accepting(
+        ChainType::Nat,
+        Hook::Postrouting,
+        nf_tables::priority::SRCNAT,
+    );
+    batch.add_chain(&Chain::base(NFT, TABLE, CHAIN, postrouting))?;
     Ok(())
 }
 
@@ -96,10 +89,6 @@ fn ipt_rules(owner: &Owner<'_>, ip: &IpNetwork) -> [String; 2] {
     ]
 }
 
-fn family(ip: &IpNetwork) -> Family {
-    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
-}
-
 /// Masquerades the traffic of `ips`, the attachment's addresses (nftables).
 pub fn add_nft(nft: &mut Client, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
     nftables::add_rules(nft, &nft_rules(owner, ips), base_objects)
@@ -110,7 +99,7 @@ pub fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
     // Creating the chain and its jump is check-then-act: one ADD at a time.
     let _lock = crate::kernel::lock::node_lock("masquerade")?;
     for fam in Family::BOTH {
-        let mine: Vec<&IpNetwork> = ips.iter().filter(|ip| family(ip) == fam).collect();
+        let mine: Vec<&IpNetwork> = ips.iter().filter(|ip| Family::of(ip.ip()) == fam).collect();
         if mine.is_empty() {
             continue;
         }
@@ -223,7 +212,7 @@ pub fn tally_iptables(
     let mut ours = Tally::new(format!("iptables {IPT_CHAIN}"));
     let mut earlier_rules = 0;
     for fam in Family::BOTH {
-        let addresses = ips.iter().filter(|ip| family(ip) == fam).count();
+        let addresses = ips.iter().filter(|ip| Family::of(ip.ip()) == fam).count();
         if addresses == 0 {
             continue;
         }
@@ -274,9 +263,7 @@ fn comment_arg(args: &[String]) -> Option<&str> {
 /// The Go bridge's iptables chain of a container: `CNI-` + 24 hex digits of
 /// SHA-512(network + containerID).
 pub fn reference_chain(network: &str, container_id: &str) -> String {
-    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-{}", &hex[..24])
+    chain_name("CNI-", &format!("{network}{container_id}"))
 }
 
 /// The prefix of the Go bridge's nftables masquerade comments for one attachment.
@@ -344,7 +331,7 @@ pub fn reference_tally_iptables(
     let chain = reference_chain(owner.network, owner.container_id);
     let mut tally = Tally::new(format!("the reference's iptables {chain}"));
     for fam in Family::BOTH {
-        let addresses = ips.iter().filter(|ip| family(ip) == fam).count();
+        let addresses = ips.iter().filter(|ip| Family::of(ip.ip()) == fam).count();
         if addresses == 0 {
             continue;
         }

@@ -19,8 +19,6 @@ pub mod spoofcheck;
 
 pub use owner::Owner;
 
-use sha2::{Digest, Sha512};
-
 /// Which packet filter a plugin programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -53,14 +51,6 @@ pub fn truncate_bytes(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
-/// The first 16 hex digits of SHA-512 of `s`: short, stable keys for comments.
-pub fn hash16(s: &str) -> String {
-    Sha512::digest(s.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,11 +60,5 @@ mod tests {
         assert_eq!(truncate_bytes("abc", 128), "abc");
         assert_eq!(truncate_bytes("ééé", 3), "é");
         assert_eq!(truncate_bytes("ééé", 4), "éé");
-    }
-
-    #[test]
-    fn hash16_matches_the_reference_vector() {
-        // From the reference's ipmasq comment: hex16(sha512("unit-test")).
-        assert_eq!(hash16("unit-test"), "6fd94d501e58f0aa");
     }
 }

@@ -81,7 +81,7 @@ pub fn delete(
         }
         let mut batch = Batch::new();
         for r in &rules {
-            batch.delete_rule(r.family, &r.table, &r.chain, r.handle)?;
+            batch.delete_rule(r)?;
         }
         match nft.commit(&batch) {
             Err(e) if e.is_not_found() => rules = relist(nft)?,

@@ -2,7 +2,8 @@
 //! rule we make carries its owner's key at the start of its comment, so DEL, CHECK and GC find
 //! exactly an attachment's rules (or a network's) without the container's addresses.
 
-use super::{hash16, truncate_bytes};
+use super::truncate_bytes;
+use crate::hash::hash16;
 
 /// The longest comment nftables keeps (`NFT_USERDATA_MAXLEN` is 256, nft stops at 128).
 pub const COMMENT_MAX: usize = 128;

@@ -28,7 +28,7 @@ use super::check::Tally;
 use super::owner::{Owner, stale};
 use super::{nftables, portmap_conditions, subnet_of};
 use crate::kernel::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Policy, Rule,
+    self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Rule,
 };
 use crate::protocol::error::Result;
 
@@ -85,18 +85,21 @@ impl Attachment<'_> {
     }
 }
 
+/// `(ip daddr <hostIP> | meta nfproto <family>) <l4> dport <host port> dnat to <to>:<port>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Dnat {
+    pub host_ip: Option<IpAddr>,
+    pub protocol: L4,
+    pub host_port: u16,
+    pub to: IpAddr,
+    pub port: u16,
+}
+
 /// One rule of an attachment, before it is built as netlink expressions or as nft text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Planned {
-    /// In `hostports`: `(ip daddr <hostIP> | meta nfproto <family>) <l4> dport <host port>
-    /// dnat to <to>:<port>`.
-    Dnat {
-        host_ip: Option<IpAddr>,
-        protocol: L4,
-        host_port: u16,
-        to: IpAddr,
-        port: u16,
-    },
+    /// In `hostports`.
+    Dnat(Dnat),
     /// In `postrouting`: `ct status dnat [saddr <from>] daddr <to> masquerade`.
     Masquerade { from: Option<IpNetwork>, to: IpAddr },
 }
@@ -104,7 +107,7 @@ pub(super) enum Planned {
 impl Planned {
     pub(super) fn chain(&self) -> &'static str {
         match self {
-            Planned::Dnat { .. } => HOSTPORTS,
+            Planned::Dnat(_) => HOSTPORTS,
             Planned::Masquerade { .. } => POSTROUTING,
         }
     }
@@ -112,19 +115,13 @@ impl Planned {
     fn rule(&self, comment: &str) -> Rule {
         let rule = Rule::new(NFT, TABLE, self.chain());
         match *self {
-            Planned::Dnat {
-                host_ip,
-                protocol,
-                host_port,
-                to,
-                port,
-            } => match host_ip {
+            Planned::Dnat(d) => match d.host_ip {
                 Some(h) => rule.match_daddr(h),
-                None if to.is_ipv4() => rule.match_nfproto_v4(),
+                None if d.to.is_ipv4() => rule.match_nfproto_v4(),
                 None => rule.match_nfproto_v6(),
             }
-            .match_dport(protocol, host_port)
-            .dnat_to(to, Some(port)),
+            .match_dport(d.protocol, d.host_port)
+            .dnat_to(d.to, Some(d.port)),
             Planned::Masquerade { from, to } => {
                 let rule = rule.match_ct_status_dnat();
                 match from {
@@ -147,13 +144,13 @@ pub(super) fn plan(a: &Attachment<'_>) -> Vec<Planned> {
     for net in a.container_ips {
         let ip = net.ip();
         for m in a.mappings_for(ip) {
-            planned.push(Planned::Dnat {
+            planned.push(Planned::Dnat(Dnat {
                 host_ip: m.host_ip.filter(|h| !h.is_unspecified()),
                 protocol: m.protocol,
                 host_port: m.host_port,
                 to: ip,
                 port: m.container_port,
-            });
+            }));
         }
         if a.snat {
             let from = (!a.masq_all).then(|| subnet_of(net));
@@ -172,12 +169,7 @@ pub(super) fn plan(a: &Attachment<'_>) -> Vec<Planned> {
 
 /// Declares the table, its hook chains with their jumps, and `hostports`.
 pub(super) fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
-    let nat = |hook, priority| BaseChain {
-        kind: ChainType::Nat,
-        hook,
-        priority,
-        policy: Policy::Accept,
-    };
+    let nat = |hook, priority| BaseChain::accepting(ChainType::Nat, hook, priority);
     batch.create_table(NFT, TABLE)?;
     for (name, hook, priority) in [
         ("prerouting", Hook::Prerouting, nf_tables::priority::DSTNAT),
@@ -365,13 +357,26 @@ pub(super) mod tests {
         ]
     }
 
+    pub const OWNER: Owner<'static> = Owner {
+        network: "net",
+        container_id: "c1",
+        ifname: "eth0",
+    };
+
+    /// A mapping to container port 80.
+    pub fn to_80(host_port: u16, protocol: L4, host_ip: Option<&str>) -> Mapping {
+        Mapping {
+            host_port,
+            container_port: 80,
+            protocol,
+            host_ip: host_ip.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    /// `OWNER`'s attachment with SNAT, mark bit 13, no conditions.
     pub fn attachment<'a>(mappings: &'a [Mapping], ips: &'a [IpNetwork]) -> Attachment<'a> {
         Attachment {
-            owner: Owner {
-                network: "net",
-                container_id: "c1",
-                ifname: "eth0",
-            },
+            owner: OWNER,
             mappings,
             container_ips: ips,
             snat: true,
@@ -392,20 +397,20 @@ pub(super) mod tests {
         assert_eq!(
             planned,
             [
-                Planned::Dnat {
+                Planned::Dnat(Dnat {
                     host_ip: None,
                     protocol: L4::Tcp,
                     host_port: 8080,
                     to: ip("10.88.0.5"),
                     port: 80
-                },
-                Planned::Dnat {
+                }),
+                Planned::Dnat(Dnat {
                     host_ip: Some(ip("192.168.1.5")),
                     protocol: L4::Udp,
                     host_port: 5353,
                     to: ip("10.88.0.5"),
                     port: 53
-                },
+                }),
                 Planned::Masquerade {
                     from: net("10.88.0.0/16"),
                     to: ip("10.88.0.5")
@@ -415,13 +420,13 @@ pub(super) mod tests {
                     to: ip("10.88.0.5")
                 },
                 // The v4-only hostIP mapping is skipped for v6; no localhost rule for v6.
-                Planned::Dnat {
+                Planned::Dnat(Dnat {
                     host_ip: None,
                     protocol: L4::Tcp,
                     host_port: 8080,
                     to: ip("fd00::5"),
                     port: 80
-                },
+                }),
                 Planned::Masquerade {
                     from: net("fd00::/64"),
                     to: ip("fd00::5")

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::portmap::{Attachment, NFT, Planned, TABLE, base_objects};
+use super::portmap::{Attachment, Dnat, NFT, Planned, TABLE, base_objects};
 use crate::firewall::error::FirewallError;
 use crate::kernel::nf_tables::{Batch, Client};
 use crate::protocol::error::{Error, Result};
@@ -55,43 +55,41 @@ fn script(a: &Attachment<'_>, planned: &[Planned]) -> String {
         .collect()
 }
 
-/// A planned rule's matches and statement, a forwarding rule after its family's conditions.
+/// A planned rule's matches and statement.
 fn body(a: &Attachment<'_>, planned: &Planned) -> String {
     match *planned {
-        Planned::Dnat {
-            host_ip,
-            protocol,
-            host_port,
-            to,
-            port,
-        } => {
-            let conditions = if to.is_ipv4() {
-                a.conditions_v4
-            } else {
-                a.conditions_v6
-            };
-            let (fam, nfproto) = family_words(&to);
-            let destination = match host_ip {
-                Some(h) => format!("{fam} daddr {h}"),
-                None => format!("meta nfproto {nfproto}"),
-            };
-            let target = match to {
-                IpAddr::V4(v4) => format!("{v4}:{port}"),
-                IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-            };
-            let forward = format!(
-                "{destination} {} dport {host_port} dnat {fam} to {target}",
-                protocol.name()
-            );
-            let words: Vec<&str> = conditions.iter().map(String::as_str).collect();
-            [words.as_slice(), &[forward.as_str()]].concat().join(" ")
-        }
+        Planned::Dnat(d) => forward(a, &d),
         Planned::Masquerade { from, to } => {
             let (fam, _) = family_words(&to);
             let from = from.map_or(String::new(), |f| format!(" {fam} saddr {}", addr_text(&f)));
             format!("ct status dnat{from} {fam} daddr {to} masquerade")
         }
     }
+}
+
+/// A forwarding rule, after its family's conditions.
+fn forward(a: &Attachment<'_>, d: &Dnat) -> String {
+    let conditions = if d.to.is_ipv4() {
+        a.conditions_v4
+    } else {
+        a.conditions_v6
+    };
+    let (fam, nfproto) = family_words(&d.to);
+    let destination = match d.host_ip {
+        Some(h) => format!("{fam} daddr {h}"),
+        None => format!("meta nfproto {nfproto}"),
+    };
+    let target = match d.to {
+        IpAddr::V4(v4) => format!("{v4}:{}", d.port),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", d.port),
+    };
+    let forward = format!(
+        "{destination} {} dport {} dnat {fam} to {target}",
+        d.protocol.name(),
+        d.host_port
+    );
+    let words: Vec<&str> = conditions.iter().map(String::as_str).collect();
+    [words.as_slice(), &[forward.as_str()]].concat().join(" ")
 }
 
 /// nft's names of the family of `ip`: its address keyword and its `meta nfproto`.
@@ -186,35 +184,15 @@ mod tests {
                 "add rule inet rcni_portmap hostports iifname \"eth0\" meta nfproto ipv4 tcp dport 8080 dnat ip to 10.88.0.5:80 comment \"{comment}\""
             )
         );
-        assert!(
-            lines[1].contains(
-                " hostports iifname \"eth0\" ip daddr 192.168.1.5 udp dport 5353 dnat ip to 10.88.0.5:53 "
-            ),
-            "{}",
-            lines[1]
-        );
-        assert!(
-            lines[2].contains(
-                " postrouting ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade"
-            ),
-            "{}",
-            lines[2]
-        );
-        assert!(
-            lines[3].contains("ct status dnat ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade"),
-            "{}",
-            lines[3]
-        );
-        assert!(
-            lines[4]
-                .contains(" hostports meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::5]:80"),
-            "{}",
-            lines[4]
-        );
-        assert!(
-            lines[5].contains("ct status dnat ip6 saddr fd00::/64 ip6 daddr fd00::5 masquerade"),
-            "{}",
-            lines[5]
-        );
+        let rest = [
+            " hostports iifname \"eth0\" ip daddr 192.168.1.5 udp dport 5353 dnat ip to 10.88.0.5:53 ",
+            " postrouting ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.5 masquerade",
+            "ct status dnat ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade",
+            " hostports meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::5]:80",
+            "ct status dnat ip6 saddr fd00::/64 ip6 daddr fd00::5 masquerade",
+        ];
+        for (line, want) in lines[1..].iter().zip(rest) {
+            assert!(line.contains(want), "{line}");
+        }
     }
 }

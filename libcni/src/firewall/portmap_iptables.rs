@@ -19,13 +19,12 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use sha2::Digest;
-
 use super::check::Tally;
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, network_key};
 use super::portmap::Attachment;
-use super::{hash16, subnet_of};
+use super::subnet_of;
+use crate::hash::{chain_name, sha512_hex};
 use crate::kernel::nf_tables::Client;
 use crate::protocol::error::Result;
 
@@ -38,20 +37,28 @@ pub(super) const MASQ: &str = "CNI-HOSTPORT-MASQ";
 pub fn chain(owner: &Owner<'_>) -> String {
     format!(
         "RCNI-DN-{}{}",
-        &hash16(owner.network)[..8],
-        &hash16(&format!("{}:{}", owner.ifname, owner.container_id))[..12]
+        sha512_hex(owner.network, 8),
+        sha512_hex(&format!("{}:{}", owner.ifname, owner.container_id), 12)
     )
 }
 
 /// The Go portmap's chain for a container: `CNI-DN-` + hex(SHA-512(network + ID)), 28 chars.
 pub fn reference_chain(network: &str, container_id: &str) -> String {
-    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-DN-{}", &hex[..21])
+    chain_name("CNI-DN-", &format!("{network}{container_id}"))
 }
 
-fn family_of(ip: &IpAddr) -> Family {
-    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+/// The shared POSTROUTING jump to [`MASQ`], as the reference writes it.
+pub(super) fn masq_hook() -> Vec<String> {
+    [
+        "-m",
+        "comment",
+        "--comment",
+        "CNI portfwd requiring masquerade",
+        "-j",
+        MASQ,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The shared chains and their hooks, for a family that does not have them yet.
@@ -146,7 +153,7 @@ pub fn add(a: &Attachment<'_>) -> Result<()> {
         if a.mappings_for(*ip).next().is_none() {
             continue;
         }
-        let fam = family_of(ip);
+        let fam = Family::of(*ip);
         let mut lines = Vec::new();
         // Declaring a chain in a restore flushes it if it exists: the shared chains are made
         // once, under the node lock, after checking again that no one made them meanwhile.
@@ -292,7 +299,7 @@ pub fn tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
     let key = a.owner.key();
     let mut tally = Tally::new(format!("iptables {chain}"));
     for net in a.container_ips {
-        let fam = family_of(&net.ip());
+        let fam = Family::of(net.ip());
         let expected = attachment_lines(a, net);
         let want = |prefix: &str| expected.iter().filter(|l| l.starts_with(prefix)).count();
         let (mut own, mut entries) = (0, 0);
@@ -332,7 +339,7 @@ pub fn reference_tally(nft: &mut Client, a: &Attachment<'_>) -> Result<Tally> {
     let mut tally = Tally::new(format!("the reference's iptables {chain}"));
     for net in a.container_ips {
         let ip = net.ip();
-        let fam = family_of(&ip);
+        let fam = Family::of(ip);
         let mappings = a.mappings_for(ip).count();
         let marks_per_mapping = match (a.snat, ip.is_ipv4() && !a.masq_all) {
             (false, _) => 0,
@@ -402,16 +409,7 @@ fn count_shared_chains(tally: &mut Tally, fam: Family, a: &Attachment<'_>) -> Re
         .filter(|r| r.contains(&format!("--mark {mark}")) && r.ends_with("-j MASQUERADE"))
         .count();
     tally.count(format!("{program} masquerade rule in {MASQ}"), masq, 1);
-    let hook = [
-        "-m",
-        "comment",
-        "--comment",
-        "CNI portfwd requiring masquerade",
-        "-j",
-        MASQ,
-    ]
-    .map(String::from);
-    let jumps = iptables::exists(fam, "nat", "POSTROUTING", &hook)?;
+    let jumps = iptables::exists(fam, "nat", "POSTROUTING", &masq_hook())?;
     tally.count(
         format!("{program} jump to {MASQ} in POSTROUTING"),
         usize::from(jumps),
@@ -471,13 +469,8 @@ pub fn retain(
 mod tests {
     use super::*;
     use crate::firewall::portmap::Mapping;
+    use crate::firewall::portmap::tests::{OWNER, attachment, to_80};
     use crate::kernel::nf_tables::L4;
-
-    const OWNER: Owner<'static> = Owner {
-        network: "net",
-        container_id: "c1",
-        ifname: "eth0",
-    };
 
     #[test]
     fn reference_chain_names() {
@@ -493,49 +486,21 @@ mod tests {
 
     #[test]
     fn reference_entry_rules_per_protocol_and_15_ports() {
-        let mapping = |host_port, protocol| Mapping {
-            host_port,
-            container_port: 80,
-            protocol,
-            host_ip: None,
-        };
-        let mut mappings: Vec<Mapping> = (1..=16).map(|p| mapping(p, L4::Tcp)).collect();
-        mappings.push(mapping(53, L4::Udp));
+        let mut mappings: Vec<Mapping> = (1..=16).map(|p| to_80(p, L4::Tcp, None)).collect();
+        mappings.push(to_80(53, L4::Udp, None));
         let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
-        let a = Attachment {
-            owner: OWNER,
-            mappings: &mappings,
-            container_ips: &ips,
-            snat: true,
-            masq_all: false,
-            conditions_v4: &[],
-            conditions_v6: &[],
-            mark_bit: 13,
-            external_set_mark_chain: None,
-        };
+        let a = attachment(&mappings, &ips);
         assert_eq!(reference_entry_rules(&a), 3);
         assert_eq!(reference_entry_rules(&Attachment { mappings: &[], ..a }), 0);
     }
 
     #[test]
     fn chain_rules_follow_the_reference_order() {
-        let mappings = [Mapping {
-            host_port: 8080,
-            container_port: 80,
-            protocol: L4::Tcp,
-            host_ip: None,
-        }];
+        let mappings = [to_80(8080, L4::Tcp, None)];
         let ips: [IpNetwork; 1] = ["10.0.0.2/24".parse().unwrap()];
         let a = Attachment {
-            owner: OWNER,
-            mappings: &mappings,
-            container_ips: &ips,
-            snat: true,
-            masq_all: false,
-            conditions_v4: &[],
-            conditions_v6: &[],
             mark_bit: 5,
-            external_set_mark_chain: None,
+            ..attachment(&mappings, &ips)
         };
         let c = chain(&OWNER);
         let lines = attachment_lines(&a, &ips[0]);

@@ -314,10 +314,6 @@ pub(super) fn args(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
 
-pub(super) fn family_of(ip: &IpNetwork) -> Family {
-    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
-}
-
 /// Go's `%q` of a name the skel accepts (letters, digits, `_ . -`): just quoted.
 pub(super) fn go_quoted(name: &str) -> Result<String> {
     if crate::protocol::conf::valid_identifier(name) {
@@ -341,7 +337,7 @@ fn masquerade_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<Vec<Write
     let mut writes = Vec::new();
     for fam in Family::BOTH {
         let mut missing = Missing::new(fam);
-        for ip in ips.iter().filter(|ip| family_of(ip) == fam) {
+        for ip in ips.iter().filter(|ip| Family::of(ip.ip()) == fam) {
             let multicast = if ip.is_ipv4() {
                 "224.0.0.0/4"
             } else {

@@ -21,8 +21,8 @@ use ipnetwork::IpNetwork;
 
 use super::portmap::{Attachment, REFERENCE_CHAINS, REFERENCE_COMMENT_MAX, REFERENCE_TABLE};
 use super::portmap_iptables::{self, DNAT, MASQ, SETMARK};
-use super::reference::{Missing, Release, Write, args, delete_lines, family_of};
-use super::{nftables, subnet_of};
+use super::reference::{Missing, Release, Write, args, delete_lines};
+use super::{iptables, nftables, subnet_of};
 use crate::kernel::nf_tables::{self, Client};
 use crate::protocol::error::{Error, Result};
 
@@ -123,7 +123,7 @@ pub(super) fn iptables(a: &Attachment<'_>) -> Result<Vec<Write>> {
     let dn = portmap_iptables::reference_chain(a.owner.network, a.owner.container_id);
     let mut writes = Vec::new();
     for net in a.container_ips {
-        let mut missing = Missing::new(family_of(net));
+        let mut missing = Missing::new(iptables::Family::of(net.ip()));
         if a.snat && a.external_set_mark_chain.is_none() {
             let mark = format!("{:#x}/{:#x}", 1u32 << a.mark_bit, 1u32 << a.mark_bit);
             missing.chain(SETMARK)?;
@@ -145,17 +145,7 @@ pub(super) fn iptables(a: &Attachment<'_>) -> Result<Vec<Write>> {
                 MASQ,
                 args(&["-m", "mark", "--mark", &mark, "-j", "MASQUERADE"]),
             )?;
-            missing.prepend(
-                "POSTROUTING",
-                args(&[
-                    "-m",
-                    "comment",
-                    "--comment",
-                    "CNI portfwd requiring masquerade",
-                    "-j",
-                    MASQ,
-                ]),
-            )?;
+            missing.prepend("POSTROUTING", portmap_iptables::masq_hook())?;
         }
         missing.chain(DNAT)?;
         for hook in ["PREROUTING", "OUTPUT"] {
@@ -189,129 +179,130 @@ pub(super) fn nft(nft: &mut Client, a: &Attachment<'_>, release: Release) -> Res
     }
     let mut writes = Vec::new();
     for net in a.container_ips {
-        let ip = net.ip();
-        let (family, word) = if ip.is_ipv4() {
-            (nf_tables::Family::Ip, "ip")
-        } else {
-            (nf_tables::Family::Ip6, "ip6")
-        };
-        let forwards: Vec<(Option<IpAddr>, &super::portmap::Mapping)> = a
-            .mappings
-            .iter()
-            .filter_map(|m| applies(m.host_ip, &ip).map(|h| (h, m)))
-            .collect();
-        let masquerades = match (a.snat, ip.is_ipv4()) {
-            (false, _) => 0,
-            (true, true) => 2,
-            (true, false) => 1,
-        };
-        let present =
-            nftables::rules_where(nft, family, REFERENCE_TABLE, &REFERENCE_CHAINS, |c| {
-                c == cid
-            })?;
-        let count = |chain: &str| present.iter().filter(|r| r.chain == chain).count();
-        let hooked = !nft
-            .list_rules(family, REFERENCE_TABLE, "prerouting")?
-            .is_empty()
-            && !nft
-                .list_rules(family, REFERENCE_TABLE, "output")?
-                .is_empty();
-        if hooked && count("hostports") >= forwards.len() && count("masquerading") >= masquerades {
-            continue;
+        if let Some(script) = nft_script(nft, a, release, net.ip())? {
+            writes.push(Write::Nft { script });
         }
-        let t = format!("{word} {REFERENCE_TABLE}");
-        let conditions = if ip.is_ipv4() {
-            a.conditions_v4
-        } else {
-            a.conditions_v6
-        };
-        let mut hook_match: Vec<&str> = conditions.iter().map(String::as_str).collect();
-        if release.guards_local() {
-            hook_match.push("fib daddr type local");
-        }
-        let hook_match = hook_match.join(" ");
-        let mut script = format!(
-            "add table {t} {{ comment \"CNI portmap plugin\" ; }}\n\
-             add chain {t} hostports\n\
-             add chain {t} hostip_hostports\n\
-             add chain {t} hostports_all\n\
-             flush chain {t} hostports_all\n\
-             add rule {t} hostports_all jump hostip_hostports\n\
-             add rule {t} hostports_all jump hostports\n\
-             add chain {t} prerouting {{ type nat hook prerouting priority -100 ; }}\n\
-             flush chain {t} prerouting\n\
-             add rule {t} prerouting {hook_match} jump hostports_all\n\
-             add chain {t} output {{ type nat hook output priority -100 ; }}\n\
-             flush chain {t} output\n\
-             add rule {t} output {hook_match} jump hostports_all\n"
-        );
-        if a.snat {
-            script.push_str(&format!(
-                "add chain {t} masquerading {{ type nat hook postrouting priority 100 ; }}\n"
-            ));
-        }
-        script.push_str(&delete_lines(&present));
-        for (host_ip, m) in forwards {
-            let daddr = host_ip.map_or(String::new(), |h| format!("{word} daddr {h} "));
-            script.push_str(&format!(
-                "add rule {t} hostports {daddr}{} dport {} dnat to {} comment \"{cid}\"\n",
-                m.protocol.name(),
-                m.host_port,
-                ip_port(ip, m.container_port)
-            ));
-        }
-        if a.snat {
-            let mut sources = vec![ip.to_string()];
-            if ip.is_ipv4() {
-                sources.push("127.0.0.1".into());
-            }
-            for from in sources {
-                script.push_str(&format!(
-                    "add rule {t} masquerading {word} saddr {from} {word} daddr {ip} masquerade comment \"{cid}\"\n"
-                ));
-            }
-        }
-        writes.push(Write::Nft { script });
     }
     Ok(writes)
 }
 
+/// The script for one container address; none when the reference's CHECK would pass.
+fn nft_script(
+    nft: &mut Client,
+    a: &Attachment<'_>,
+    release: Release,
+    ip: IpAddr,
+) -> Result<Option<String>> {
+    let cid = a.owner.container_id;
+    let (family, word) = if ip.is_ipv4() {
+        (nf_tables::Family::Ip, "ip")
+    } else {
+        (nf_tables::Family::Ip6, "ip6")
+    };
+    let forwards: Vec<(Option<IpAddr>, &super::portmap::Mapping)> = a
+        .mappings
+        .iter()
+        .filter_map(|m| applies(m.host_ip, &ip).map(|h| (h, m)))
+        .collect();
+    let masquerades = match (a.snat, ip.is_ipv4()) {
+        (false, _) => 0,
+        (true, true) => 2,
+        (true, false) => 1,
+    };
+    let present = nftables::rules_where(nft, family, REFERENCE_TABLE, &REFERENCE_CHAINS, |c| {
+        c == cid
+    })?;
+    let count = |chain: &str| present.iter().filter(|r| r.chain == chain).count();
+    if hooked(nft, family)?
+        && count("hostports") >= forwards.len()
+        && count("masquerading") >= masquerades
+    {
+        return Ok(None);
+    }
+    let t = format!("{word} {REFERENCE_TABLE}");
+    let mut script = nft_chains(&t, a, release, ip);
+    script.push_str(&delete_lines(&present));
+    for (host_ip, m) in forwards {
+        let daddr = host_ip.map_or(String::new(), |h| format!("{word} daddr {h} "));
+        script.push_str(&format!(
+            "add rule {t} hostports {daddr}{} dport {} dnat to {} comment \"{cid}\"\n",
+            m.protocol.name(),
+            m.host_port,
+            ip_port(ip, m.container_port)
+        ));
+    }
+    if a.snat {
+        let mut sources = vec![ip.to_string()];
+        if ip.is_ipv4() {
+            sources.push("127.0.0.1".into());
+        }
+        for from in sources {
+            script.push_str(&format!(
+                "add rule {t} masquerading {word} saddr {from} {word} daddr {ip} masquerade comment \"{cid}\"\n"
+            ));
+        }
+    }
+    Ok(Some(script))
+}
+
+/// Whether the reference's table of `family` has both its hook rules.
+fn hooked(nft: &mut Client, family: nf_tables::Family) -> Result<bool> {
+    Ok(!nft
+        .list_rules(family, REFERENCE_TABLE, "prerouting")?
+        .is_empty()
+        && !nft
+            .list_rules(family, REFERENCE_TABLE, "output")?
+            .is_empty())
+}
+
+/// The reference's table `t` and its chains, the hook rules rewritten (their conditions are
+/// the config's).
+fn nft_chains(t: &str, a: &Attachment<'_>, release: Release, ip: IpAddr) -> String {
+    let conditions = if ip.is_ipv4() {
+        a.conditions_v4
+    } else {
+        a.conditions_v6
+    };
+    let mut hook_match: Vec<&str> = conditions.iter().map(String::as_str).collect();
+    if release.guards_local() {
+        hook_match.push("fib daddr type local");
+    }
+    let hook_match = hook_match.join(" ");
+    let mut script = format!(
+        "add table {t} {{ comment \"CNI portmap plugin\" ; }}\n\
+         add chain {t} hostports\n\
+         add chain {t} hostip_hostports\n\
+         add chain {t} hostports_all\n\
+         flush chain {t} hostports_all\n\
+         add rule {t} hostports_all jump hostip_hostports\n\
+         add rule {t} hostports_all jump hostports\n\
+         add chain {t} prerouting {{ type nat hook prerouting priority -100 ; }}\n\
+         flush chain {t} prerouting\n\
+         add rule {t} prerouting {hook_match} jump hostports_all\n\
+         add chain {t} output {{ type nat hook output priority -100 ; }}\n\
+         flush chain {t} output\n\
+         add rule {t} output {hook_match} jump hostports_all\n"
+    );
+    if a.snat {
+        script.push_str(&format!(
+            "add chain {t} masquerading {{ type nat hook postrouting priority 100 ; }}\n"
+        ));
+    }
+    script
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::Owner;
     use super::super::portmap::Mapping;
+    use super::super::portmap::tests::{attachment, to_80};
     use super::*;
     use crate::kernel::nf_tables::L4;
 
-    fn attachment<'a>(mappings: &'a [Mapping], ips: &'a [IpNetwork]) -> Attachment<'a> {
-        Attachment {
-            owner: Owner {
-                network: "net",
-                container_id: "c1",
-                ifname: "eth0",
-            },
-            mappings,
-            container_ips: ips,
-            snat: true,
-            masq_all: false,
-            conditions_v4: &[],
-            conditions_v6: &[],
-            mark_bit: 13,
-            external_set_mark_chain: None,
-        }
-    }
-
     fn mappings() -> [Mapping; 3] {
-        let m = |host_port, protocol, host_ip: Option<&str>| Mapping {
-            host_port,
-            container_port: 80,
-            protocol,
-            host_ip: host_ip.map(|h| h.parse().unwrap()),
-        };
         [
-            m(8080, L4::Udp, None),
-            m(8081, L4::Tcp, Some("192.168.1.5")),
-            m(8082, L4::Tcp, Some("::")),
+            to_80(8080, L4::Udp, None),
+            to_80(8081, L4::Tcp, Some("192.168.1.5")),
+            to_80(8082, L4::Tcp, Some("::")),
         ]
     }
 

@@ -16,9 +16,7 @@
 
 use super::nftables;
 use super::owner::{Owner, stale};
-use crate::kernel::nf_tables::{
-    self, BaseChain, Batch, Chain, ChainType, Client, Hook, Policy, Rule,
-};
+use crate::kernel::nf_tables::{self, BaseChain, Batch, Chain, ChainType, Client, Hook, Rule};
 use crate::protocol::error::{Error, Result};
 
 pub const TABLE: &str = "rcni_spoofcheck";
@@ -27,17 +25,8 @@ const BRIDGE: nf_tables::Family = nf_tables::Family::Bridge;
 
 fn base_objects(batch: &mut Batch) -> nf_tables::Result<()> {
     batch.create_table(BRIDGE, TABLE)?;
-    batch.add_chain(&Chain::base(
-        BRIDGE,
-        TABLE,
-        CHAIN,
-        BaseChain {
-            kind: ChainType::Filter,
-            hook: Hook::Prerouting,
-            priority: -300,
-            policy: Policy::Accept,
-        },
-    ))?;
+    let prerouting = BaseChain::accepting(ChainType::Filter, Hook::Prerouting, -300);
+    batch.add_chain(&Chain::base(BRIDGE, TABLE, CHAIN, prerouting))?;
     Ok(())
 }
 
@@ -82,7 +71,7 @@ pub fn remove_reference(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     let chains = [chain.clone(), format!("{chain}-mac")];
     let mut batch = Batch::new();
     for r in &jumps {
-        batch.delete_rule(r.family, &r.table, &r.chain, r.handle)?;
+        batch.delete_rule(r)?;
     }
     // The iface chain jumps to the -mac chain: empty both before deleting them.
     for name in &chains {

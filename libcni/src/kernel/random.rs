@@ -24,7 +24,7 @@ pub fn bytes<const N: usize>() -> io::Result<[u8; N]> {
 
 /// `N` random bytes as `2 * N` lowercase hex digits.
 pub fn hex<const N: usize>() -> io::Result<String> {
-    Ok(bytes::<N>()?.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hash::hex(&bytes::<N>()?))
 }
 
 #[cfg(test)]

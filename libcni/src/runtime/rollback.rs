@@ -235,6 +235,24 @@ fn refuse(msg: impl Into<String>) -> Error {
     Error::invalid_config(msg)
 }
 
+/// The backend the reference picks for a plugin's backend key: as configured, else iptables
+/// where it can be used.
+fn reference_backend(
+    key: &str,
+    configured: Option<&str>,
+    iptables_usable: &mut dyn FnMut() -> bool,
+) -> Result<Backend> {
+    match configured {
+        Some("iptables") => Ok(Backend::Iptables),
+        Some("nftables") => Ok(Backend::Nftables),
+        None if iptables_usable() => Ok(Backend::Iptables),
+        None => Ok(Backend::Nftables),
+        Some(other) => Err(refuse(format!(
+            "{key} {other:?} is not one the reference knows"
+        ))),
+    }
+}
+
 impl State {
     fn read(entry: &Entry, opts: &Options) -> Result<State> {
         let release = opts.release;
@@ -295,18 +313,15 @@ impl State {
             .map_err(|e| refuse(format!("bridge configuration: {e}")))?;
         let layer3 = keys.ipam.kind.is_some_and(|t| !t.is_empty());
         if keys.ip_masq && layer3 {
-            let backend = match keys.ip_masq_backend.as_deref() {
+            let backend = if release.has_nftables() {
+                reference_backend(
+                    "ipMasqBackend",
+                    keys.ip_masq_backend.as_deref(),
+                    iptables_usable,
+                )?
+            } else {
                 // Before 1.6 the key does not exist: always iptables.
-                _ if !release.has_nftables() => Backend::Iptables,
-                Some("iptables") => Backend::Iptables,
-                Some("nftables") => Backend::Nftables,
-                None if iptables_usable() => Backend::Iptables,
-                None => Backend::Nftables,
-                Some(other) => {
-                    return Err(refuse(format!(
-                        "ipMasqBackend {other:?} is not one the reference knows"
-                    )));
-                }
+                Backend::Iptables
             };
             if backend == Backend::Iptables && !iptables_usable() {
                 return Err(refuse(
@@ -512,17 +527,7 @@ fn portmap_backend(
         }
         return Ok(Backend::Iptables);
     }
-    let backend = match keys.backend.as_deref() {
-        Some("iptables") => Backend::Iptables,
-        Some("nftables") => Backend::Nftables,
-        None if iptables_usable() => Backend::Iptables,
-        None => Backend::Nftables,
-        Some(other) => {
-            return Err(refuse(format!(
-                "backend {other:?} is not one the reference knows"
-            )));
-        }
-    };
+    let backend = reference_backend("backend", keys.backend.as_deref(), iptables_usable)?;
     if let Some((key, _)) = conditions
         .iter()
         .find(|(_, b)| b.is_some_and(|b| b != backend))

@@ -576,11 +576,7 @@ fn random_mac() -> Result<[u8; 6]> {
 
 /// `veth` + 8 random hex digits, as the reference names host ends.
 fn random_veth_name() -> Result<String> {
-    let bytes = random_bytes::<4>()?;
-    Ok(format!(
-        "veth{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("veth{}", libcni::hash::hex(&random_bytes::<4>()?)))
 }
 
 fn set_port_vlans(host: &Kernel, port: &Link, conf: &Conf) -> Result<()> {
@@ -739,7 +735,7 @@ fn ensure_gateway_addresses(
             .filter(|a| a.is_ipv4() == gw.is_ipv4() && !gateways.contains(a))
         {
             let conflicts = gw.is_ipv4() || old.contains(gw.ip()) || gw.contains(old.ip());
-            if !conflicts || (old.is_ipv6() && old.ip().is_unicast_link_local_v6()) {
+            if !conflicts || matches!(old.ip(), IpAddr::V6(v6) if v6.is_unicast_link_local()) {
                 continue;
             }
             if !force {
@@ -753,16 +749,6 @@ fn ensure_gateway_addresses(
         host.add_address(bridge, *gw)?;
     }
     Ok(())
-}
-
-trait LinkLocal {
-    fn is_unicast_link_local_v6(&self) -> bool;
-}
-
-impl LinkLocal for IpAddr {
-    fn is_unicast_link_local_v6(&self) -> bool {
-        matches!(self, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-    }
 }
 
 fn enable_forwarding(gateways: &[IpNetwork]) -> Result<()> {

@@ -15,7 +15,7 @@ use netlink_packet_netfilter::{
 
 use super::error::{Errno, Error, Result};
 use super::objects::{Chain, Family, chain_key, checked_name, table_key};
-use super::rule::Rule;
+use super::rule::{ListedRule, Rule};
 use super::socket::Message;
 
 /// `NFNL_SUBSYS_NFTABLES`: the batch markers name the subsystem in `res_id`.
@@ -166,21 +166,22 @@ impl Batch {
     }
 
     /// `delete rule … handle <n>`.
-    pub fn delete_rule(
-        &mut self,
-        family: Family,
-        table: &str,
-        chain: &str,
-        handle: u64,
-    ) -> Result<&mut Batch> {
+    pub fn delete_rule(&mut self, rule: &ListedRule) -> Result<&mut Batch> {
+        let ListedRule {
+            family,
+            table,
+            chain,
+            handle,
+            ..
+        } = rule;
         let attributes = vec![
             RuleAttribute::Table(checked_name(table)?),
             RuleAttribute::Chain(checked_name(chain)?),
-            RuleAttribute::Handle(handle),
+            RuleAttribute::Handle(*handle),
         ];
         self.push(
             format!("delete rule {family} {table} {chain} handle {handle}"),
-            family,
+            *family,
             0,
             NfTablesMessage::DeleteRule(RuleMessage { attributes }),
         );

@@ -78,14 +78,8 @@ impl Client {
         self.commit(Batch::new().add_rule(rule)?)
     }
 
-    pub fn delete_rule(
-        &mut self,
-        family: Family,
-        table: &str,
-        chain: &str,
-        handle: u64,
-    ) -> Result<()> {
-        self.commit(Batch::new().delete_rule(family, table, chain, handle)?)
+    pub fn delete_rule(&mut self, rule: &ListedRule) -> Result<()> {
+        self.commit(Batch::new().delete_rule(rule)?)
     }
 
     pub fn table_exists(&mut self, family: Family, name: &str) -> Result<bool> {

@@ -18,9 +18,6 @@ use super::rule::{L3, Rule};
 
 /// `IFNAMSIZ`: interface names are compared as 16 zero-padded bytes.
 const IFNAMSIZ: usize = 16;
-/// `NFPROTO_IPV4` / `NFPROTO_IPV6`.
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -85,9 +82,10 @@ impl Rule {
         }
         self.l3 = Some(l3);
         let proto = match l3 {
-            L3::V4 => NFPROTO_IPV4,
-            L3::V6 => NFPROTO_IPV6,
-        };
+            L3::V4 => Family::Ip,
+            L3::V6 => Family::Ip6,
+        }
+        .nfproto();
         self.push(expr::meta_load(MetaKey::Nfproto, R1))
             .push(expr::cmp(CmpOp::Eq, R1, vec![proto]))
     }
@@ -161,10 +159,9 @@ impl Rule {
     /// Like nft: a byte-aligned prefix loads only its bytes, any other prefix loads the whole
     /// address and masks it; /0 matches every packet of the family.
     fn match_addr(self, field: AddrField, op: CmpOp, net: IpNetwork) -> Rule {
-        let (l3, network, full) = match net.network() {
-            IpAddr::V4(a) => (L3::V4, a.octets().to_vec(), 4usize),
-            IpAddr::V6(a) => (L3::V6, a.octets().to_vec(), 16usize),
-        };
+        let l3 = if net.is_ipv4() { L3::V4 } else { L3::V6 };
+        let (network, mask) = (octets(net.network()), octets(net.mask()));
+        let full = network.len();
         let offset = match (l3, field) {
             (L3::V4, AddrField::Saddr) => 12,
             (L3::V4, AddrField::Daddr) => 16,
@@ -187,7 +184,6 @@ impl Rule {
                 ))
                 .push(expr::cmp(op, R1, network[..len].to_vec()));
         }
-        let mask = prefix_mask(prefix, full);
         rule.push(expr::payload_load(
             PayloadBase::Network,
             offset,
@@ -307,13 +303,11 @@ impl Rule {
     }
 }
 
-fn prefix_mask(prefix: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            let bits = prefix.saturating_sub(i * 8).min(8);
-            (0xffu16 << (8 - bits)) as u8
-        })
-        .collect()
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
 }
 
 #[cfg(test)]
@@ -325,13 +319,6 @@ mod tests {
     fn exprs(rule: Rule) -> Vec<Expressions> {
         assert!(rule.problem.is_none(), "{:?}", rule.problem);
         rule.exprs
-    }
-
-    #[test]
-    fn masks() {
-        assert_eq!(prefix_mask(4, 4), [0xf0, 0, 0, 0]);
-        assert_eq!(prefix_mask(20, 4), [0xff, 0xff, 0xf0, 0]);
-        assert_eq!(prefix_mask(32, 4), [0xff; 4]);
     }
 
     #[test]

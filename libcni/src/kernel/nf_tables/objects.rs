@@ -28,6 +28,11 @@ impl Family {
         }
     }
 
+    /// The `NFPROTO_*` number.
+    pub fn nfproto(self) -> u8 {
+        self.proto().into()
+    }
+
     /// The name `nft` uses.
     pub fn name(self) -> &'static str {
         match self {
@@ -117,6 +122,18 @@ pub struct BaseChain {
     pub hook: Hook,
     pub priority: i32,
     pub policy: Policy,
+}
+
+impl BaseChain {
+    /// A base chain whose packets go on when no rule decides: every chain we hook.
+    pub fn accepting(kind: ChainType, hook: Hook, priority: i32) -> BaseChain {
+        BaseChain {
+            kind,
+            hook,
+            priority,
+            policy: Policy::Accept,
+        }
+    }
 }
 
 /// A chain: regular (`base: None`, only reached by jumps) or hooked.

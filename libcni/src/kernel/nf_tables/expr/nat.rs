@@ -23,10 +23,6 @@ pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
 const NFTA_MASQ_FLAGS: u16 = 1;
 const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
 
-/// `NFPROTO_IPV4` / `NFPROTO_IPV6`.
-const NFPROTO_IPV4: u32 = 2;
-const NFPROTO_IPV6: u32 = 10;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
     Snat,
@@ -50,12 +46,12 @@ impl From<Nat> for Expressions {
             NatKind::Dnat => NFT_NAT_DNAT,
         };
         let family = match n.family {
-            Family::Ip6 => NFPROTO_IPV6,
-            _ => NFPROTO_IPV4,
+            Family::Ip6 => Family::Ip6,
+            _ => Family::Ip,
         };
         let mut a = vec![
             attrs::u32_be(NFTA_NAT_TYPE, kind),
-            attrs::u32_be(NFTA_NAT_FAMILY, family),
+            attrs::u32_be(NFTA_NAT_FAMILY, family.nfproto().into()),
         ];
         if let Some(r) = n.addr {
             a.push(attrs::reg(NFTA_NAT_REG_ADDR_MIN, r));
@@ -77,11 +73,10 @@ impl Nat {
             NFT_NAT_DNAT => NatKind::Dnat,
             _ => return None,
         };
-        let family = match attrs::find_u32(a, NFTA_NAT_FAMILY)? {
-            NFPROTO_IPV4 => Family::Ip,
-            NFPROTO_IPV6 => Family::Ip6,
-            _ => return None,
-        };
+        let nfproto = attrs::find_u32(a, NFTA_NAT_FAMILY)?;
+        let family = [Family::Ip, Family::Ip6]
+            .into_iter()
+            .find(|f| u32::from(f.nfproto()) == nfproto)?;
         // A range (max registers) is not something we build; refuse to misread one.
         if attrs::find_u32(a, NFTA_NAT_REG_ADDR_MAX).is_some()
             || attrs::find_u32(a, NFTA_NAT_REG_PROTO_MAX).is_some()

@@ -1,0 +1,62 @@
+//! Names and keys derived from SHA-512, as the reference derives them: iptables chain names,
+//! the keys at the start of rule comments, cnitool's container IDs. One place, so a name we
+//! make and a name the reference made for the same attachment cannot drift apart.
+
+use sha2::{Digest, Sha512};
+
+/// The longest iptables chain name the reference makes (`utils.MaxChainLength`).
+pub const MAX_CHAIN_LEN: usize = 28;
+
+/// Bytes as lowercase hex digits, two per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first `digits` (at most 128) hex digits of SHA-512 of `input`.
+pub fn sha512_hex(input: &str, digits: usize) -> String {
+    let mut hex = hex(&Sha512::digest(input.as_bytes()));
+    hex.truncate(digits);
+    hex
+}
+
+/// The first 16 hex digits of SHA-512 of `input`: short, stable keys for comments.
+pub fn hash16(input: &str) -> String {
+    sha512_hex(input, 16)
+}
+
+/// `prefix` + as many hex digits of SHA-512 of `input` as fill [`MAX_CHAIN_LEN`]: the
+/// reference's `utils.MustFormatHashWithPrefix` for its per-container chains.
+pub fn chain_name(prefix: &str, input: &str) -> String {
+    format!(
+        "{prefix}{}",
+        sha512_hex(input, MAX_CHAIN_LEN.saturating_sub(prefix.len()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash16_matches_the_reference_vector() {
+        // From the reference's ipmasq comment: hex16(sha512("unit-test")).
+        assert_eq!(hash16("unit-test"), "6fd94d501e58f0aa");
+    }
+
+    #[test]
+    fn chain_names_fill_28_characters() {
+        // The reference's own test vector (`utils.FormatChainName("test", "1234")`).
+        assert_eq!(
+            chain_name("CNI-", "test1234"),
+            "CNI-2bbe0c48b91a7d1b8a6753a8"
+        );
+        assert_eq!(chain_name("CNI-DN-", "x").len(), MAX_CHAIN_LEN);
+    }
+
+    #[test]
+    fn hex_and_prefixes() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+        assert_eq!(sha512_hex("unit-test", 128).len(), 128);
+        assert!(sha512_hex("unit-test", 128).starts_with(&hash16("unit-test")));
+    }
+}
