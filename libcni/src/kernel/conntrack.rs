@@ -37,7 +37,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Deletes the UDP entries of one family whose original destination port is one of `ports`.
-/// Failures are reported on stderr only: stale entries cost a client a retry, not the pod.
+/// Failures are reported on stderr only: the mapping works regardless, only a client that kept
+/// its old flow waits for the entry to expire.
 pub fn flush_udp_ports(ports: &[u16], v6: bool) {
     if let Err(e) = delete_udp_entries(ports, v6) {
         let family = if v6 { "IPv6" } else { "IPv4" };
@@ -58,7 +59,7 @@ pub fn delete_udp_entries(ports: &[u16], v6: bool) -> Result<usize> {
     let mut socket = Socket::open()?;
     let stale = stale_entries(&mut socket, family, ports)?;
     for entry in &stale {
-        delete(&mut socket, family, entry)?;
+        delete(&mut socket, entry)?;
     }
     Ok(stale.len())
 }
@@ -169,8 +170,7 @@ fn stale_entries(
 }
 
 /// Deletes one entry; one that expired meanwhile (ENOENT) is fine.
-fn delete(socket: &mut Socket, family: NetfilterProtoFamily, entry: &Entry) -> Result<()> {
-    debug_assert_eq!(entry.family, family);
+fn delete(socket: &mut Socket, entry: &Entry) -> Result<()> {
     let seq = socket.send_message(entry.delete_request(), NLM_F_ACK)?;
     let code = read_reply(socket, seq, |_| Ok(()))?;
     if code == 0 {
