@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage};
 use netlink_packet_netfilter::NetfilterMessage;
-
-use super::batch::append;
 use netlink_sys::{Socket as RawSocket, protocols::NETLINK_NETFILTER};
 
+use super::batch::append;
 use super::error::{Error, Result};
 
 /// How long one receive may wait before the request counts as unanswered.
