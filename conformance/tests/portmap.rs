@@ -846,7 +846,8 @@ fn wait_for_unnated_entry(ns: &Netns, v6: bool, local: &str, port: u16) -> bool 
         let out = ns
             .command("conntrack")
             .arg("-L")
-            .args(libcni::kernel::conntrack::udp_port_selector(port, v6))
+            .args(["-f", if v6 { "ipv6" } else { "ipv4" }, "-p", "udp"])
+            .args(["--orig-port-dst", &port.to_string()])
             .stderr(Stdio::null())
             .output()
             .unwrap();

@@ -1,5 +1,6 @@
 //! portmap's nftables backend at scale and without processes: DEL among 300 pods removes
-//! exactly the pod's rules; ADD, CHECK and DEL run no other program (traced with strace); DEL
+//! exactly the pod's rules; ADD, CHECK and DEL run no other program (traced with strace), also
+//! when they flush a UDP mapping's conntrack entries, and flush only those; DEL
 //! removes the rules an earlier version made through `nft` text and those the Go portmap's
 //! nftables backend made (`ip`/`ip6 cni_hostport`, comment = container ID).
 
@@ -148,9 +149,18 @@ fn add_check_and_del_run_no_other_program() {
     // iptables-nft's nat table exists, without any chain of ours or of the Go portmap.
     host.use_iptables_nat();
     let ctr = Netns::new("c");
-    let conf = portmap_conf(json!({}), &ctr.path, "10.96.0.5/24", 8080);
+    let conf = portmap_conf(
+        json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8080, "containerPort": 80, "protocol": "udp"}]}}),
+        &ctr.path,
+        "10.96.0.5/24",
+        8080,
+    );
+    let stale = [Flow::udp("192.0.2.10", "10.96.0.5", 40000, 8080, None)];
     let trace_dir = tempfile::tempdir().unwrap();
     for verb in ["ADD", "CHECK", "DEL"] {
+        track(&host, &stale);
         let trace = trace_dir.path().join(verb);
         Call::new(&host, bin("portmap"), verb, &ctr.path)
             .under(&execve_tracer(&trace))
@@ -161,7 +171,177 @@ fn add_check_and_del_run_no_other_program() {
             .iter()
             .filter(|r| comment(r) == owner_comment("ctr1"))
             .count();
-        assert_eq!(rules, if verb == "DEL" { 0 } else { 3 }, "after {verb}");
+        assert_eq!(rules, if verb == "DEL" { 0 } else { 4 }, "after {verb}");
+        // ADD and DEL flushed the UDP port's entry (in process); CHECK leaves it.
+        let left = if verb == "CHECK" {
+            vec![("udp", 8080)]
+        } else {
+            vec![]
+        };
+        assert_eq!(tracked(&host), left, "after {verb}");
+        if verb == "CHECK" {
+            untrack(&host, &stale);
+        }
+    }
+}
+
+/// A conntrack entry as `conntrack -I` makes it: protocol, addresses, ports and zone.
+struct Flow {
+    proto: &'static str,
+    src: &'static str,
+    dst: &'static str,
+    sport: u16,
+    dport: u16,
+    zone: Option<u16>,
+}
+
+impl Flow {
+    fn udp(
+        src: &'static str,
+        dst: &'static str,
+        sport: u16,
+        dport: u16,
+        zone: Option<u16>,
+    ) -> Flow {
+        Flow {
+            proto: "udp",
+            src,
+            dst,
+            sport,
+            dport,
+            zone,
+        }
+    }
+
+    fn tcp(src: &'static str, dst: &'static str, sport: u16, dport: u16) -> Flow {
+        Flow {
+            proto: "tcp",
+            ..Flow::udp(src, dst, sport, dport, None)
+        }
+    }
+
+    /// `conntrack` arguments naming the flow.
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["-p", self.proto, "-s", self.src, "-d", self.dst, "--sport"]
+            .map(String::from)
+            .to_vec();
+        args.extend([
+            self.sport.to_string(),
+            "--dport".into(),
+            self.dport.to_string(),
+        ]);
+        if let Some(zone) = self.zone {
+            args.extend(["--zone".into(), zone.to_string()]);
+        }
+        args
+    }
+}
+
+/// Makes the entries of `flows` in `ns` (a TCP one established), as traffic would have.
+fn track(ns: &Netns, flows: &[Flow]) {
+    for flow in flows {
+        let mut cmd = ns.command("conntrack");
+        cmd.arg("-I").args(flow.args()).args(["--timeout", "300"]);
+        if flow.proto == "tcp" {
+            cmd.args(["--state", "ESTABLISHED"]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Deletes the entries of `flows` in `ns` (the test's own cleanup between steps).
+fn untrack(ns: &Netns, flows: &[Flow]) {
+    for flow in flows {
+        let out = ns
+            .command("conntrack")
+            .arg("-D")
+            .args(flow.args())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The (protocol, original destination port) of every conntrack entry in `ns`, both families,
+/// sorted.
+fn tracked(ns: &Netns) -> Vec<(&'static str, u16)> {
+    let mut entries = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        let out = ns
+            .command("conntrack")
+            .args(["-L", "-f", family])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let proto = ["udp", "tcp"].into_iter().find(|p| line.starts_with(p));
+            // The first dport= is the original direction's.
+            let dport = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("dport="))
+                .and_then(|p| p.parse().ok());
+            entries.push((proto.unwrap_or("other"), dport.unwrap_or(0)));
+        }
+    }
+    entries.sort();
+    entries
+}
+
+/// ADD and DEL of a UDP mapping delete exactly the UDP entries to its host port, in both
+/// families and every zone: entries to another port, and TCP ones to the same port, stay.
+#[test]
+fn udp_mapping_flushes_only_its_ports_conntrack_entries() {
+    let host = host();
+    let ctr = Netns::new("c");
+    let conf = portmap_conf(
+        json!({"snat": false,
+               "runtimeConfig": {"portMappings": [
+                   {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+                   {"hostPort": 5353, "containerPort": 53, "protocol": "tcp"}]},
+               "prevResult": {
+                   "cniVersion": "1.1.0",
+                   "interfaces": [{"name": "eth0", "sandbox": ctr.path}],
+                   "ips": [{"address": "10.96.0.5/24", "interface": 0},
+                           {"address": "fd96::5/64", "interface": 0}]}}),
+        &ctr.path,
+        "10.96.0.5/24",
+        5353,
+    );
+    let stale = [
+        Flow::udp("192.0.2.10", "10.96.0.5", 40000, 5353, None),
+        Flow::udp("192.0.2.11", "10.96.0.5", 40001, 5353, Some(7)),
+        Flow::udp("2001:db8::10", "fd96::5", 40000, 5353, None),
+        Flow::udp("2001:db8::11", "fd96::5", 40001, 5353, Some(7)),
+    ];
+    let others = [
+        Flow::udp("192.0.2.10", "10.96.0.5", 40002, 5354, None),
+        Flow::udp("2001:db8::10", "fd96::5", 40002, 5354, None),
+        Flow::tcp("192.0.2.10", "10.96.0.5", 40003, 5353),
+        Flow::tcp("2001:db8::10", "fd96::5", 40003, 5353),
+    ];
+    track(&host, &others);
+    let kept = vec![("tcp", 5353), ("tcp", 5353), ("udp", 5354), ("udp", 5354)];
+    for verb in ["ADD", "DEL"] {
+        track(&host, &stale);
+        assert_eq!(tracked(&host).len(), 8, "before {verb}");
+        Call::new(&host, bin("portmap"), verb, &ctr.path)
+            .env("CNI_CONTAINERID", "ctr1")
+            .run(&conf)
+            .ok();
+        assert_eq!(tracked(&host), kept, "after {verb}");
     }
 }
 

@@ -174,11 +174,18 @@ fn after_rules(conf: &Conf, ips: &[IpNetwork], firewall: &mut dyn driver::Driver
     Ok(())
 }
 
+/// One dump per family of the container's addresses (`true` for IPv4), for every UDP port.
 fn flush_udp(mappings: &[Mapping], v4_families: &[bool]) {
-    for m in mappings.iter().filter(|m| m.protocol == L4::Udp) {
-        for v4 in v4_families {
-            conntrack::flush_udp_port(m.host_port, !v4);
-        }
+    let ports: Vec<u16> = mappings
+        .iter()
+        .filter(|m| m.protocol == L4::Udp)
+        .map(|m| m.host_port)
+        .collect();
+    for v4 in [true, false]
+        .into_iter()
+        .filter(|v4| v4_families.contains(v4))
+    {
+        conntrack::flush_udp_ports(&ports, !v4);
     }
 }
 

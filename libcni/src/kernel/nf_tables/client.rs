@@ -6,7 +6,7 @@ use netlink_packet_netfilter::nftables::{
 };
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage};
 
-use super::batch::{Acks, Batch, append};
+use super::batch::{Acks, Batch};
 use super::error::{Errno, Error, Result};
 use super::objects::{Chain, Family, chain_key, checked_name, table_key};
 use super::rule::{ListedRule, Rule};
@@ -159,12 +159,8 @@ impl Client {
     }
 
     fn send_request(&mut self, family: Family, body: NfTablesMessage, flags: u16) -> Result<u32> {
-        let seq = self.socket.reserve_seqs(1);
         let msg = NetfilterMessage::new(NetfilterHeader::new(family.proto(), 0, 0), body);
-        let mut bytes = Vec::new();
-        append(&mut bytes, msg, seq, flags);
-        self.socket.send(&bytes)?;
-        Ok(seq)
+        self.socket.send_message(msg, flags)
     }
 }
 

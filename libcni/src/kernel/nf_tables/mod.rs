@@ -33,5 +33,5 @@ pub use error::{Errno, Error, Result};
 pub use matches::L4;
 pub use objects::{BaseChain, Chain, ChainType, Family, Hook, Policy, priority};
 pub use rule::{ListedRule, Rule};
-pub use socket::{Message, control_messages, frames};
+pub use socket::{Message, Socket, control_messages, frames, is_control};
 pub use userdata::COMMENT_MAX;

@@ -1,5 +1,5 @@
 //! A small blocking NETLINK_NETFILTER socket: send one buffer, read back parsed datagrams with a
-//! bounded wait.
+//! bounded wait. nf_tables and ctnetlink (`crate::kernel::conntrack`) both speak over it.
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use netlink_packet_core::{NetlinkBuffer, NetlinkMessage};
 use netlink_packet_netfilter::NetfilterMessage;
 use netlink_sys::{Socket as RawSocket, protocols::NETLINK_NETFILTER};
 
+use super::batch::append;
 use super::error::{Error, Result};
 
 /// How long one receive may wait before the request counts as unanswered.
@@ -96,6 +97,15 @@ impl Socket {
             ))));
         }
         Ok(())
+    }
+
+    /// Sends one request (`NLM_F_REQUEST` and `flags`) under a fresh sequence number, returned.
+    pub fn send_message(&mut self, msg: NetfilterMessage, flags: u16) -> Result<u32> {
+        let seq = self.reserve_seqs(1);
+        let mut bytes = Vec::new();
+        append(&mut bytes, msg, seq, flags);
+        self.send(&bytes)?;
+        Ok(seq)
     }
 
     /// Reads one datagram and returns the control messages in it (see [`control_messages`]).
