@@ -45,32 +45,20 @@ impl Default for Workdir {
 
 /// Our cnitool, run inside `host` with this workdir's configs and cache.
 pub fn cnitool(host: &Netns, work: &Workdir, args: &[&str]) -> Outcome {
-    let mut cmd = host.command(bin("cnitool"));
-    cmd.args(args)
-        .env("NETCONFPATH", work.net_dir())
-        .env("CNI_PATH", bin_dir())
-        .env("CNI_CACHE_DIR", work.cache_dir());
-    outcome(&mut cmd, "")
+    cnitool_env(host, work, args, &[])
 }
 
 /// Our cnitool as `cnitool()` runs it, with extra environment (`CAP_ARGS`, `CNI_PATH`, …).
 pub fn cnitool_env(host: &Netns, work: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    let mut cmd = host.command(bin("cnitool"));
-    cmd.args(args)
-        .env("NETCONFPATH", work.net_dir())
-        .env("CNI_PATH", bin_dir())
-        .env("CNI_CACHE_DIR", work.cache_dir())
-        .envs(env.iter().copied());
-    outcome(&mut cmd, "")
+    outcome(&mut cnitool_command(host, work, args, env), "")
 }
 
 /// The container ID every cnitool derives for a namespace path.
 pub fn cnitool_container_id(netns: &Path) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha512::digest(netns.display().to_string().as_bytes());
-    digest[..10]
-        .iter()
-        .fold("cnitool-".to_string(), |s, b| format!("{s}{b:02x}"))
+    format!(
+        "cnitool-{}",
+        libcni::hash::sha512_hex(&netns.display().to_string(), 20)
+    )
 }
 
 /// Our cnitool for `args` inside `host` with this workdir's configs and cache and extra

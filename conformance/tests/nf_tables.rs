@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use conformance::{Netns, nft_batch};
+use conformance::{Netns, nft_batch, run_ok};
 use ipnetwork::IpNetwork;
 use libcni::kernel::nf_tables::{
     BaseChain, Batch, Chain, ChainType, Client, Errno, Error, Family, Hook, L4, ListedRule, Policy,
@@ -27,17 +27,12 @@ fn nft(ns: &Netns, script: &str) {
 
 /// `nft -j list chain`, without handles and metainfo (which differ between namespaces).
 fn listed_chain(ns: &Netns, family: Family, table: &str, chain: &str) -> Vec<Value> {
-    let out = ns
-        .command("nft")
-        .args(["-j", "list", "chain", family.name(), table, chain])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listing =
+        run_ok(
+            ns.command("nft")
+                .args(["-j", "list", "chain", family.name(), table, chain]),
+        );
+    let doc: Value = serde_json::from_slice(&listing).unwrap();
     doc["nftables"]
         .as_array()
         .unwrap()

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use conformance::{
     BridgeConf, Call, Netns, Workdir, bin, cnitool_container_id, cnitool_env, executed_programs,
-    execve_tracer, portmap_conflist, portmap_plugin, result_ips,
+    execve_tracer, portmap_conflist, portmap_plugin, result_ips, run_ok,
 };
 use libcni::firewall::Owner;
 use serde_json::{Value, json};
@@ -257,17 +257,7 @@ fn track(ns: &Netns, flows: &[Flow]) {
 /// Deletes the entries of `flows` in `ns` (the test's own cleanup between steps).
 fn untrack(ns: &Netns, flows: &[Flow]) {
     for flow in flows {
-        let out = ns
-            .command("conntrack")
-            .arg("-D")
-            .args(flow.args())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(ns.command("conntrack").arg("-D").args(flow.args()));
     }
 }
 
@@ -276,17 +266,8 @@ fn untrack(ns: &Netns, flows: &[Flow]) {
 fn tracked(ns: &Netns) -> Vec<(&'static str, u16)> {
     let mut entries = Vec::new();
     for family in ["ipv4", "ipv6"] {
-        let out = ns
-            .command("conntrack")
-            .args(["-L", "-f", family])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let listing = run_ok(ns.command("conntrack").args(["-L", "-f", family]));
+        for line in String::from_utf8_lossy(&listing).lines() {
             let proto = ["udp", "tcp"].into_iter().find(|p| line.starts_with(p));
             // The first dport= is the original direction's.
             let dport = line

@@ -17,8 +17,11 @@ const NEWRULE: u16 = (10 << 8) | 6;
 /// `struct nfgenmsg` before a netfilter message's attributes.
 const NFGENMSG_LEN: usize = 4;
 
-/// How often a dump is restarted when concurrent changes interrupt it.
-const DUMP_ATTEMPTS: usize = 3;
+/// How long a dump is restarted when concurrent changes interrupt it: any commit in the
+/// namespace between two parts of a dump interrupts it, and dozens of plugins deleting at once
+/// commit back to back, so restarts wait a little, growing and jittered, for a quiet moment.
+const DUMP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+const DUMP_PAUSE_MAX_MS: u64 = 16;
 
 /// nf_tables of the network namespace the calling thread was in when `open` ran.
 pub struct Client {
@@ -129,7 +132,9 @@ impl Client {
             RuleAttribute::Chain(checked_name(chain)?),
         ];
         let op = format!("list chain {family} {table} {chain}");
-        for _ in 0..DUMP_ATTEMPTS {
+        let deadline = std::time::Instant::now() + DUMP_PATIENCE;
+        let mut pause_ms = 1;
+        loop {
             let body = NfTablesMessage::GetRule(RuleMessage {
                 attributes: attributes.clone(),
             });
@@ -137,8 +142,12 @@ impl Client {
             if let Some(rules) = self.read_rule_dump(family, seq, &op)? {
                 return Ok(rules);
             }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Interrupted);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(jittered(pause_ms)));
+            pause_ms = (pause_ms * 2).min(DUMP_PAUSE_MAX_MS);
         }
-        Err(Error::Interrupted)
     }
 
     /// The rules of a dump, or `None` when it was interrupted and must be restarted.
@@ -162,6 +171,12 @@ impl Client {
         let msg = NetfilterMessage::new(NetfilterHeader::new(family.proto(), 0, 0), body);
         self.socket.send_message(msg, flags)
     }
+}
+
+/// Between `ms / 2` and `ms` milliseconds, so restarting dumps do not stay in step.
+fn jittered(ms: u64) -> u64 {
+    let noise = crate::kernel::random::bytes::<1>().map_or(0, |[b]| u64::from(b));
+    ms / 2 + noise * (ms - ms / 2) / 255
 }
 
 /// The rules of one dump of one chain, read datagram by datagram as the kernel sends them.
