@@ -4,10 +4,9 @@
 //! ipMasq, isDefaultGateway and macspoofchk + host-local + portmap with a hostPort per pod),
 //! one result cache, dual-stack pods: the reference ADDs pods, which ours CHECKs; ours ADDs,
 //! CHECKs and DELs a pod beside them and ADDs more that stay; `cnitool rollback` (a dry run
-//! first, then twice)
-//! converts ours' pods to the reference's layout, line for line what the reference made for
-//! its own; a hostPort still reaches its pod; the reference CHECKs and DELs every pod; nothing
-//! is left that names a pod, its address or its port.
+//! first, then twice) converts ours' pods to the reference's layout, line for line what the
+//! reference made for its own; a hostPort still reaches its pod; the reference CHECKs and DELs
+//! every pod; nothing is left that names a pod, its address or its port.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
