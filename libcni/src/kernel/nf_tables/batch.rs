@@ -2,8 +2,8 @@
 //! for an ACK; and the bookkeeping that matches the kernel's replies to the messages.
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, TableMessage,
@@ -18,10 +18,9 @@ use super::objects::{Chain, Family, chain_key, checked_name, table_key};
 use super::rule::{ListedRule, Rule};
 use super::socket::Message;
 
-/// `NFNL_SUBSYS_NFTABLES`: the batch markers name the subsystem in `res_id`.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// `NFNETLINK_V0`.
-const NFNETLINK_V0: u8 = 0;
+/// The batch markers name the subsystem in `res_id`.
+const NFNL_SUBSYS_NFTABLES: u16 = libc::NFNL_SUBSYS_NFTABLES as u16;
+const NFNETLINK_V0: u8 = libc::NFNETLINK_V0 as u8;
 
 struct Entry {
     op: String,
@@ -307,11 +306,9 @@ impl<'a> Acks<'a> {
     }
 }
 
-/// `NLM_F_CAPPED`, `NLM_F_ACK_TLVS` on an error reply; `NLMSGERR_ATTR_MSG` in its TLVs.
-const NLM_F_CAPPED: u16 = 0x100;
-const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG` (`linux/netlink.h`) in the TLVs of an error reply.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-const NLMSG_HDRLEN: usize = 16;
+const NLMSG_HDRLEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 
 /// The extended-ack text after the echoed request header of an error reply.
 pub fn ext_ack_text(flags: u16, payload: &[u8]) -> Option<String> {

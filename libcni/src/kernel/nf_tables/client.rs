@@ -13,7 +13,7 @@ use super::rule::{ListedRule, Rule};
 use super::socket::{Message, Socket, frames, is_control};
 
 /// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE`: a rule in a dump.
-const NEWRULE: u16 = (10 << 8) | 6;
+const NEWRULE: u16 = ((libc::NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWRULE) as u16;
 /// `struct nfgenmsg` before a netfilter message's attributes.
 const NFGENMSG_LEN: usize = 4;
 

@@ -16,10 +16,10 @@ use super::expr::{
 use super::objects::Family;
 use super::rule::{L3, Rule};
 
-/// `IFNAMSIZ`: interface names are compared as 16 zero-padded bytes.
-const IFNAMSIZ: usize = 16;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+/// Interface names are compared as `IFNAMSIZ` (16) zero-padded bytes.
+const IFNAMSIZ: usize = libc::IFNAMSIZ;
+const ETH_P_IP: u16 = libc::ETH_P_IP as u16;
+const ETH_P_IPV6: u16 = libc::ETH_P_IPV6 as u16;
 
 /// Transport protocols with a destination port at offset 2 of their header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,7 @@ mod matches;
 mod objects;
 mod rule;
 mod socket;
+mod uapi;
 mod userdata;
 
 pub use batch::{Acks, Batch, ext_ack_text};

@@ -112,8 +112,8 @@ impl Policy {
 }
 
 /// Verdict codes from `linux/netfilter.h`.
-pub(super) const NF_DROP: u32 = 0;
-pub(super) const NF_ACCEPT: u32 = 1;
+pub(super) const NF_DROP: u32 = libc::NF_DROP as u32;
+pub(super) const NF_ACCEPT: u32 = libc::NF_ACCEPT as u32;
 
 /// What makes a chain a base chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! A rule to append (table, chain, expressions, comment) and a rule as the kernel lists it.
 
 use netlink_packet_core::{
-    DecodeError, NlaBuffer, NlasIterator, Parseable, parse_string, parse_u64_be,
+    DecodeError, NLA_TYPE_MASK, NlaBuffer, NlasIterator, Parseable, parse_string, parse_u64_be,
 };
 use netlink_packet_netfilter::nftables::{
     ExpressionAttribute, Expressions, ListAttribute, RuleAttribute,
@@ -10,6 +10,7 @@ use netlink_packet_netfilter::nftables::{
 use super::error::{Error, Result};
 use super::expr::{self, Verdict};
 use super::objects::{Family, checked_name};
+use super::uapi::{self, bitwise, cmp, immediate, rule};
 use super::userdata;
 
 /// Which network protocol a rule's matches so far require.
@@ -144,15 +145,6 @@ pub struct ListedRule {
     raw_expressions: Option<Vec<u8>>,
 }
 
-// From `linux/netfilter/nf_tables.h` (`enum nft_rule_attributes`).
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_HANDLE: u16 = 3;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_RULE_USERDATA: u16 = 7;
-/// NLA_F_NESTED | NLA_F_NET_BYTEORDER.
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
 impl ListedRule {
     /// Reads the attributes of a NEWRULE message (after its nfgenmsg header) of a dump of
     /// `family`.
@@ -167,11 +159,11 @@ impl ListedRule {
             let nla = nla.map_err(bad)?;
             let len = usize::from(nla.length());
             match nla.kind() & NLA_TYPE_MASK {
-                NFTA_RULE_TABLE => table = Some(parse_string(nla.value()).map_err(bad)?),
-                NFTA_RULE_CHAIN => chain = Some(parse_string(nla.value()).map_err(bad)?),
-                NFTA_RULE_HANDLE => handle = Some(parse_u64_be(nla.value()).map_err(bad)?),
-                NFTA_RULE_USERDATA => comment = userdata::decode_comment(nla.value()),
-                NFTA_RULE_EXPRESSIONS => {
+                rule::TABLE => table = Some(parse_string(nla.value()).map_err(bad)?),
+                rule::CHAIN => chain = Some(parse_string(nla.value()).map_err(bad)?),
+                rule::HANDLE => handle = Some(parse_u64_be(nla.value()).map_err(bad)?),
+                rule::USERDATA => comment = userdata::decode_comment(nla.value()),
+                rule::EXPRESSIONS => {
                     raw_expressions = nla.into_inner().get(..len).map(<[u8]>::to_vec)
                 }
                 _ => {}
@@ -211,16 +203,6 @@ impl ListedRule {
     }
 }
 
-// `enum nft_expr_attributes` and the attributes of `cmp`, `bitwise` and `immediate` that hold
-// an NFTA_DATA_* attribute.
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
-const NFTA_BITWISE_DATA: u16 = 7;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-
 /// Whether `netlink-packet-netfilter` (0.4) can parse this NFTA_RULE_EXPRESSIONS attribute
 /// without panicking. It reads the NFTA_DATA_* attribute inside the data of `cmp`, `bitwise`
 /// and `immediate` without checking its length against the bytes there, and slices past them
@@ -232,21 +214,19 @@ fn crate_parses_safely(raw: &[u8]) -> bool {
     attributes(value_of(list)).all(|element| {
         let attrs = || attributes(value_of(element));
         let names: Vec<&[u8]> = attrs()
-            .filter(|a| a.kind() & NLA_TYPE_MASK == NFTA_EXPR_NAME)
+            .filter(|a| a.kind() & NLA_TYPE_MASK == uapi::expr::NAME)
             .map(|a| value_of(a).split(|b| *b == 0).next().unwrap_or_default())
             .collect();
         let holds_data = |kind: u16| {
             names.iter().any(|name| match *name {
-                b"cmp" => kind == NFTA_CMP_DATA,
-                b"bitwise" => {
-                    [NFTA_BITWISE_MASK, NFTA_BITWISE_XOR, NFTA_BITWISE_DATA].contains(&kind)
-                }
-                b"immediate" => kind == NFTA_IMMEDIATE_DATA,
+                b"cmp" => kind == cmp::DATA,
+                b"bitwise" => [bitwise::MASK, bitwise::XOR, bitwise::DATA].contains(&kind),
+                b"immediate" => kind == immediate::DATA,
                 _ => false,
             })
         };
         attrs()
-            .filter(|a| a.kind() & NLA_TYPE_MASK == NFTA_EXPR_DATA)
+            .filter(|a| a.kind() & NLA_TYPE_MASK == uapi::expr::DATA)
             .flat_map(|data| attributes(value_of(data)))
             .filter(|a| holds_data(a.kind() & NLA_TYPE_MASK))
             .all(|a| NlaBuffer::new_checked(value_of(a)).is_ok())

@@ -148,8 +148,8 @@ pub(super) fn split_datagram(bytes: &[u8]) -> Result<Vec<Message>> {
         .collect()
 }
 
-/// `NLMSG_MIN_TYPE`: types below it are netlink's own (NOOP, ERROR, DONE, OVERRUN).
-const NLMSG_MIN_TYPE: u16 = 0x10;
+/// Types below it are netlink's own (NOOP, ERROR, DONE, OVERRUN).
+const NLMSG_MIN_TYPE: u16 = libc::NLMSG_MIN_TYPE as u16;
 
 /// Whether a frame is one of netlink's control messages rather than an nf_tables object.
 pub fn is_control(frame: &NetlinkBuffer<&[u8]>) -> bool {

@@ -1,6 +1,6 @@
 //! Attribute plumbing for the expressions built over `Expressions::Other`.
 
-use netlink_packet_core::{DefaultNla, Nla};
+use netlink_packet_core::{DefaultNla, NLA_TYPE_MASK, Nla};
 use netlink_packet_netfilter::nftables::{Expressions, Register};
 
 pub fn u32_be(kind: u16, value: u32) -> DefaultNla {
@@ -34,14 +34,11 @@ pub fn of<'a>(expr: &'a Expressions, name: &str) -> Option<&'a [DefaultNla]> {
 }
 
 fn value(attrs: &[DefaultNla], kind: u16) -> Option<Vec<u8>> {
-    let nla = attrs.iter().find(|a| a.kind() & !NLA_FLAGS == kind)?;
+    let nla = attrs.iter().find(|a| a.kind() & NLA_TYPE_MASK == kind)?;
     let mut buf = vec![0; nla.value_len()];
     nla.emit_value(&mut buf);
     Some(buf)
 }
-
-/// NLA_F_NESTED | NLA_F_NET_BYTEORDER: the kernel may set them on replies.
-const NLA_FLAGS: u16 = 0xc000;
 
 pub fn find_u32(attrs: &[DefaultNla], kind: u16) -> Option<u32> {
     let bytes: [u8; 4] = value(attrs, kind)?.try_into().ok()?;

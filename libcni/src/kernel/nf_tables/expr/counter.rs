@@ -4,8 +4,7 @@ use netlink_packet_netfilter::nftables::Expressions;
 
 use super::attrs;
 
-const NFTA_COUNTER_BYTES: u16 = 1;
-const NFTA_COUNTER_PACKETS: u16 = 2;
+use crate::kernel::nf_tables::uapi::counter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counter {
@@ -18,8 +17,8 @@ impl From<Counter> for Expressions {
         attrs::other(
             "counter",
             vec![
-                attrs::u64_be(NFTA_COUNTER_BYTES, c.bytes),
-                attrs::u64_be(NFTA_COUNTER_PACKETS, c.packets),
+                attrs::u64_be(counter::BYTES, c.bytes),
+                attrs::u64_be(counter::PACKETS, c.packets),
             ],
         )
     }
@@ -29,8 +28,8 @@ impl Counter {
     pub fn parse(expr: &Expressions) -> Option<Counter> {
         let a = attrs::of(expr, "counter")?;
         Some(Counter {
-            packets: attrs::find_u64(a, NFTA_COUNTER_PACKETS).unwrap_or(0),
-            bytes: attrs::find_u64(a, NFTA_COUNTER_BYTES).unwrap_or(0),
+            packets: attrs::find_u64(a, counter::PACKETS).unwrap_or(0),
+            bytes: attrs::find_u64(a, counter::BYTES).unwrap_or(0),
         })
     }
 }

@@ -4,8 +4,7 @@ use netlink_packet_netfilter::nftables::{Expressions, Register};
 
 use super::attrs;
 
-const NFTA_CT_DREG: u16 = 1;
-const NFTA_CT_KEY: u16 = 2;
+use crate::kernel::nf_tables::uapi::ct;
 
 /// `enum nft_ct_keys` (the ones we read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +58,8 @@ impl From<Ct> for Expressions {
         attrs::other(
             "ct",
             vec![
-                attrs::reg(NFTA_CT_DREG, c.dreg),
-                attrs::u32_be(NFTA_CT_KEY, c.key.code()),
+                attrs::reg(ct::DREG, c.dreg),
+                attrs::u32_be(ct::KEY, c.key.code()),
             ],
         )
     }
@@ -70,8 +69,8 @@ impl Ct {
     pub fn parse(expr: &Expressions) -> Option<Ct> {
         let a = attrs::of(expr, "ct")?;
         Some(Ct {
-            key: CtKey::from_code(attrs::find_u32(a, NFTA_CT_KEY)?),
-            dreg: attrs::find_reg(a, NFTA_CT_DREG)?,
+            key: CtKey::from_code(attrs::find_u32(a, ct::KEY)?),
+            dreg: attrs::find_reg(a, ct::DREG)?,
         })
     }
 }

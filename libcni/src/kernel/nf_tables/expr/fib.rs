@@ -4,9 +4,7 @@ use netlink_packet_netfilter::nftables::{Expressions, Register};
 
 use super::attrs;
 
-const NFTA_FIB_DREG: u16 = 1;
-const NFTA_FIB_RESULT: u16 = 2;
-const NFTA_FIB_FLAGS: u16 = 3;
+use crate::kernel::nf_tables::uapi::fib;
 
 /// `enum nft_fib_result`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +48,8 @@ impl FibFlags {
     pub const OIF: FibFlags = FibFlags(1 << 4);
 }
 
-/// `RTN_LOCAL` from `linux/rtnetlink.h`: the address is one of this host's.
-pub const RTN_LOCAL: u32 = 2;
+/// `RTN_LOCAL`: the address is one of this host's.
+pub const RTN_LOCAL: u32 = libc::RTN_LOCAL as u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fib {
@@ -65,9 +63,9 @@ impl From<Fib> for Expressions {
         attrs::other(
             "fib",
             vec![
-                attrs::reg(NFTA_FIB_DREG, f.dreg),
-                attrs::u32_be(NFTA_FIB_RESULT, f.result.code()),
-                attrs::u32_be(NFTA_FIB_FLAGS, f.flags.0),
+                attrs::reg(fib::DREG, f.dreg),
+                attrs::u32_be(fib::RESULT, f.result.code()),
+                attrs::u32_be(fib::FLAGS, f.flags.0),
             ],
         )
     }
@@ -77,9 +75,9 @@ impl Fib {
     pub fn parse(expr: &Expressions) -> Option<Fib> {
         let a = attrs::of(expr, "fib")?;
         Some(Fib {
-            result: FibResult::from_code(attrs::find_u32(a, NFTA_FIB_RESULT)?),
-            flags: FibFlags(attrs::find_u32(a, NFTA_FIB_FLAGS)?),
-            dreg: attrs::find_reg(a, NFTA_FIB_DREG)?,
+            result: FibResult::from_code(attrs::find_u32(a, fib::RESULT)?),
+            flags: FibFlags(attrs::find_u32(a, fib::FLAGS)?),
+            dreg: attrs::find_reg(a, fib::DREG)?,
         })
     }
 }

@@ -5,23 +5,13 @@ use netlink_packet_netfilter::nftables::{Expressions, Register};
 
 use super::attrs;
 use crate::kernel::nf_tables::objects::Family;
+use crate::kernel::nf_tables::uapi::{masq, nat};
 
-const NFTA_NAT_TYPE: u16 = 1;
-const NFTA_NAT_FAMILY: u16 = 2;
-const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
-const NFTA_NAT_REG_ADDR_MAX: u16 = 4;
-const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
-const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
-const NFTA_NAT_FLAGS: u16 = 7;
-
-const NFT_NAT_SNAT: u32 = 0;
-const NFT_NAT_DNAT: u32 = 1;
+const NFT_NAT_SNAT: u32 = libc::NFT_NAT_SNAT as u32;
+const NFT_NAT_DNAT: u32 = libc::NFT_NAT_DNAT as u32;
 
 /// `NF_NAT_RANGE_PROTO_SPECIFIED`: a port (range) is given.
 pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
-
-const NFTA_MASQ_FLAGS: u16 = 1;
-const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -50,16 +40,16 @@ impl From<Nat> for Expressions {
             _ => Family::Ip,
         };
         let mut a = vec![
-            attrs::u32_be(NFTA_NAT_TYPE, kind),
-            attrs::u32_be(NFTA_NAT_FAMILY, family.nfproto().into()),
+            attrs::u32_be(nat::TYPE, kind),
+            attrs::u32_be(nat::FAMILY, family.nfproto().into()),
         ];
         if let Some(r) = n.addr {
-            a.push(attrs::reg(NFTA_NAT_REG_ADDR_MIN, r));
+            a.push(attrs::reg(nat::REG_ADDR_MIN, r));
         }
         if let Some(r) = n.port {
-            a.push(attrs::reg(NFTA_NAT_REG_PROTO_MIN, r));
+            a.push(attrs::reg(nat::REG_PROTO_MIN, r));
             // As nft sends it; the kernel sets NF_NAT_RANGE_MAP_IPS itself from the address.
-            a.push(attrs::u32_be(NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED));
+            a.push(attrs::u32_be(nat::FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED));
         }
         attrs::other("nat", a)
     }
@@ -68,26 +58,26 @@ impl From<Nat> for Expressions {
 impl Nat {
     pub fn parse(expr: &Expressions) -> Option<Nat> {
         let a = attrs::of(expr, "nat")?;
-        let kind = match attrs::find_u32(a, NFTA_NAT_TYPE)? {
+        let kind = match attrs::find_u32(a, nat::TYPE)? {
             NFT_NAT_SNAT => NatKind::Snat,
             NFT_NAT_DNAT => NatKind::Dnat,
             _ => return None,
         };
-        let nfproto = attrs::find_u32(a, NFTA_NAT_FAMILY)?;
+        let nfproto = attrs::find_u32(a, nat::FAMILY)?;
         let family = [Family::Ip, Family::Ip6]
             .into_iter()
             .find(|f| u32::from(f.nfproto()) == nfproto)?;
         // A range (max registers) is not something we build; refuse to misread one.
-        if attrs::find_u32(a, NFTA_NAT_REG_ADDR_MAX).is_some()
-            || attrs::find_u32(a, NFTA_NAT_REG_PROTO_MAX).is_some()
+        if attrs::find_u32(a, nat::REG_ADDR_MAX).is_some()
+            || attrs::find_u32(a, nat::REG_PROTO_MAX).is_some()
         {
             return None;
         }
         Some(Nat {
             kind,
             family,
-            addr: attrs::find_reg(a, NFTA_NAT_REG_ADDR_MIN),
-            port: attrs::find_reg(a, NFTA_NAT_REG_PROTO_MIN),
+            addr: attrs::find_reg(a, nat::REG_ADDR_MIN),
+            port: attrs::find_reg(a, nat::REG_PROTO_MIN),
         })
     }
 }
@@ -103,10 +93,10 @@ impl From<Masquerade> for Expressions {
     fn from(m: Masquerade) -> Expressions {
         let mut a = Vec::new();
         if m.flags != 0 {
-            a.push(attrs::u32_be(NFTA_MASQ_FLAGS, m.flags));
+            a.push(attrs::u32_be(masq::FLAGS, m.flags));
         }
         if let Some(r) = m.port {
-            a.push(attrs::reg(NFTA_MASQ_REG_PROTO_MIN, r));
+            a.push(attrs::reg(masq::REG_PROTO_MIN, r));
         }
         attrs::other("masq", a)
     }
@@ -116,8 +106,8 @@ impl Masquerade {
     pub fn parse(expr: &Expressions) -> Option<Masquerade> {
         let a = attrs::of(expr, "masq")?;
         Some(Masquerade {
-            flags: attrs::find_u32(a, NFTA_MASQ_FLAGS).unwrap_or(0),
-            port: attrs::find_reg(a, NFTA_MASQ_REG_PROTO_MIN),
+            flags: attrs::find_u32(a, masq::FLAGS).unwrap_or(0),
+            port: attrs::find_reg(a, masq::REG_PROTO_MIN),
         })
     }
 }
