@@ -63,12 +63,15 @@ pub fn chain_may_exist(
     Ok(legacy_loaded || nft.chain_exists(nft_family, table, chain)?)
 }
 
+/// The exit codes of `iptables -S` for an absent chain and an absent table.
+const CHAIN_MISSING: i32 = 1;
+const TABLE_MISSING: i32 = 3;
+
 /// The rules of `chain` in `table` as `-A …` lines, or `None` when the chain (or iptables)
 /// does not exist.
 pub fn list_chain(family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>> {
     let out = match Command::new(family.program())
         .args(["-w", "-t", table, "-S", chain])
-        .stderr(Stdio::null())
         .output()
     {
         Ok(out) => out,
@@ -77,8 +80,13 @@ pub fn list_chain(family: Family, table: &str, chain: &str) -> Result<Option<Vec
             return Err(FirewallError::spawn(family.program())(source).into());
         }
     };
-    if !out.status.success() {
-        return Ok(None);
+    match out.status.code() {
+        Some(0) => {}
+        // 1: no such chain (iptables-nft 1.8.9 words it "incompatible, use 'nft' tool"),
+        // 3: no such table. Anything else (2 a bad request, 4 a resource problem such as
+        // permission or the lock) is a failure, not an absent chain.
+        Some(CHAIN_MISSING | TABLE_MISSING) => return Ok(None),
+        _ => return Err(FirewallError::refused(family.program(), &out.stderr).into()),
     }
     Ok(Some(
         String::from_utf8_lossy(&out.stdout)
