@@ -18,6 +18,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
+use crate::kernel::errno::Errno;
 use crate::kernel::netlink_error::NetlinkError;
 use crate::kernel::netns::Netns;
 use crate::protocol::error::{Error, Result};
@@ -209,16 +210,16 @@ fn kernel(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
     NetlinkError::new(what, e).into()
 }
 
-/// The errno of a kernel refusal (positive), if the error is one.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+/// The errno of a kernel refusal, if the error is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<Errno> {
     match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        rtnetlink::Error::NetlinkError(m) => Some(Errno::from_code(m.raw_code())),
         _ => None,
     }
 }
 
-fn is_errno(e: &rtnetlink::Error, code: i32) -> bool {
-    errno(e) == Some(code)
+fn refused_with(e: &rtnetlink::Error, errno: Errno) -> bool {
+    self::errno(e) == Some(errno)
 }
 
 /// Outcome of creating something that may already exist.
@@ -335,8 +336,8 @@ impl Netlink {
         }
         match self.handle.link().add(msg.build()).execute().await {
             Ok(()) => Ok(Created::New),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
-            Err(e) if vlan_filtering && is_errno(&e, libc::EOPNOTSUPP) => {
+            Err(e) if refused_with(&e, Errno::Exists) => Ok(Created::Existed),
+            Err(e) if vlan_filtering && refused_with(&e, Errno::NotSupported) => {
                 Err(Error::unsupported_field(format!(
                     "cannot create bridge {name:?} with VLAN filtering: this kernel has no bridge VLAN support \
                  (CONFIG_BRIDGE_VLAN_FILTERING)"
@@ -367,7 +368,7 @@ impl Netlink {
         }
         match self.handle.link().add(msg.build()).execute().await {
             Ok(()) => Ok(Created::New),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
+            Err(e) if refused_with(&e, Errno::Exists) => Ok(Created::Existed),
             Err(e) => Err(kernel(
                 format_args!("cannot create veth {:?}/{:?}", spec.host, spec.peer),
                 e,
@@ -408,7 +409,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| match errno(&e) {
-                Some(libc::EOPNOTSUPP) => Error::unsupported_field(format!(
+                Some(Errno::NotSupported) => Error::unsupported_field(format!(
                     "cannot add vlan {vid} to {:?}: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)",
                     port.name
                 )),
@@ -423,8 +424,8 @@ impl Netlink {
             .build();
         match self.handle.link().del_with_message(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
-            Err(e) if is_errno(&e, libc::EOPNOTSUPP) => Err(Error::unsupported_field(format!(
+            Err(e) if refused_with(&e, Errno::NotFound) => Ok(()),
+            Err(e) if refused_with(&e, Errno::NotSupported) => Err(Error::unsupported_field(format!(
                 "cannot remove vlan {vid} from {:?}: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)",
                 port.name
             ))),
@@ -438,7 +439,7 @@ impl Netlink {
     pub async fn delete_link(&self, link: &Link) -> Result<()> {
         match self.handle.link().del(link.index).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) if refused_with(&e, Errno::NoDevice) => Ok(()),
             Err(e) => Err(kernel(format_args!("cannot delete {:?}", link.name), e)),
         }
     }
@@ -479,7 +480,7 @@ impl Netlink {
             .add(link.index, address.ip(), address.prefix());
         match req.execute().await {
             Ok(()) => Ok(Created::New),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(Created::Existed),
+            Err(e) if refused_with(&e, Errno::Exists) => Ok(Created::Existed),
             Err(e) => Err(kernel(
                 format_args!("cannot add {address} to {:?}", link.name),
                 e,
@@ -497,7 +498,7 @@ impl Netlink {
         for msg in msgs.into_iter().filter(|m| address_of(m) == Some(address)) {
             match self.handle.address().del(msg).execute().await {
                 Ok(()) => {}
-                Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => {}
+                Err(e) if refused_with(&e, Errno::Other(libc::EADDRNOTAVAIL)) => {}
                 Err(e) => {
                     return Err(kernel(
                         format_args!("cannot remove {address} from {:?}", link.name),
@@ -540,7 +541,7 @@ impl Netlink {
         while let Some(answer) = answers.next().await {
             if let NetlinkPayload::Error(e) = answer.payload {
                 let e = rtnetlink::Error::NetlinkError(e);
-                if !is_errno(&e, libc::EEXIST) {
+                if !refused_with(&e, Errno::Exists) {
                     return Err(fail(e));
                 }
                 created = Created::Existed;
@@ -559,7 +560,7 @@ impl Netlink {
         let mut answers = self.handle.route().get(any_route(msg)).execute();
         let found = match answers.try_next().await {
             Ok(found) => found,
-            Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => None,
+            Err(e) if matches!(errno(&e), Some(Errno::Other(libc::ENETUNREACH | libc::EHOSTUNREACH))) => None,
             Err(e) => return Err(kernel(format_args!("cannot look up the route to {dst}"), e)),
         };
         let oif = found.and_then(|m| {
@@ -592,7 +593,7 @@ impl Netlink {
             .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(Errno::NotFound | Errno::Other(libc::ESRCH))) => Ok(()),
             Err(e) => Err(kernel(
                 format_args!(
                     "cannot remove the neighbour entry of {ip} on {:?}",
@@ -636,7 +637,7 @@ fn any_route(mut msg: RouteMessage) -> RouteMessage {
 async fn first_link(request: rtnetlink::LinkGetRequest, what: &str) -> Result<Option<Link>> {
     match request.execute().try_next().await {
         Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
-        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) if refused_with(&e, Errno::NoDevice) => Ok(None),
         Err(e) => Err(kernel(format_args!("cannot look up link {what}"), e)),
     }
 }

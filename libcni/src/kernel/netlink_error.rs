@@ -23,7 +23,7 @@ impl NetlinkError {
 
     /// The kernel's errno, when the kernel refused the request (not a socket or decode failure).
     pub fn errno(&self) -> Option<Errno> {
-        crate::kernel::netlink::errno(&self.source).map(Errno::from_code)
+        crate::kernel::netlink::errno(&self.source)
     }
 
     pub fn is_not_found(&self) -> bool {
