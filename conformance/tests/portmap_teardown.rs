@@ -440,3 +440,139 @@ fn del_removes_what_the_go_portmap_made_in_nftables() {
         .collect();
     assert_eq!(after, kept);
 }
+
+/// The handle file ADD leaves for the attachment `container_id` of `host` (see
+/// libcni::firewall::handles), or `None`.
+fn handle_file(host: &Netns, container_id: &str) -> (std::path::PathBuf, Option<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&host.path).unwrap().ino();
+    let key = Owner {
+        network: NET,
+        container_id,
+        ifname: "eth0",
+    }
+    .key();
+    let name = format!(
+        "{ino}-{}",
+        key.trim_start_matches("rcni:").replace(':', "-")
+    );
+    let path = Path::new("/run/cni-rs/nft").join(name);
+    let text = std::fs::read_to_string(&path).ok();
+    (path, text)
+}
+
+/// The handles of the rules in our table whose comment is the attachment's.
+fn handles_of(host: &Netns, container_id: &str) -> Vec<u64> {
+    let comment_of = owner_comment(container_id);
+    let mut handles: Vec<u64> = portmap_rules(host)
+        .iter()
+        .filter(|r| comment(r) == comment_of)
+        .filter_map(|r| r["handle"].as_u64())
+        .collect();
+    handles.sort();
+    handles
+}
+
+/// A host namespace with a link towards the pods' subnet 10.96.0.0/24 (the hairpin rule
+/// needs the route).
+fn host_with_pod_route() -> Netns {
+    let host = host();
+    host.ip(&[
+        "link",
+        "add",
+        "pods",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pods-peer",
+    ]);
+    host.ip(&["addr", "add", "10.96.0.1/24", "dev", "pods"]);
+    host.ip(&["link", "set", "pods", "up"]);
+    host.ip(&["link", "set", "pods-peer", "up"]);
+    host
+}
+
+fn raw_portmap(host: &Netns, pod: &Netns, cid: &str, command: &str, conf: &str) {
+    Call::new(host, bin("portmap"), command, &pod.path)
+        .env("CNI_CONTAINERID", cid)
+        .run(conf)
+        .ok();
+}
+
+/// ADD records the handles the kernel gave its rules (a second ADD of the attachment adds to
+/// them), DEL deletes exactly those and drops the file; without a complete file (gone, or
+/// pending as a killed ADD leaves it) DEL lists and still removes every rule.
+#[test]
+fn del_deletes_by_the_handles_add_recorded() {
+    let host = host_with_pod_route();
+    let pod = Netns::new("c");
+    let cid = conformance::unique("hd");
+    let first = portmap_conf(json!({}), &pod.path, "10.96.0.2/24", 9100);
+    let second = portmap_conf(json!({}), &pod.path, "10.96.0.2/24", 9101);
+    raw_portmap(&host, &pod, &cid, "ADD", &first);
+    let (path, text) = handle_file(&host, &cid);
+    let recorded = |text: &str| -> Vec<u64> {
+        let mut h: Vec<u64> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        h.sort();
+        h
+    };
+    let text = text.expect("ADD leaves a handle file");
+    assert!(text.starts_with("complete\n"), "{text}");
+    assert_eq!(recorded(&text), handles_of(&host, &cid));
+    assert_eq!(handles_of(&host, &cid).len(), 3);
+
+    raw_portmap(&host, &pod, &cid, "ADD", &second);
+    let text = handle_file(&host, &cid).1.unwrap();
+    assert_eq!(recorded(&text), handles_of(&host, &cid));
+    assert_eq!(handles_of(&host, &cid).len(), 6);
+    raw_portmap(&host, &pod, &cid, "DEL", &second);
+    assert_eq!(handles_of(&host, &cid), Vec::<u64>::new());
+    assert_eq!(handle_file(&host, &cid).1, None);
+
+    for damage in ["pending\n", ""] {
+        raw_portmap(&host, &pod, &cid, "ADD", &first);
+        if damage.is_empty() {
+            std::fs::remove_file(&path).unwrap();
+        } else {
+            std::fs::write(&path, damage).unwrap();
+        }
+        raw_portmap(&host, &pod, &cid, "DEL", &first);
+        assert_eq!(handles_of(&host, &cid), Vec::<u64>::new(), "{damage:?}");
+        assert_eq!(handle_file(&host, &cid).1, None);
+    }
+}
+
+/// Handles restart when the table is made again: a pod's recorded handles then name another
+/// pod's rules, and its DEL must see that (the comment) and delete nothing of theirs.
+#[test]
+fn stale_handles_never_delete_another_pods_rules() {
+    let host = host_with_pod_route();
+    let pod = Netns::new("c");
+    let (a, b) = (conformance::unique("ha"), conformance::unique("hb"));
+    let conf_a = portmap_conf(json!({}), &pod.path, "10.96.0.2/24", 9200);
+    let conf_b = portmap_conf(json!({}), &pod.path, "10.96.0.3/24", 9201);
+    raw_portmap(&host, &pod, &a, "ADD", &conf_a);
+    let handles_a = handles_of(&host, &a);
+    run_ok(
+        host.command("nft")
+            .args(["delete", "table", "inet", "rcni_portmap"]),
+    );
+    raw_portmap(&host, &pod, &b, "ADD", &conf_b);
+    assert_eq!(
+        handles_of(&host, &b),
+        handles_a,
+        "the handles were given out again"
+    );
+    let before = portmap_rules(&host);
+
+    raw_portmap(&host, &pod, &a, "DEL", &conf_a);
+    assert_eq!(portmap_rules(&host), before);
+    assert_eq!(handle_file(&host, &a).1, None);
+    raw_portmap(&host, &pod, &b, "DEL", &conf_b);
+    assert_eq!(handles_of(&host, &b), Vec::<u64>::new());
+}

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod driver;
 pub mod error;
+pub mod handles;
 pub mod iptables;
 pub mod localnet;
 pub mod masquerade;

@@ -19,15 +19,24 @@ pub type BaseObjects = fn(&mut Batch) -> nf_tables::Result<()>;
 /// their table or chain is missing, the base objects and the rules go in one transaction, and
 /// a racing ADD that made them first sends us back to the hot path.
 pub fn add_rules(nft: &mut Client, rules: &[Rule], base: BaseObjects) -> Result<()> {
+    add_rules_echoed(nft, rules, base).map(drop)
+}
+
+/// [`add_rules`], returning the rules as the kernel made them (with their handles).
+pub fn add_rules_echoed(
+    nft: &mut Client,
+    rules: &[Rule],
+    base: BaseObjects,
+) -> Result<Vec<ListedRule>> {
     if rules.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut batch = Batch::new();
     for rule in rules {
         batch.add_rule(rule)?;
     }
     for _ in 0..3 {
-        match nft.commit(&batch) {
+        match nft.commit_echoed(&batch) {
             Err(e) if e.is_not_found() => {}
             done => return Ok(done?),
         }
@@ -36,7 +45,7 @@ pub fn add_rules(nft: &mut Client, rules: &[Rule], base: BaseObjects) -> Result<
         for rule in rules {
             with_base.add_rule(rule)?;
         }
-        match nft.commit(&with_base) {
+        match nft.commit_echoed(&with_base) {
             Err(e) if e.is_exists() => {}
             done => return Ok(done?),
         }

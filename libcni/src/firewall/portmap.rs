@@ -26,7 +26,7 @@ use ipnetwork::IpNetwork;
 
 use super::check::Tally;
 use super::owner::{Owner, stale};
-use super::{nftables, portmap_conditions, subnet_of};
+use super::{handles, nftables, portmap_conditions, subnet_of};
 use crate::kernel::nf_tables::{
     self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Rule,
 };
@@ -196,12 +196,16 @@ pub fn add(nft: &mut Client, a: &Attachment<'_>) -> Result<()> {
     if planned.is_empty() {
         return Ok(());
     }
+    let before = handles::before_add(&a.owner);
     if a.has_conditions() {
+        // Made through nft text: no handles come back, the file stays pending.
         return portmap_conditions::add(nft, a, &planned);
     }
     let comment = a.owner.comment();
     let rules: Vec<Rule> = planned.iter().map(|p| p.rule(&comment)).collect();
-    nftables::add_rules(nft, &rules, base_objects)
+    let added = nftables::add_rules_echoed(nft, &rules, base_objects)?;
+    handles::after_add(&a.owner, before, &added);
+    Ok(())
 }
 
 /// This attachment's rules in our table.
@@ -227,17 +231,25 @@ fn reference_rules(nft: &mut Client, container_id: &str) -> Result<Vec<ListedRul
     Ok(found)
 }
 
-/// Removes the attachment's rules and those the Go portmap made for its container: a listing
-/// of our two chains (and of the Go portmap's, where its tables exist), one deleting
-/// transaction.
+/// Removes the attachment's rules and those the Go portmap made for its container: by the
+/// handles ADD recorded when the kernel confirms them, else by a listing of our two chains;
+/// the Go portmap's chains are listed where its tables exist. One deleting transaction.
 pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     let find = |nft: &mut Client| {
         let mut rules = rules_of(nft, owner)?;
         rules.extend(reference_rules(nft, owner.container_id)?);
         Ok(rules)
     };
-    let rules = find(nft)?;
-    nftables::delete(nft, rules, find)
+    let rules = match handles::confirmed(nft, owner) {
+        Some(mut rules) => {
+            rules.extend(reference_rules(nft, owner.container_id)?);
+            rules
+        }
+        None => find(nft)?,
+    };
+    nftables::delete(nft, rules, find)?;
+    handles::forget(owner);
+    Ok(())
 }
 
 /// Removes the attachment's rules in our table only (rollback: the Go portmap's rules for the
@@ -245,7 +257,9 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
 pub fn remove_own(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     let find = |nft: &mut Client| rules_of(nft, owner);
     let rules = find(nft)?;
-    nftables::delete(nft, rules, find)
+    nftables::delete(nft, rules, find)?;
+    handles::forget(owner);
+    Ok(())
 }
 
 /// The container's first IPv4 and first IPv6 address (with their prefix length), as the Go
@@ -326,7 +340,9 @@ pub fn retain(
     network: &str,
     valid: &[crate::protocol::conf::Attachment],
 ) -> Result<()> {
-    nftables::remove_where(nft, NFT, TABLE, &OWNED, |c| stale(network, valid, c))
+    nftables::remove_where(nft, NFT, TABLE, &OWNED, |c| stale(network, valid, c))?;
+    handles::forget_stale(network, valid);
+    Ok(())
 }
 
 #[cfg(test)]

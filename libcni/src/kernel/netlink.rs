@@ -425,10 +425,12 @@ impl Netlink {
         match self.handle.link().del_with_message(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if refused_with(&e, Errno::NotFound) => Ok(()),
-            Err(e) if refused_with(&e, Errno::NotSupported) => Err(Error::unsupported_field(format!(
-                "cannot remove vlan {vid} from {:?}: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)",
-                port.name
-            ))),
+            Err(e) if refused_with(&e, Errno::NotSupported) => {
+                Err(Error::unsupported_field(format!(
+                    "cannot remove vlan {vid} from {:?}: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)",
+                    port.name
+                )))
+            }
             Err(e) => Err(kernel(
                 format_args!("cannot remove vlan {vid} from {:?}", port.name),
                 e,
@@ -560,7 +562,14 @@ impl Netlink {
         let mut answers = self.handle.route().get(any_route(msg)).execute();
         let found = match answers.try_next().await {
             Ok(found) => found,
-            Err(e) if matches!(errno(&e), Some(Errno::Other(libc::ENETUNREACH | libc::EHOSTUNREACH))) => None,
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    Some(Errno::Other(libc::ENETUNREACH | libc::EHOSTUNREACH))
+                ) =>
+            {
+                None
+            }
             Err(e) => return Err(kernel(format_args!("cannot look up the route to {dst}"), e)),
         };
         let oif = found.and_then(|m| {
@@ -593,7 +602,9 @@ impl Netlink {
             .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(Errno::NotFound | Errno::Other(libc::ESRCH))) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(Errno::NotFound | Errno::Other(libc::ESRCH))) => {
+                Ok(())
+            }
             Err(e) => Err(kernel(
                 format_args!(
                     "cannot remove the neighbour entry of {ip} on {:?}",

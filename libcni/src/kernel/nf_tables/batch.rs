@@ -2,8 +2,8 @@
 //! for an ACK; and the bookkeeping that matches the kernel's replies to the messages.
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL,
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, TableMessage,
@@ -190,6 +190,15 @@ impl Batch {
     /// The wire form: begin marker at `first_seq`, message `i` at `first_seq + 1 + i`, end
     /// marker after them.
     pub(super) fn encode(&self, first_seq: u32) -> Vec<u8> {
+        self.encode_with(first_seq, 0)
+    }
+
+    /// [`encode`](Self::encode), each added rule echoed back (`NLM_F_ECHO`) with its handle.
+    pub(super) fn encode_echoed(&self, first_seq: u32) -> Vec<u8> {
+        self.encode_with(first_seq, NLM_F_ECHO)
+    }
+
+    fn encode_with(&self, first_seq: u32, new_rule_flags: u16) -> Vec<u8> {
         let mut out = Vec::new();
         let marker = |m: ControlMessage| {
             NetfilterMessage::new(
@@ -207,7 +216,16 @@ impl Batch {
                 NetfilterHeader::new(e.family.proto(), NFNETLINK_V0, 0),
                 e.body.clone(),
             );
-            append(&mut out, msg, seq_of(first_seq, i), e.flags | NLM_F_ACK);
+            let echo = match e.body {
+                NfTablesMessage::NewRule(_) => new_rule_flags,
+                _ => 0,
+            };
+            append(
+                &mut out,
+                msg,
+                seq_of(first_seq, i),
+                e.flags | NLM_F_ACK | echo,
+            );
         }
         let end_seq = seq_of(first_seq, self.entries.len());
         append(&mut out, marker(ControlMessage::BatchEnd), end_seq, 0);
@@ -259,6 +277,12 @@ impl<'a> Acks<'a> {
 
     pub fn done(&self) -> bool {
         self.remaining == 0
+    }
+
+    /// The family of the batch's message sent under `seq`, if one was.
+    pub fn family_of(&self, seq: u32) -> Option<Family> {
+        let index = seq.wrapping_sub(self.first_seq).wrapping_sub(1) as usize;
+        self.batch.entries.get(index).map(|e| e.family)
     }
 
     /// Takes one reply; a refusal of the batch as a whole ends the transaction at once.

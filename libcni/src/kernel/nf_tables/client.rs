@@ -53,6 +53,80 @@ impl Client {
         acks.outcome()
     }
 
+    /// Applies `batch` as [`commit`](Self::commit) does, the kernel echoing every rule it
+    /// adds: the added rules, with their handles and comments.
+    pub fn commit_echoed(&mut self, batch: &Batch) -> Result<Vec<ListedRule>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.socket.expect_replies(2 * batch.len())?;
+        let first_seq = self.socket.reserve_seqs(batch.seq_count());
+        self.socket.send(&batch.encode_echoed(first_seq))?;
+        let mut acks = Acks::new(batch, first_seq);
+        let mut added = Vec::new();
+        while !acks.done() {
+            for frame in frames(self.socket.recv_raw()?) {
+                let frame = frame?;
+                if frame.message_type() == NEWRULE {
+                    if let Some(family) = acks.family_of(frame.sequence_number()) {
+                        let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
+                        added.push(ListedRule::decode(family, attributes)?);
+                    }
+                } else if is_control(&frame) {
+                    let msg = Message::deserialize(frame.into_inner())
+                        .map_err(|e| Error::Decode(e.to_string()))?;
+                    acks.record(&msg)?;
+                }
+            }
+        }
+        acks.outcome().map(|()| added)
+    }
+
+    /// The rule `handle` of a chain, or `None` when the table, chain or rule is gone.
+    pub fn get_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        handle: u64,
+    ) -> Result<Option<ListedRule>> {
+        let body = NfTablesMessage::GetRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(checked_name(table)?),
+                RuleAttribute::Chain(checked_name(chain)?),
+                RuleAttribute::Handle(handle),
+            ],
+        });
+        let op = format!("get rule {family} {table} {chain} handle {handle}");
+        let seq = self.send_request(family, body, NLM_F_ACK)?;
+        let mut rule = None;
+        loop {
+            for frame in frames(self.socket.recv_raw()?) {
+                let frame = frame?;
+                if frame.sequence_number() != seq {
+                    continue;
+                }
+                if frame.message_type() == NEWRULE {
+                    let attributes = frame.payload().get(NFGENMSG_LEN..).unwrap_or_default();
+                    rule = Some(ListedRule::decode(family, attributes)?);
+                    continue;
+                }
+                if !is_control(&frame) {
+                    continue;
+                }
+                let msg = Message::deserialize(frame.into_inner())
+                    .map_err(|e| Error::Decode(e.to_string()))?;
+                if let NetlinkPayload::Error(err) = msg.payload {
+                    return match err.code.map(|c| Errno::from_code(c.get())) {
+                        None => Ok(rule),
+                        Some(errno) if errno.is_not_found() => Ok(None),
+                        Some(errno) => Err(Error::Request { op, errno }),
+                    };
+                }
+            }
+        }
+    }
+
     pub fn add_table(&mut self, family: Family, name: &str) -> Result<()> {
         self.commit(Batch::new().add_table(family, name)?)
     }

@@ -146,6 +146,18 @@ pub struct ListedRule {
 }
 
 impl ListedRule {
+    /// The rule `handle` of a chain as far as deleting it goes (no comment or expressions).
+    pub fn at(family: Family, table: &str, chain: &str, handle: u64) -> ListedRule {
+        ListedRule {
+            family,
+            table: table.to_string(),
+            chain: chain.to_string(),
+            handle,
+            comment: None,
+            raw_expressions: None,
+        }
+    }
+
     /// Reads the attributes of a NEWRULE message (after its nfgenmsg header) of a dump of
     /// `family`.
     pub(super) fn decode(family: Family, attributes: &[u8]) -> Result<ListedRule> {
