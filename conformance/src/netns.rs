@@ -83,6 +83,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        libcni::firewall::handles::forget_namespace(&self.path);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())

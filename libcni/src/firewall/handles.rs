@@ -134,6 +134,23 @@ pub fn forget_stale(network: &str, valid: &[Attachment]) {
     }
 }
 
+/// Drops every file of the network namespace at `netns` (an nsfs file such as
+/// `/run/netns/<name>`), for whoever deletes the namespace: its rules go with it.
+pub fn forget_namespace(netns: &std::path::Path) {
+    let Ok(ns) = std::fs::metadata(netns) else {
+        return;
+    };
+    let prefix = format!("{}-", ns.ino());
+    let Ok(entries) = std::fs::read_dir(DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove(&entry.path());
+        }
+    }
+}
+
 fn remove(path: &std::path::Path) {
     if let Err(e) = std::fs::remove_file(path)
         && e.kind() != ErrorKind::NotFound

@@ -44,6 +44,7 @@ fn forget(ns: &Netns) {
 pub fn remove_everything() {
     let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
     for name in names {
+        libcni::firewall::handles::forget_namespace(&Path::new("/run/netns").join(&name));
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
     }
 }
