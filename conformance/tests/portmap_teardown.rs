@@ -501,8 +501,8 @@ fn raw_portmap(host: &Netns, pod: &Netns, cid: &str, command: &str, conf: &str) 
 }
 
 /// ADD records the handles the kernel gave its rules (a second ADD of the attachment adds to
-/// them), DEL deletes exactly those and drops the file; without a complete file (gone, or
-/// pending as a killed ADD leaves it) DEL lists and still removes every rule.
+/// them), DEL deletes exactly those and drops the file; without a trustworthy file (gone, as a
+/// killed ADD leaves it, or torn) DEL lists and still removes every rule.
 #[test]
 fn del_deletes_by_the_handles_add_recorded() {
     let host = host_with_pod_route();
@@ -522,7 +522,7 @@ fn del_deletes_by_the_handles_add_recorded() {
         h
     };
     let text = text.expect("ADD leaves a handle file");
-    assert!(text.starts_with("complete\n"), "{text}");
+    assert!(text.starts_with("complete 3\n"), "{text}");
     assert_eq!(recorded(&text), handles_of(&host, &cid));
     assert_eq!(handles_of(&host, &cid).len(), 3);
 
@@ -534,7 +534,7 @@ fn del_deletes_by_the_handles_add_recorded() {
     assert_eq!(handles_of(&host, &cid), Vec::<u64>::new());
     assert_eq!(handle_file(&host, &cid).1, None);
 
-    for damage in ["pending\n", ""] {
+    for damage in ["complete 4\ninet rcni_portmap hostports 1\n", ""] {
         raw_portmap(&host, &pod, &cid, "ADD", &first);
         if damage.is_empty() {
             std::fs::remove_file(&path).unwrap();

@@ -3,12 +3,12 @@
 //! listing grows with the node: ~600 KB of dump at 250 pods).
 //!
 //! One small file per attachment under `/run/cni-rs/nft/`, named for the network namespace
-//! and the owner's key (tmpfs: gone after a reboot, like the rules). A handle file is only a
-//! hint. It is `complete` only when every rule of the attachment is in it: ADD marks it
-//! `pending` before its transaction and completes it after, and keeps it pending when the
-//! attachment may have rules the file does not know (an earlier ADD that did not finish, rules
-//! made through `nft`). DEL trusts a complete file only after the kernel confirms each rule
-//! still carries the owner's comment; anything else, and any failure here, means listing.
+//! and the owner's key (gone after a reboot, like the rules), written after ADD's transaction:
+//! `complete <n>` and the n rules. It is only a hint. A missing, torn or unreadable file means
+//! listing (an ADD killed after its transaction leaves none), and DEL trusts a file only after
+//! the kernel confirms each rule still carries the owner's comment. The spec forbids a second
+//! ADD of an attachment without a DEL between; one that happens anyway adds to a complete
+//! file and drops any other.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
@@ -16,52 +16,43 @@ use std::path::PathBuf;
 
 use super::owner::{Owner, network_key};
 use crate::kernel::nf_tables::{Client, Family, ListedRule};
-use crate::kernel::temp_file;
 use crate::protocol::conf::Attachment;
 
 const DIR: &str = "/run/cni-rs/nft";
 const COMPLETE: &str = "complete";
-const PENDING: &str = "pending";
 
 /// What the handle file said before an ADD.
 #[derive(Debug)]
 pub enum Before {
-    /// No file: the attachment has no rules we made since boot.
+    /// No file: no rules of the attachment are known.
     Fresh,
     /// Every rule the attachment has.
     Complete(Vec<ListedRule>),
-    /// The attachment may have rules no file knows (or the file cannot be written).
+    /// A file that cannot be trusted.
     Unknown,
 }
 
-/// Marks the attachment's rules as changing, before a transaction adds to them.
+/// Reads the attachment's file before an ADD adds to its rules.
 pub fn before_add(owner: &Owner<'_>) -> Before {
     let Some(path) = path(owner) else {
         return Before::Unknown;
     };
-    let before = match std::fs::read_to_string(&path) {
+    match std::fs::read_to_string(&path) {
         Err(e) if e.kind() == ErrorKind::NotFound => Before::Fresh,
         Err(_) => Before::Unknown,
         Ok(text) => parse(&text).map_or(Before::Unknown, Before::Complete),
-    };
-    match write(&path, PENDING, &[]) {
-        Ok(()) => before,
-        Err(e) => {
-            eprintln!(
-                "firewall: cannot mark {} pending ({e}): DEL will list",
-                path.display()
-            );
-            Before::Unknown
-        }
     }
 }
 
-/// Completes the file with the rules an ADD made, when they and `before` are all there are.
+/// Records the rules an ADD made (with those of a complete file before it).
 pub fn after_add(owner: &Owner<'_>, before: Before, added: &[ListedRule]) {
+    let Some(path) = path(owner) else {
+        return;
+    };
     let mut rules = match before {
         Before::Fresh => Vec::new(),
         Before::Complete(rules) => rules,
-        Before::Unknown => return,
+        Before::Unknown => return remove(&path),
     };
     // The echo also holds the base objects' rules when this ADD made the table.
     rules.extend(
@@ -70,13 +61,12 @@ pub fn after_add(owner: &Owner<'_>, before: Before, added: &[ListedRule]) {
             .filter(|r| r.comment.as_deref().is_some_and(|c| owner.owns(c)))
             .cloned(),
     );
-    if let Some(path) = path(owner)
-        && let Err(e) = write(&path, COMPLETE, &rules)
-    {
+    if let Err(e) = write(&path, &rules) {
         eprintln!(
             "firewall: cannot record rule handles in {} ({e})",
             path.display()
         );
+        remove(&path);
     }
 }
 
@@ -175,33 +165,42 @@ fn path(owner: &Owner<'_>) -> Option<PathBuf> {
     Some(PathBuf::from(DIR).join(format!("{prefix}{}", file_key(&owner.key()))))
 }
 
-fn write(path: &std::path::Path, state: &str, rules: &[ListedRule]) -> std::io::Result<()> {
+/// Written in place (a rename costs a journal commit where /run is not tmpfs): the count in
+/// the first line tells a torn file.
+fn write(path: &std::path::Path, rules: &[ListedRule]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut text = format!("{state}\n");
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = format!("{COMPLETE} {}\n", rules.len());
     for r in rules {
         text.push_str(&format!(
             "{} {} {} {}\n",
             r.family, r.table, r.chain, r.handle
         ));
     }
-    std::fs::create_dir_all(DIR)?;
-    let (temp, mut file) = temp_file::create(std::path::Path::new(DIR), "handles", 0o600)?;
-    let written = file
-        .write_all(text.as_bytes())
-        .and_then(|()| std::fs::rename(&temp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
+    let open = || {
+        std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let mut file = match open() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::create_dir_all(DIR)?;
+            open()?
+        }
+        opened => opened?,
+    };
+    file.write_all(text.as_bytes())
 }
 
-/// The rules of a complete file; `None` for a pending or unreadable one.
+/// The rules of a complete file; `None` for a torn or malformed one.
 fn parse(text: &str) -> Option<Vec<ListedRule>> {
     let mut lines = text.lines();
-    if lines.next()? != COMPLETE {
-        return None;
-    }
-    lines
+    let count: usize = lines.next()?.strip_prefix("complete ")?.parse().ok()?;
+    let rules: Vec<ListedRule> = lines
         .map(|line| {
             let mut fields = line.split(' ');
             let family = match fields.next()? {
@@ -217,7 +216,8 @@ fn parse(text: &str) -> Option<Vec<ListedRule>> {
                 .is_none()
                 .then(|| ListedRule::at(family, table, chain, handle))
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    (rules.len() == count).then_some(rules)
 }
 
 #[cfg(test)]
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn only_a_complete_well_formed_file_names_rules() {
-        let rules = parse("complete\ninet rcni_portmap hostports 7\nip6 t c 9\n").unwrap();
+        let rules = parse("complete 2\ninet rcni_portmap hostports 7\nip6 t c 9\n").unwrap();
         assert_eq!(
             rules,
             vec![
@@ -234,14 +234,16 @@ mod tests {
                 ListedRule::at(Family::Ip6, "t", "c", 9),
             ]
         );
-        assert_eq!(parse("complete\n"), Some(Vec::new()));
+        assert_eq!(parse("complete 0\n"), Some(Vec::new()));
         for bad in [
             "",
-            "pending\ninet t c 7\n",
-            "complete\ninet t c\n",
-            "complete\ninet t c x\n",
-            "complete\nbridge t c 7\n",
-            "complete\ninet t c 7 8\n",
+            "complete\ninet t c 7\n",
+            "complete 2\ninet t c 7\n",
+            "complete 1\ninet t c 7\nip t c 8\n",
+            "complete 1\ninet t c\n",
+            "complete 1\ninet t c x\n",
+            "complete 1\nbridge t c 7\n",
+            "complete 1\ninet t c 7 8\n",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }

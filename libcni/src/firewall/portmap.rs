@@ -196,11 +196,12 @@ pub fn add(nft: &mut Client, a: &Attachment<'_>) -> Result<()> {
     if planned.is_empty() {
         return Ok(());
     }
-    let before = handles::before_add(&a.owner);
     if a.has_conditions() {
-        // Made through nft text: no handles come back, the file stays pending.
+        // Made through nft text: no handles come back, DEL lists.
+        handles::forget(&a.owner);
         return portmap_conditions::add(nft, a, &planned);
     }
+    let before = handles::before_add(&a.owner);
     let comment = a.owner.comment();
     let rules: Vec<Rule> = planned.iter().map(|p| p.rule(&comment)).collect();
     let added = nftables::add_rules_echoed(nft, &rules, base_objects)?;
