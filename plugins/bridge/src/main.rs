@@ -2,8 +2,9 @@
 //!
 //! ADD    ensure the bridge; create the veth pair (container end created directly in the
 //!        container's namespace as CNI_IFNAME, host end a port of the bridge); port options and
-//!        VLANs; in L3 mode IPAM, addresses, routes and sysctls in the container, gateway
-//!        addresses on the bridge, forwarding, masquerade; wait for the port; result.
+//!        VLANs, while IPAM leases (L3 mode); then addresses, routes and sysctls in the
+//!        container, gateway addresses on the bridge, forwarding, masquerade; wait for the
+//!        port; result.
 //!        Any failure undoes what this ADD did (veth, IPAM lease) before it returns.
 //! DEL    delete the container's veth (both ends go), release the IPAM lease; also when the
 //!        namespace is gone. Never deletes the bridge.
@@ -120,6 +121,14 @@ impl Plugin for Bridge {
             None => Ok(()),
         }
     }
+}
+
+fn lease(req: &Request, ipam_type: &str) -> Result<CniResult> {
+    let lease = ipam::add(req, ipam_type)?;
+    if lease.ips.is_empty() {
+        return Err(Error::internal("IPAM plugin returned missing IP config"));
+    }
+    Ok(lease)
 }
 
 /// What a helper thread returned; its panic as an error.
@@ -342,9 +351,10 @@ impl<'a> Add<'a> {
 
     /// Plugs the container into `bridge`, configures L3 when there is IPAM, and reports.
     fn attach(&mut self, bridge: Link) -> Result<CniResult> {
-        let port = self.plug_port(&bridge)?;
-        let (lease, vlan_gateway) = match &self.conf.ipam {
-            Some(ipam_type) => self.configure_l3(ipam_type, &bridge, &port.container)?,
+        let (port, lease) = self.plug_port_and_lease(&bridge);
+        let port = port?;
+        let (lease, vlan_gateway) = match lease {
+            Some(lease) => self.configure_l3(lease?, &bridge, &port.container)?,
             None => {
                 if !self.conf.disable_container_interface {
                     self.cont.set_up(&port.container, true)?;
@@ -361,6 +371,23 @@ impl<'a> Add<'a> {
             vlan_gateway,
         };
         self.result(&attached, lease)
+    }
+
+    /// The port and, when there is IPAM, the lease, at once: the IPAM plugin (a process that
+    /// reads the network's leases) runs while the kernel makes the veth pair. Both outcomes
+    /// are returned, so a failure of either undoes both.
+    fn plug_port_and_lease(&mut self, bridge: &Link) -> (Result<Port>, Option<Result<CniResult>>) {
+        let Some(ipam_type) = self.conf.ipam.as_deref() else {
+            return (self.plug_port(bridge), None);
+        };
+        // Set first: an IPAM that leased but printed garbage is still released (DEL is idempotent).
+        self.done.ipam = true;
+        let req = self.req;
+        std::thread::scope(|scope| {
+            let lease = scope.spawn(move || lease(req, ipam_type));
+            let port = self.plug_port(bridge);
+            (port, Some(joined(lease.join(), "IPAM")))
+        })
     }
 
     /// The veth pair, its host end a port of `bridge` with the port options, VLANs and spoof
@@ -415,11 +442,10 @@ impl<'a> Add<'a> {
     /// gateway link when there is one.
     fn configure_l3(
         &mut self,
-        ipam_type: &str,
+        mut lease: CniResult,
         bridge: &Link,
         container: &Link,
     ) -> Result<(CniResult, Option<Link>)> {
-        let mut lease = self.lease(ipam_type)?;
         let gateways = calc_gateways(&mut lease, self.conf);
         self.address_container(bridge, container, &lease)?;
         let vlan_gateway = match self.conf.is_gateway {
@@ -433,16 +459,6 @@ impl<'a> Add<'a> {
                 .add_masquerade(&owner(self.req), &ips)?;
         }
         Ok((lease, vlan_gateway))
-    }
-
-    fn lease(&mut self, ipam_type: &str) -> Result<CniResult> {
-        // Set first: an IPAM that leased but printed garbage is still released (DEL is idempotent).
-        self.done.ipam = true;
-        let lease = ipam::add(self.req, ipam_type)?;
-        if lease.ips.is_empty() {
-            return Err(Error::internal("IPAM plugin returned missing IP config"));
-        }
-        Ok(lease)
     }
 
     /// The lease's addresses and routes on the container interface, which comes up.
