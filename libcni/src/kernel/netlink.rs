@@ -600,6 +600,11 @@ impl Netlink {
         msg.header.ifindex = link.index;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        // Usually there is nothing to forget. The lookup does not take the RTNL lock, which a
+        // node's kernel workers hold for milliseconds while ports come and go; the delete does.
+        if !self.neighbour_exists(msg.clone()).await? {
+            return Ok(());
+        }
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(Errno::NotFound | Errno::Other(libc::ESRCH))) => {
@@ -613,6 +618,39 @@ impl Netlink {
                 e,
             )),
         }
+    }
+
+    /// Whether the neighbour entry `msg` names (link and destination) exists: RTM_GETNEIGH for
+    /// that one entry, not a dump.
+    async fn neighbour_exists(
+        &self,
+        msg: rtnetlink::packet_route::neighbour::NeighbourMessage,
+    ) -> Result<bool> {
+        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        let mut request = NetlinkMessage::from(
+            rtnetlink::packet_route::RouteNetlinkMessage::GetNeighbour(msg),
+        );
+        request.header.flags = NLM_F_REQUEST;
+        let mut replies = self
+            .handle
+            .clone()
+            .request(request)
+            .map_err(|e| kernel(format_args!("cannot look up a neighbour entry"), e))?;
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(_) => return Ok(true),
+                NetlinkPayload::Error(e) => {
+                    return match e.code.map(|c| Errno::from_code(c.get())) {
+                        None => Ok(true),
+                        Some(Errno::NotFound) => Ok(false),
+                        // Kernels without single-entry lookups: delete as before.
+                        Some(_) => Ok(true),
+                    };
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
     }
 
     /// Routes of one family in every table (for CHECK).
