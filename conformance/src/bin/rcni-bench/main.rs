@@ -240,13 +240,20 @@ fn write_outputs(report: &Report, out: &Path) -> Result<()> {
 }
 
 impl Bench {
-    /// The rounds (alternating suites), then pods on the node and churn, suite after suite.
+    /// The rounds (alternating suites, every other round in reverse order, so no suite
+    /// always follows the same one and pays for the kernel's cleanup of its node), then pods
+    /// on the node and churn, suite after suite.
     fn measure(&self, suites: &mut [(Suite, Kind)]) -> Result<()> {
+        let n = suites.len();
         for round in 1..=self.opts.rounds {
-            for (suite, kind) in suites.iter_mut() {
+            for i in 0..n {
+                let index = if round % 2 == 1 { i } else { n - 1 - i };
+                let (suite, kind) = &mut suites[index];
                 eprintln!("round {round}/{}: {}", self.opts.rounds, suite.key);
                 self.round(suite, kind)
                     .map_err(|e| format!("{} (round {round}): {e}", suite.key))?;
+                // The node just removed is torn down by kernel workers: let them finish.
+                std::thread::sleep(std::time::Duration::from_millis(300));
             }
         }
         for (suite, kind) in suites.iter_mut() {
