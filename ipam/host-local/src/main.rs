@@ -8,7 +8,7 @@
 //! CHECK  the attachment holds a lease, and every prevResult address in our ranges is its own.
 //! GC     release every lease that belongs to no valid attachment.
 //! STATUS code 50 when a range set has no free address or the store is unusable.
-
+#![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod allocator;
@@ -19,10 +19,9 @@ mod store;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use libcni::protocol::result::{CniResult, Dns, IpConfig};
-use libcni::protocol::skel::{self, Plugin, Request};
+use libcni::protocol::skel::{Plugin, Request};
 use libcni::{Error, Result};
 use serde::Deserialize;
 
@@ -254,9 +253,7 @@ fn existing_store(req: &Request) -> Result<Option<Store>> {
     Store::open(&data_dir, &req.conf.name).map(Some)
 }
 
-fn main() -> ExitCode {
-    skel::run(
-        &HostLocal,
-        &format!("CNI host-local plugin {} (Rust)", libcni::VERSION),
-    )
-}
+libcni::plugin_main!(
+    &HostLocal,
+    &format!("CNI host-local plugin {} (Rust)", libcni::VERSION)
+);

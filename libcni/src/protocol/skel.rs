@@ -133,6 +133,11 @@ pub trait Plugin {
 
 /// Entry point of every plugin binary.
 pub fn run(plugin: &impl Plugin, about: &str) -> ExitCode {
+    ExitCode::from(run_status(plugin, about))
+}
+
+/// [`run`] for [`plugin_main!`](crate::plugin_main): the exit status, everything written.
+pub fn run_status(plugin: &impl Plugin, about: &str) -> u8 {
     install_panic_hook();
     let env = |k: &str| std::env::var(k).ok();
     // Buffered, not the locked stdout: a panic hook in a helper thread must be able to write.
@@ -140,7 +145,39 @@ pub fn run(plugin: &impl Plugin, about: &str) -> ExitCode {
     let code = dispatch(plugin, about, &env, &mut std::io::stdin().lock(), &mut out);
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
-    ExitCode::from(code)
+    code
+}
+
+/// What std's start-up does before `main` that a plugin needs: a write to a pipe whose reader
+/// is gone (an IPAM plugin that exits without reading its config) is an error, not SIGPIPE.
+pub fn start() {
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// A plugin binary's entry point (with `#![cfg_attr(not(test), no_main)]`): the C `main`,
+/// without std's runtime start-up. A plugin starts for every pod, and that start-up (reading
+/// /proc/self/maps for the main thread's stack guard, its signal handlers) is about a quarter
+/// of a plugin's start; a stack overflow is then a plain SIGSEGV.
+#[macro_export]
+macro_rules! plugin_main {
+    ($plugin:expr, $about:expr) => {
+        #[cfg(not(test))]
+        #[unsafe(no_mangle)]
+        extern "C" fn main(
+            _argc: ::std::ffi::c_int,
+            _argv: *const *const ::std::ffi::c_char,
+        ) -> ::std::ffi::c_int {
+            $crate::protocol::skel::start();
+            ::std::ffi::c_int::from($crate::protocol::skel::run_status($plugin, $about))
+        }
+
+        // Unit tests get the test harness's main; this one keeps the plugin in use there.
+        #[cfg(test)]
+        fn main() -> ::std::process::ExitCode {
+            $crate::protocol::skel::run($plugin, $about)
+        }
+    };
 }
 
 /// A panic is a bug; the runtime still gets a CNI error object instead of a backtrace.

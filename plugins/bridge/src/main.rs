@@ -11,13 +11,12 @@
 //! CHECK  bridge, veth pair, addresses and routes match prevResult; IPAM CHECK (L3 only); with
 //!        ipMasq, the masquerade of the addresses (ours, or the Go bridge's for its pods).
 //! GC     forwarded to IPAM.  STATUS: the bridge can be managed; IPAM STATUS.
-
+#![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
 
 use std::net::IpAddr;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -29,7 +28,7 @@ use libcni::kernel::sysctl;
 use libcni::protocol::error;
 use libcni::protocol::ipam;
 use libcni::protocol::result::{CniResult, Interface, Route};
-use libcni::protocol::skel::{self, Plugin, Request};
+use libcni::protocol::skel::{Plugin, Request};
 use libcni::{Error, Result};
 
 use crate::config::{Conf, Teardown};
@@ -964,9 +963,7 @@ fn check_masquerade(req: &Request, prev: &CniResult, cont_if: usize) -> Result<(
     }
 }
 
-fn main() -> ExitCode {
-    skel::run(
-        &Bridge,
-        &format!("CNI bridge plugin {} (Rust)", libcni::VERSION),
-    )
-}
+libcni::plugin_main!(
+    &Bridge,
+    &format!("CNI bridge plugin {} (Rust)", libcni::VERSION)
+);

@@ -5,13 +5,12 @@
 //! DEL   lo down; success when there is no namespace left to act on.
 //! CHECK lo is up.
 //! GC, STATUS: no state, nothing to do.
-
-use std::process::ExitCode;
+#![cfg_attr(not(test), no_main)]
 
 use libcni::kernel::netlink::Kernel;
 use libcni::kernel::netns::Netns;
 use libcni::protocol::result::{CniResult, Interface, IpConfig};
-use libcni::protocol::skel::{self, Plugin, Request};
+use libcni::protocol::skel::{Plugin, Request};
 use libcni::{Error, Result};
 
 const LO: &str = "lo";
@@ -83,9 +82,7 @@ fn set_lo(ns: &Netns, up: bool) -> Result<()> {
     }
 }
 
-fn main() -> ExitCode {
-    skel::run(
-        &Loopback,
-        &format!("CNI loopback plugin {} (Rust)", libcni::VERSION),
-    )
-}
+libcni::plugin_main!(
+    &Loopback,
+    &format!("CNI loopback plugin {} (Rust)", libcni::VERSION)
+);

@@ -9,11 +9,11 @@
 //! CHECK  every rule of this attachment is there, in our layout or in the Go portmap's (a pod
 //!        it ADDed before the node switched to ours), and nothing of it only in part.
 //! GC     removes the rules of attachments that are not valid.  STATUS: the backend works.
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 
 use ipnetwork::IpNetwork;
-use std::process::ExitCode;
 
 use libcni::firewall::portmap::{self, Attachment, Mapping};
 use libcni::firewall::{
@@ -24,7 +24,7 @@ use libcni::kernel::nf_tables::L4;
 use libcni::kernel::{conntrack, sysctl};
 use libcni::protocol::error;
 use libcni::protocol::result::CniResult;
-use libcni::protocol::skel::{self, Plugin, Request};
+use libcni::protocol::skel::{Plugin, Request};
 use libcni::{Error, Result};
 
 use crate::config::{Conf, Teardown};
@@ -189,9 +189,7 @@ fn flush_udp(mappings: &[Mapping], v4_families: &[bool]) {
     }
 }
 
-fn main() -> ExitCode {
-    skel::run(
-        &Portmap,
-        &format!("CNI portmap plugin {} (Rust)", libcni::VERSION),
-    )
-}
+libcni::plugin_main!(
+    &Portmap,
+    &format!("CNI portmap plugin {} (Rust)", libcni::VERSION)
+);
