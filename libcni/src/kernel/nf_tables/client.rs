@@ -38,30 +38,28 @@ impl Client {
     /// Applies `batch` as one transaction. On refusal nothing was changed, and the error
     /// names the first refused message and the kernel's errno.
     pub fn commit(&mut self, batch: &Batch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.socket.expect_replies(batch.len())?;
-        let first_seq = self.socket.reserve_seqs(batch.seq_count());
-        self.socket.send(&batch.encode(first_seq))?;
-        let mut acks = Acks::new(batch, first_seq);
-        while !acks.done() {
-            for msg in self.socket.recv()? {
-                acks.record(&msg)?;
-            }
-        }
-        acks.outcome()
+        self.transact(batch, false).map(drop)
     }
 
     /// Applies `batch` as [`commit`](Self::commit) does, the kernel echoing every rule it
     /// adds: the added rules, with their handles and comments.
     pub fn commit_echoed(&mut self, batch: &Batch) -> Result<Vec<ListedRule>> {
+        self.transact(batch, true)
+    }
+
+    fn transact(&mut self, batch: &Batch, echo: bool) -> Result<Vec<ListedRule>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.socket.expect_replies(2 * batch.len())?;
+        // An echoed rule is one more reply per message.
+        self.socket
+            .expect_replies(batch.len() * if echo { 2 } else { 1 })?;
         let first_seq = self.socket.reserve_seqs(batch.seq_count());
-        self.socket.send(&batch.encode_echoed(first_seq))?;
+        let wire = match echo {
+            true => batch.encode_echoed(first_seq),
+            false => batch.encode(first_seq),
+        };
+        self.socket.send(&wire)?;
         let mut acks = Acks::new(batch, first_seq);
         let mut added = Vec::new();
         while !acks.done() {
