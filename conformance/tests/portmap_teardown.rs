@@ -2,7 +2,8 @@
 //! exactly the pod's rules; ADD, CHECK and DEL run no other program (traced with strace), also
 //! when they flush a UDP mapping's conntrack entries, and flush only those; DEL
 //! removes the rules an earlier version made through `nft` text and those the Go portmap's
-//! nftables backend made (`ip`/`ip6 cni_hostport`, comment = container ID).
+//! nftables backend made (`ip`/`ip6 cni_hostport`, comment = container ID); DEL deletes by the
+//! handles ADD recorded, never another pod's rule through a stale record; GC drops records.
 
 use std::path::Path;
 
@@ -442,21 +443,14 @@ fn del_removes_what_the_go_portmap_made_in_nftables() {
 }
 
 /// The handle file ADD leaves for the attachment `container_id` of `host` (see
-/// libcni::firewall::handles), or `None`.
+/// libcni::firewall::handles), and its text if it is there.
 fn handle_file(host: &Netns, container_id: &str) -> (std::path::PathBuf, Option<String>) {
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(&host.path).unwrap().ino();
-    let key = Owner {
+    let owner = Owner {
         network: NET,
         container_id,
         ifname: "eth0",
-    }
-    .key();
-    let name = format!(
-        "{ino}-{}",
-        key.trim_start_matches("rcni:").replace(':', "-")
-    );
-    let path = Path::new("/run/cni-rs/nft").join(name);
+    };
+    let path = libcni::firewall::handles::file_in(&host.path, &owner).unwrap();
     let text = std::fs::read_to_string(&path).ok();
     (path, text)
 }
@@ -575,4 +569,39 @@ fn stale_handles_never_delete_another_pods_rules() {
     assert_eq!(handle_file(&host, &a).1, None);
     raw_portmap(&host, &pod, &b, "DEL", &conf_b);
     assert_eq!(handles_of(&host, &b), Vec::<u64>::new());
+}
+
+/// GC drops the handle files of the attachments it removes and keeps the valid ones'.
+#[test]
+fn gc_drops_the_handle_files_of_what_it_removes() {
+    let host = host_with_pod_route();
+    let pod = Netns::new("c");
+    let (a, b) = (conformance::unique("ga"), conformance::unique("gb"));
+    raw_portmap(
+        &host,
+        &pod,
+        &a,
+        "ADD",
+        &portmap_conf(json!({}), &pod.path, "10.96.0.2/24", 9300),
+    );
+    raw_portmap(
+        &host,
+        &pod,
+        &b,
+        "ADD",
+        &portmap_conf(json!({}), &pod.path, "10.96.0.3/24", 9301),
+    );
+    assert!(handle_file(&host, &a).1.is_some() && handle_file(&host, &b).1.is_some());
+    let gc = json!({"cniVersion": "1.1.0", "name": NET, "type": "portmap",
+                    "cni.dev/valid-attachments": [{"containerID": b, "ifname": "eth0"}]});
+    Call::new(&host, bin("portmap"), "GC", &pod.path)
+        .unset("CNI_CONTAINERID")
+        .unset("CNI_NETNS")
+        .unset("CNI_IFNAME")
+        .run(&gc.to_string())
+        .ok();
+    assert_eq!(handles_of(&host, &a), Vec::<u64>::new());
+    assert_eq!(handle_file(&host, &a).1, None);
+    assert_eq!(handles_of(&host, &b).len(), 3);
+    assert!(handle_file(&host, &b).1.is_some());
 }

@@ -14,7 +14,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use super::owner::{Owner, network_key};
+use super::owner::{Owner, stale};
 use crate::kernel::nf_tables::{Client, Family, ListedRule};
 use crate::protocol::conf::Attachment;
 
@@ -95,47 +95,34 @@ pub fn forget(owner: &Owner<'_>) {
 
 /// Drops the files of `network`'s attachments in this namespace that are not in `valid` (GC).
 pub fn forget_stale(network: &str, valid: &[Attachment]) {
-    let Some(prefix) = namespace_prefix() else {
-        return;
-    };
-    let network_part = file_key(&network_key(network));
-    let keep: Vec<String> = valid
-        .iter()
-        .map(|a| {
-            let owner = Owner {
-                network,
-                container_id: &a.container_id,
-                ifname: &a.ifname,
-            };
-            format!("{prefix}{}", file_key(&owner.key()))
-        })
-        .collect();
-    let Ok(entries) = std::fs::read_dir(DIR) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name
-            .strip_prefix(&prefix)
-            .is_some_and(|rest| rest.starts_with(&network_part));
-        if ours && !keep.contains(&name) {
-            remove(&entry.path());
-        }
+    if let Some(prefix) = namespace_prefix() {
+        sweep(&prefix, |key| stale(network, valid, key));
     }
 }
 
 /// Drops every file of the network namespace at `netns` (an nsfs file such as
 /// `/run/netns/<name>`), for whoever deletes the namespace: its rules go with it.
 pub fn forget_namespace(netns: &std::path::Path) {
-    let Ok(ns) = std::fs::metadata(netns) else {
-        return;
-    };
-    let prefix = format!("{}-", ns.ino());
+    if let Some(prefix) = prefix_of(netns) {
+        sweep(&prefix, |_| true);
+    }
+}
+
+/// The file that records `owner`'s rules made in the network namespace at `netns`.
+pub fn file_in(netns: &std::path::Path, owner: &Owner<'_>) -> Option<PathBuf> {
+    Some(PathBuf::from(DIR).join(format!("{}{}", prefix_of(netns)?, file_key(&owner.key()))))
+}
+
+/// Removes the files of one namespace (`prefix`) whose owner key `pick` accepts.
+fn sweep(prefix: &str, pick: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(DIR) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(file_key) = name.strip_prefix(prefix)
+            && pick(&format!("rcni:{}", file_key.replacen('-', ":", 1)))
+        {
             remove(&entry.path());
         }
     }
@@ -150,19 +137,22 @@ fn remove(path: &std::path::Path) {
 }
 
 /// `<netns inode>-`: handles are only meaningful in the namespace they were made in.
-fn namespace_prefix() -> Option<String> {
-    let ns = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
-    Some(format!("{}-", ns.ino()))
+fn prefix_of(netns: &std::path::Path) -> Option<String> {
+    Some(format!("{}-", std::fs::metadata(netns).ok()?.ino()))
 }
 
-/// `rcni:<network hash>:<attachment hash>` as a file name.
+fn namespace_prefix() -> Option<String> {
+    prefix_of(std::path::Path::new("/proc/thread-self/ns/net"))
+}
+
+/// `rcni:<network hash>:<attachment hash>` as a file name (the hashes are hex).
 fn file_key(key: &str) -> String {
     key.trim_start_matches("rcni:").replace(':', "-")
 }
 
+/// The attachment's file in the namespace the calling thread is in.
 fn path(owner: &Owner<'_>) -> Option<PathBuf> {
-    let prefix = namespace_prefix()?;
-    Some(PathBuf::from(DIR).join(format!("{prefix}{}", file_key(&owner.key()))))
+    file_in(std::path::Path::new("/proc/thread-self/ns/net"), owner)
 }
 
 /// Written in place (a rename costs a journal commit where /run is not tmpfs): the count in
@@ -257,7 +247,9 @@ mod tests {
             ifname: "eth0",
         };
         let key = file_key(&owner.key());
-        assert!(key.starts_with(&file_key(&network_key("net"))));
+        assert!(key.starts_with(&file_key(&crate::firewall::owner::network_key("net"))));
         assert!(!key.contains(['/', ':']));
+        // What `sweep` reads back is the owner's key again.
+        assert_eq!(format!("rcni:{}", key.replacen('-', ":", 1)), owner.key());
     }
 }
