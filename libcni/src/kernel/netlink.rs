@@ -456,20 +456,29 @@ impl Netlink {
             .collect())
     }
 
+    /// The link's IPv4 then IPv6 addresses: one dump per family, because the kernel (6.10 on)
+    /// serves those without RTNL, while an AF_UNSPEC dump waits for RTNL, which kernel workers
+    /// hold for milliseconds after a port joins a bridge of a few hundred ports.
     async fn address_messages(&self, link: &Link) -> Result<Vec<AddressMessage>> {
-        let mut request = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(link.index);
-        // With strict checking the kernel dumps only this link's addresses (a bridge's host
-        // namespace holds one link-local address per pod); the filter above covers older kernels.
-        request.message_mut().header.index = link.index;
-        let mut stream = request.execute();
+        use rtnetlink::packet_route::AddressFamily;
         let mut out = Vec::new();
-        let fail = |e| kernel(format_args!("cannot list addresses of {:?}", link.name), e);
-        while let Some(msg) = stream.try_next().await.map_err(fail)? {
-            out.push(msg);
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut request = self
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(link.index);
+            // With strict checking the kernel dumps only this link's addresses (a bridge's
+            // host namespace holds one link-local address per pod); the filter above covers
+            // older kernels.
+            let header = &mut request.message_mut().header;
+            header.index = link.index;
+            header.family = family;
+            let mut stream = request.execute();
+            let fail = |e| kernel(format_args!("cannot list addresses of {:?}", link.name), e);
+            while let Some(msg) = stream.try_next().await.map_err(fail)? {
+                out.push(msg);
+            }
         }
         Ok(out)
     }
