@@ -834,6 +834,22 @@ fn mtu_applies_to_a_new_bridge_and_both_veth_ends() {
     assert_eq!(ctr2.link("eth0").unwrap()["mtu"], 1500);
 }
 
+/// Both veth ends have one transmit and one receive queue, made so (the kernel's default is a
+/// queue per CPU with one in use, each cut back under RTNL): the same one queue in use.
+#[test]
+fn veth_ends_are_made_with_one_queue_each_way() {
+    let host = Netns::new("h");
+    let net = Net::new("1.0.0", &["10.42.0.0/24"], json!({}));
+    let ctr = Netns::new("c");
+    net.add(&host, &ctr, "ctr1");
+    let port = ports(&host, &net.br).pop().unwrap();
+    for link in [host.link(&port).unwrap(), ctr.link("eth0").unwrap()] {
+        for key in ["num_tx_queues", "num_rx_queues"] {
+            assert_eq!(link[key], 1, "{key} of {}", link["ifname"]);
+        }
+    }
+}
+
 /// The container MAC comes from CNI_ARGS `MAC`, overridden by `args.cni.mac`, overridden by
 /// `runtimeConfig.mac`; the result reports it and the kernel has it.
 #[test]

@@ -15,7 +15,8 @@ use rtnetlink::packet_route::route::{
     RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::kernel::errno::Errno;
@@ -351,15 +352,16 @@ impl Netlink {
     /// directly in `peer_ns` (never visible here). A name already taken (either end) is
     /// `Created::Existed`.
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<Created> {
-        let mut peer =
-            LinkUnspec::new_with_name(spec.peer).setns_by_fd(spec.peer_ns.as_fd().as_raw_fd());
+        let mut peer = single_queue(
+            LinkUnspec::new_with_name(spec.peer).setns_by_fd(spec.peer_ns.as_fd().as_raw_fd()),
+        );
         if spec.mtu > 0 {
             peer = peer.mtu(spec.mtu);
         }
         if let Some(mac) = spec.peer_mac {
             peer = peer.address(mac.to_vec());
         }
-        let mut msg = LinkVeth::new(spec.host, spec.peer)
+        let mut msg = single_queue(LinkVeth::new(spec.host, spec.peer))
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .controller(spec.controller)
             .up();
@@ -718,6 +720,14 @@ pub enum Dad {
     Tentative(Vec<IpNetwork>),
     /// Another host on the link has this one (IFA_F_DADFAILED).
     Failed(IpNetwork),
+}
+
+/// One queue each way, given explicitly. Left out, the kernel makes a veth end with a queue per
+/// CPU, then cuts the real count back to one, each cut an RCU grace period waited under RTNL
+/// (which every other ADD on the node then waits for). The real count is one either way.
+fn single_queue<T>(link: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
+    link.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
 }
 
 fn dad_state(msgs: &[AddressMessage]) -> Dad {
