@@ -84,10 +84,11 @@ pub fn configure_iface(
     dad_wait: Option<Duration>,
 ) -> Result<()> {
     if ips.iter().any(|ip| ip.address.is_ipv6()) {
+        let sys = sysctl::private();
         ns.run(|| -> Result<()> {
-            sysctl::set_if_present("net/ipv6/conf/lo/disable_ipv6", "0")?;
-            sysctl::set_if_present(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "0")?;
-            sysctl::set_if_present(
+            sys.set_if_present("net/ipv6/conf/lo/disable_ipv6", "0")?;
+            sys.set_if_present(&format!("net/ipv6/conf/{}/disable_ipv6", link.name), "0")?;
+            sys.set_if_present(
                 &format!("net/ipv6/conf/{}/keep_addr_on_down", link.name),
                 "1",
             )

@@ -718,16 +718,17 @@ fn first_host(address: IpNetwork) -> Option<IpAddr> {
 }
 
 fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()> {
+    let sys = sysctl::private();
     ns.run(|| -> Result<()> {
         if enabledad {
-            sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1")?;
-            sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1")?;
+            sys.set_if_present(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1")?;
+            sys.set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1")?;
         } else {
-            sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+            sys.set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
         }
         // Announce the addresses when the interface comes up (gratuitous ARP, unsolicited NA).
-        sysctl::set_if_present(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1")?;
-        sysctl::set_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
+        sys.set_if_present(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1")?;
+        sys.set_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
     })
 }
 
