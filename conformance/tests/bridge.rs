@@ -850,6 +850,36 @@ fn veth_ends_are_made_with_one_queue_each_way() {
     }
 }
 
+/// The host end of a pod's veth has no IPv6 of its own (no address, no route in the host),
+/// while the pods' IPv6 still works through the bridge.
+#[test]
+fn bridge_ports_have_no_ipv6_of_their_own() {
+    let host = Netns::new("h");
+    let net = Net::new(
+        "1.0.0",
+        &["10.43.0.0/24", "fd43::/64"],
+        json!({"isGateway": true}),
+    );
+    let (ctr1, ctr2) = (Netns::new("c"), Netns::new("c"));
+    net.add(&host, &ctr1, "ctr1");
+    net.add(&host, &ctr2, "ctr2");
+    let ports = ports(&host, &net.br);
+    assert_eq!(ports.len(), 2);
+    let routes = host.ip_json(&["-6", "route", "show", "table", "all"]);
+    for port in &ports {
+        let key = format!("net/ipv6/conf/{port}/disable_ipv6");
+        assert_eq!(host.sysctl(&key), "1", "{key}");
+        let addrs = host.ip_json(&["-6", "addr", "show", "dev", port]);
+        assert!(addrs[0]["addr_info"].as_array().is_none_or(|a| a.is_empty()), "{addrs}");
+        let via_port = routes.as_array().unwrap().iter().filter(|r| r["dev"] == **port);
+        assert_eq!(via_port.count(), 0, "{routes}");
+    }
+    for subnet in ["10.43.0.0/24", "fd43::/64"] {
+        let (ip2, _) = nth(subnet, 3);
+        assert!(ctr1.ping(without_prefix(&ip2), 20), "ctr1 -> {ip2}");
+    }
+}
+
 /// The container MAC comes from CNI_ARGS `MAC`, overridden by `args.cni.mac`, overridden by
 /// `runtimeConfig.mac`; the result reports it and the kernel has it.
 #[test]

@@ -348,8 +348,8 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair: `host` in this namespace, up, a port of `controller`; `peer` created
-    /// directly in `peer_ns` (never visible here). A name already taken (either end) is
+    /// Creates a veth pair: `host` in this namespace, down, a port of `controller`; `peer`
+    /// created directly in `peer_ns` (never visible here). A name already taken (either end) is
     /// `Created::Existed`.
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<Created> {
         let mut peer = single_queue(
@@ -363,8 +363,7 @@ impl Netlink {
         }
         let mut msg = single_queue(LinkVeth::new(spec.host, spec.peer))
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-            .controller(spec.controller)
-            .up();
+            .controller(spec.controller);
         if spec.mtu > 0 {
             msg = msg.mtu(spec.mtu);
         }

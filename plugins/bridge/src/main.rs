@@ -394,7 +394,6 @@ impl<'a> Add<'a> {
     fn plug_port(&mut self, bridge: &Link) -> Result<Port> {
         let port = self.create_veth(bridge)?;
         let host_veth = &port.host_veth;
-        let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{}/accept_ra", host_veth.name), "0");
         self.host
             .set_bridge_port(host_veth, self.conf.hairpin_mode, self.conf.port_isolation)?;
         if self.conf.has_vlans() {
@@ -567,14 +566,27 @@ fn add_port_veth(
             }
             continue;
         }
-        return host
+        let mut port = host
             .link_by_name(&host_name)?
-            .map(Some)
-            .ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")));
+            .ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")))?;
+        quiet_ipv6(&port.name);
+        host.set_up(&port, true)?;
+        port.up = true;
+        return Ok(Some(port));
     }
     Err(Error::internal(
         "cannot find a free host veth name after 10 tries",
     ))
+}
+
+/// A bridge port (still down) gets no IPv6 of its own: traffic through it is bridged, never
+/// its own. Left on, each port adds a link-local address, its routes and multicast
+/// memberships to the host, and every later link change on the node walks the host's IPv6
+/// routes (three per pod). Router advertisements stay ignored, as the reference sets.
+/// Best effort, as the reference treats `accept_ra`: IPv6 may be absent, /proc/sys read-only.
+fn quiet_ipv6(port: &str) {
+    let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{port}/accept_ra"), "0");
+    let _ = sysctl::set_if_present(&format!("net/ipv6/conf/{port}/disable_ipv6"), "1");
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
