@@ -870,8 +870,17 @@ fn bridge_ports_have_no_ipv6_of_their_own() {
         let key = format!("net/ipv6/conf/{port}/disable_ipv6");
         assert_eq!(host.sysctl(&key), "1", "{key}");
         let addrs = host.ip_json(&["-6", "addr", "show", "dev", port]);
-        assert!(addrs[0]["addr_info"].as_array().is_none_or(|a| a.is_empty()), "{addrs}");
-        let via_port = routes.as_array().unwrap().iter().filter(|r| r["dev"] == **port);
+        assert!(
+            addrs[0]["addr_info"]
+                .as_array()
+                .is_none_or(|a| a.is_empty()),
+            "{addrs}"
+        );
+        let via_port = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dev"] == **port);
         assert_eq!(via_port.count(), 0, "{routes}");
     }
     for subnet in ["10.43.0.0/24", "fd43::/64"] {

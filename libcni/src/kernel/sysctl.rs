@@ -164,8 +164,14 @@ mod tests {
         }
         let current = read("kernel/osrelease").unwrap();
         tree.set_if_present("kernel/osrelease", &current).unwrap();
-        assert!(tree.set_if_present("kernel/osrelease", "0.0.0-rcni").is_err());
-        assert!(tree.set_if_present("net/ipv4/conf/rcni-no-such-if/arp_notify", "1").is_ok());
+        assert!(
+            tree.set_if_present("kernel/osrelease", "0.0.0-rcni")
+                .is_err()
+        );
+        assert!(
+            tree.set_if_present("net/ipv4/conf/rcni-no-such-if/arp_notify", "1")
+                .is_ok()
+        );
     }
 
     #[test]
