@@ -77,7 +77,7 @@ blocking! {
     fn add_bridge(&self, name: &str, mtu: u32, vlan_filtering: bool, mac: Option<[u8; 6]>) -> Created;
     /// A veth pair, its peer made directly in the peer's namespace.
     fn add_veth(&self, spec: &VethSpec<'_>) -> Created;
-    fn set_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> ();
+    fn bring_up_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> ();
     fn bridge_vlan_add(&self, port: &Link, vid: u16, pvid_untagged: bool) -> ();
     fn bridge_vlan_del(&self, port: &Link, vid: u16) -> ();
     /// Deletes the link; one already gone is fine.
@@ -377,11 +377,17 @@ impl Netlink {
         }
     }
 
-    /// Bridge-port flags of `port` (always written, on or off).
-    pub async fn set_bridge_port(&self, port: &Link, hairpin: bool, isolated: bool) -> Result<()> {
+    /// Writes the bridge-port flags of `port` (on or off) and sets it up, in one request.
+    pub async fn bring_up_bridge_port(
+        &self,
+        port: &Link,
+        hairpin: bool,
+        isolated: bool,
+    ) -> Result<()> {
         let msg = LinkBridgePort::new(port.index)
             .hairpin(hairpin)
             .isolated(isolated)
+            .up()
             .build();
         self.handle
             .link()

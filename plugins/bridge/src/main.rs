@@ -394,8 +394,11 @@ impl<'a> Add<'a> {
     fn plug_port(&mut self, bridge: &Link) -> Result<Port> {
         let port = self.create_veth(bridge)?;
         let host_veth = &port.host_veth;
-        self.host
-            .set_bridge_port(host_veth, self.conf.hairpin_mode, self.conf.port_isolation)?;
+        self.host.bring_up_bridge_port(
+            host_veth,
+            self.conf.hairpin_mode,
+            self.conf.port_isolation,
+        )?;
         if self.conf.has_vlans() {
             set_port_vlans(&self.host, host_veth, self.conf)?;
         }
@@ -566,12 +569,10 @@ fn add_port_veth(
             }
             continue;
         }
-        let mut port = host
+        let port = host
             .link_by_name(&host_name)?
             .ok_or_else(|| Error::internal(format!("veth {host_name:?} vanished")))?;
         quiet_ipv6(&port.name);
-        host.set_up(&port, true)?;
-        port.up = true;
         return Ok(Some(port));
     }
     Err(Error::internal(
@@ -660,6 +661,7 @@ fn ensure_vlan_gateway_link(host: &Kernel, bridge: &Link, conf: &Conf) -> Result
         return existing(host, &name);
     };
     let configured = port_vlans(host, &port, conf.vlan, &[], conf.preserve_default_vlan)
+        .and_then(|()| host.set_up(&port, true))
         .and_then(|()| existing(host, &name))
         .and_then(|link| host.set_up(&link, true).map(|()| link));
     if configured.is_err() {
