@@ -6,7 +6,7 @@
 #   scripts/bench.sh [--reference DIR]... [--quick] [--pods N,N,...] [--out DIR] [...]
 #
 # Prints a markdown table and leaves OUT/report.md, OUT/report.json and OUT/pods.svg
-# (default target/bench). `target/release/rcni-bench --help` lists every option.
+# (default target/bench). `target/<host triple>/release/rcni-bench --help` lists every option.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +15,5 @@ conformance/scripts/build-go-cnitool.sh target/go-cnitool >/dev/null ||
     echo "bench: no Go cnitool, its rows are left out" >&2
 conformance/scripts/fetch-reference.sh target >/dev/null ||
     echo "bench: cannot fetch the newest reference, only /usr/lib/cni is measured" >&2
-cargo build --release --workspace --locked
-exec target/release/rcni-bench "$@"
+bin=$(scripts/build.sh)
+exec "$bin/rcni-bench" "$@"

@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
-cargo build --release --workspace --locked
-bin=$PWD/target/release
+bin=$(scripts/build.sh)
 
 id=$$
 node=rcni-demo-node-$id ctr=rcni-demo-ctr-$id outside=rcni-demo-out-$id

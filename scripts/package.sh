@@ -22,8 +22,7 @@ for tool in cargo dpkg-deb dpkg-shlibdeps; do
     }
 done
 
-cargo build --release --workspace --locked
-bin=$PWD/target/release
+bin=$(scripts/build.sh)
 version=$("$bin/cnitool" --version | awk '{print $2}')
 arch=$(dpkg --print-architecture)
 [[ -n $version && -n $arch ]] || { echo "package.sh: no version or architecture" >&2; exit 1; }
@@ -53,6 +52,10 @@ cat >"$root/usr/share/doc/rcni/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: rcni
 Comment: CNI plugins (bridge, host-local, loopback, portmap) and cnitool, in Rust.
+ The binaries are statically linked with the GNU C Library (LGPL-2.1+; its source is
+ the Debian package named in Built-Using) and GCC's runtime library (GPL-3+ with the
+ GCC Runtime Library Exception). rcni's whole source is public, so they can be rebuilt
+ against a modified C library.
 
 Files: *
 Copyright: $year rcni maintainers
@@ -77,8 +80,12 @@ EOF
 chmod 0644 "$root/usr/share/doc/rcni/copyright"
 
 printf 'Source: rcni\n\nPackage: rcni\nArchitecture: any\n' >"$work/debian/control"
-depends=$(cd "$work" && dpkg-shlibdeps -O "${plugins[@]/#/-e$root/opt/cni/bin/}" "-e$root/usr/bin/cnitool")
+depends=$(cd "$work" && dpkg-shlibdeps -O "${plugins[@]/#/-e$root/opt/cni/bin/}" "-e$root/usr/bin/cnitool" 2>/dev/null)
 depends=${depends#shlibs:Depends=}
+# The binaries are static (scripts/build.sh): no library to depend on; the C library built in
+# is named, as Debian does for static links, so its source stays findable.
+[[ -z $depends ]] || { echo "package.sh: the binaries are not static: $depends" >&2; exit 1; }
+built_using=$(dpkg-query -W -f '${source:Package} (= ${source:Version})' libc6-dev)
 # As dpkg-gencontrol counts: KiB per file, rounded up, and one per directory.
 installed_size=$(cd "$root" && find . -path ./DEBIAN -prune -o \( -type f -printf '%s\n' \) -o \
     \( -type d -printf '1024\n' \) | awk '{ n += int(($1 + 1023) / 1024) } END { print n }')
@@ -89,7 +96,7 @@ Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $installed_size
-Depends: $depends
+Built-Using: $built_using
 Recommends: nftables
 Section: net
 Priority: optional

@@ -25,9 +25,9 @@ usage: rcni-bench [--ours DIR] [--reference DIR]... [--go-cnitool FILE] [--quick
                   [--churn N] [--out DIR]
 
 Measures the chain bridge + host-local + portmap (one hostPort) and each plugin alone for our
-plugins (--ours, default target/release), each reference (default /usr/lib/cni and every
-target/reference-* directory), and the kernel floor (ip + nft making the same objects), in
-alternating rounds. Writes OUT/report.md (also printed), OUT/report.json and OUT/pods.svg
+plugins (--ours, default the directory of this program), each reference (default /usr/lib/cni
+and every target/reference-* directory), and the kernel floor (ip + nft making the same
+objects), in alternating rounds. Writes OUT/report.md (also printed), OUT/report.json and OUT/pods.svg
 (default OUT: target/bench). --quick: 5 runs, parallel phases in one round, pods up to 100,
 40 churn cycles.
 
@@ -61,10 +61,16 @@ fn numbers(s: &str) -> std::result::Result<Vec<usize>, String> {
         .collect()
 }
 
+/// The directory of this executable: the plugins built with it (scripts/build.sh).
+fn beside_me() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    me.parent().map(Path::to_path_buf)
+}
+
 fn parse_options() -> std::result::Result<Options, String> {
     let target = workspace().join("target");
     let mut o = Options {
-        ours: target.join("release"),
+        ours: beside_me().unwrap_or_else(|| target.join("release")),
         references: Vec::new(),
         go_cnitool: Some(target.join("go-cnitool/cnitool")),
         rounds: 3,
@@ -158,7 +164,7 @@ fn main() {
 fn run(opts: Options) -> Result<()> {
     if !has_plugins(&opts.ours) {
         return Err(format!(
-            "our plugins are not built in {} (cargo build --release --workspace)",
+            "our plugins are not built in {} (scripts/build.sh)",
             opts.ours.display()
         ));
     }
