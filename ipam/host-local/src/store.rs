@@ -376,7 +376,9 @@ mod tests {
         std::fs::write(&marker, "10.0.0.100").unwrap();
         std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644)).unwrap();
         let inode = std::fs::metadata(&marker).unwrap().ino();
-        store.set_last_reserved(0, "10.0.0.9".parse().unwrap()).unwrap();
+        store
+            .set_last_reserved(0, "10.0.0.9".parse().unwrap())
+            .unwrap();
         let meta = std::fs::metadata(&marker).unwrap();
         assert_eq!(std::fs::read(&marker).unwrap(), b"10.0.0.9");
         assert_eq!((meta.ino(), meta.mode() & 0o777), (inode, 0o600));
@@ -385,14 +387,26 @@ mod tests {
         std::fs::write(&outside, "keep").unwrap();
         std::fs::remove_file(&marker).unwrap();
         std::os::unix::fs::symlink(&outside, &marker).unwrap();
-        store.set_last_reserved(0, "10.0.0.10".parse().unwrap()).unwrap();
-        assert_eq!(std::fs::read(&outside).unwrap(), b"keep", "no link followed");
+        store
+            .set_last_reserved(0, "10.0.0.10".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&outside).unwrap(),
+            b"keep",
+            "no link followed"
+        );
         assert!(std::fs::symlink_metadata(&marker).unwrap().is_file());
 
         std::fs::remove_file(&marker).unwrap();
         nix::unistd::mkfifo(&marker, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        store.set_last_reserved(0, "10.0.0.11".parse().unwrap()).unwrap();
-        assert_eq!(std::fs::read(&marker).unwrap(), b"10.0.0.11", "FIFO replaced");
+        store
+            .set_last_reserved(0, "10.0.0.11".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&marker).unwrap(),
+            b"10.0.0.11",
+            "FIFO replaced"
+        );
     }
 
     #[test]
