@@ -484,7 +484,10 @@ impl Netlink {
             let mut stream = request.execute();
             let fail = |e| kernel(format_args!("cannot list addresses of {:?}", link.name), e);
             while let Some(msg) = stream.try_next().await.map_err(fail)? {
-                out.push(msg);
+                // Without IPv6 in the kernel an AF_INET6 dump is served as AF_UNSPEC (all).
+                if msg.header.family == family {
+                    out.push(msg);
+                }
             }
         }
         Ok(out)
