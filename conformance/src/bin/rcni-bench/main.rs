@@ -34,6 +34,10 @@ objects), in alternating rounds. Writes OUT/report.md (also printed), OUT/report
 --churn N: N chain ADD/DEL cycles per suite, 8 at a time, each with a new pod (default 400,
 0 skips); compares the p50 ADD and DEL of the first and the last 10% of the cycles.";
 
+/// Samples of one more pod's ADD and DEL per node size: with 10, the 250-pod p50 moved by a
+/// third between runs of the same code.
+const POD_SAMPLES: usize = 20;
+
 struct Options {
     ours: PathBuf,
     references: Vec<PathBuf>,
@@ -385,7 +389,8 @@ impl Bench {
         Ok(())
     }
 
-    /// ADD and DEL of one more pod when the node holds n pods, for each n of `--pods`.
+    /// ADD and DEL of one more pod when the node holds n pods, for each n of `--pods`,
+    /// `POD_SAMPLES` times.
     fn pods(&self, suite: &mut Suite, kind: &Kind) -> Result<()> {
         let node = Node::new(kind)?;
         let mut held: Vec<Pod> = Vec::new();
@@ -397,7 +402,7 @@ impl Bench {
             }
             fill(&node, &mut held, n)?;
             let (mut add, mut del) = (Vec::new(), Vec::new());
-            for _ in 0..10 {
+            for _ in 0..POD_SAMPLES {
                 let mut pod = node.pod();
                 add.push(timed(|r| node.add(r, &mut pod))?.1);
                 del.push(timed(|r| node.del(r, &pod))?.1);
