@@ -52,6 +52,39 @@ pub fn lease_files(network_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// host-local's owner links (`<network_dir>/.owners/`) by lease name, each checked to be a hard
+/// link of its lease (same inode) named `<lease>=<the lease's content in hex>`. Panics on a
+/// link without its lease or a lease without its link.
+pub fn owner_links(network_dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.ino()).ok();
+    let mut links = std::collections::BTreeMap::new();
+    for (name, link) in dir_files(&network_dir.join(".owners")) {
+        let (lease, hex) = name
+            .split_once('=')
+            .unwrap_or_else(|| panic!("owner link {name:?} is not <address>=<hex>"));
+        let content: String = link.content.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex, content,
+            "owner link {name:?} does not name its content"
+        );
+        let lease_path = network_dir.join(lease);
+        assert!(
+            inode(&lease_path).is_some()
+                && inode(&lease_path) == inode(&network_dir.join(".owners").join(&name)),
+            "owner link {name:?} is not a link of lease {lease}"
+        );
+        links.insert(lease.to_owned(), name);
+    }
+    for lease in lease_files(network_dir) {
+        assert!(
+            links.contains_key(&lease),
+            "lease {lease} has no owner link"
+        );
+    }
+    links
+}
+
 /// Every entry under `dir` (recursively), as paths relative to it, except those `keep`
 /// accepts; empty when `dir` does not exist.
 pub fn files_under(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {

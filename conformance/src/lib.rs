@@ -20,7 +20,7 @@ pub use call::{
     outcome_within, result_ips,
 };
 pub use cnitool::{Workdir, cnitool, cnitool_command, cnitool_container_id, cnitool_env};
-pub use files::{FileState, dir_files, files_under, lease_files, umask};
+pub use files::{FileState, dir_files, files_under, lease_files, owner_links, umask};
 pub use kernel::{bridge_vlan_filtering_supported, nft_batch};
 pub use netns::{Netns, node_with_uplink};
 pub use network::{

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use conformance::{HostLocalNet, Outcome, VERSIONS, dir_files, result_ips, umask};
+use conformance::{HostLocalNet, Outcome, VERSIONS, dir_files, owner_links, result_ips, umask};
 use serde_json::{Value, json};
 
 fn lease(id: &str, ifname: &str) -> String {
@@ -114,8 +114,18 @@ fn files_have_the_reference_layout() {
         ("last_reserved_ip.0", (&b"10.1.2.3"[..], lease_mode)),
         ("last_reserved_ip.1", (&b"2001:db8:1::3"[..], lease_mode)),
         ("lock", (&b""[..], 0o750 & !mask)),
+        (".owners", (&b""[..], 0o700 & !mask)),
     ]);
     assert_eq!(summary, expected);
+    assert_eq!(
+        owner_links(&net.dir()).keys().collect::<Vec<_>>(),
+        ["10.1.2.2", "10.1.2.3", "2001:db8:1::2", "2001:db8:1::3"]
+    );
+    net.del("c1");
+    assert_eq!(
+        owner_links(&net.dir()).keys().collect::<Vec<_>>(),
+        ["10.1.2.3", "2001:db8:1::3"]
+    );
     let top = dir_files(net.data.path());
     assert!(top[HostLocalNet::NAME].is_dir);
     assert_eq!(top[HostLocalNet::NAME].mode, 0o755 & !mask);

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use conformance::{FileState, HostLocalNet, Outcome, VERSIONS, bin, dir_files, result_ips, umask};
+use conformance::{
+    FileState, HostLocalNet, Outcome, VERSIONS, bin, dir_files, owner_links, result_ips, umask,
+};
 use serde_json::{Value, json};
 
 fn reference() -> PathBuf {
@@ -40,6 +42,14 @@ fn with_private_leases(mut files: BTreeMap<String, FileState>) -> BTreeMap<Strin
             file.mode = 0o600 & !mask;
         }
     }
+    files
+}
+
+/// Our store but for its owner links (a deliberate addition), which must match the leases.
+fn without_owner_links(network_dir: &Path) -> BTreeMap<String, FileState> {
+    owner_links(network_dir);
+    let mut files = dir_files(network_dir);
+    files.remove(".owners");
     files
 }
 
@@ -228,7 +238,7 @@ fn compare(scenario: &Scenario, version: &str) {
             results.insert(*id, oa.json.clone());
         }
         assert_eq!(
-            dir_files(&a.dir()),
+            without_owner_links(&a.dir()),
             with_private_leases(dir_files(&b.dir())),
             "{what}"
         );
@@ -367,6 +377,12 @@ fn leases_are_shared_both_ways() {
     run(&reference(), "DEL", "c4").ok();
     let holders: BTreeSet<String> = net.leases().into_values().collect();
     assert_eq!(holders, BTreeSet::from(["c3\r\neth0".to_string()]));
+    // Ours linked the reference's c3 when it read it; the reference's DELs took our links of c2
+    // and c4 with their leases.
+    assert_eq!(
+        owner_links(&net.dir()).into_keys().collect::<Vec<_>>(),
+        ["10.1.2.4", "2001:db8:1::4"]
+    );
     // A legacy ID-only file (reference before 0.7) is released by both.
     for (plugin, ip) in [(reference(), "10.1.2.100"), (ours(), "10.1.2.101")] {
         std::fs::write(net.dir().join(ip), "c9").unwrap();
@@ -375,6 +391,7 @@ fn leases_are_shared_both_ways() {
     }
     run(&ours(), "DEL", "c3").ok();
     assert!(net.leases().is_empty());
+    assert!(owner_links(&net.dir()).is_empty());
 }
 
 /// Interleaved ADDs from both, sequential and then all at once, never hand out an address

@@ -8,12 +8,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use conformance::{HostLocalNet, dir_files, result_ips};
+use conformance::{HostLocalNet, dir_files, owner_links, result_ips};
 use serde_json::json;
 
 /// Names the store may hold besides lease files.
 fn is_store_file(name: &str) -> bool {
-    name == "lock" || name.starts_with("last_reserved_ip.")
+    name == "lock" || name == ".owners" || name.starts_with("last_reserved_ip.")
 }
 
 /// 64 parallel ADDs of distinct containers into a /25, then 64 parallel DELs: every container
@@ -62,7 +62,8 @@ fn parallel_adds_then_parallel_dels_in_a_small_range() {
         }
     });
     let left: Vec<String> = dir_files(&net.dir()).into_keys().collect();
-    assert_eq!(left, ["last_reserved_ip.0", "lock"]);
+    assert_eq!(left, [".owners", "last_reserved_ip.0", "lock"]);
+    assert!(owner_links(&net.dir()).is_empty());
 }
 
 /// A small deterministic generator for the kill delays (no dependency needed).
@@ -196,6 +197,7 @@ fn sigkill_during_add_leaves_a_consistent_store() {
         .run(&net.stdin_with("cni.dev/valid-attachments", json!(valid)))
         .ok();
     check_store("after GC");
+    owner_links(&net.dir());
 
     // The store still works: a new container gets an address no one holds.
     let fresh = result_ips(&net.add("fresh"));

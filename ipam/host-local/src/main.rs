@@ -15,6 +15,7 @@ mod allocator;
 mod config;
 mod dns;
 mod ip;
+mod owners;
 mod store;
 
 use std::net::IpAddr;

@@ -4,7 +4,9 @@
 //! `lock` file that every operation holds (flock) from its first read to its last write.
 //! File modes are the current reference's (since 1.4.0): leases and markers 0600, as they name
 //! which container holds which address (Debian's 1.1.1 makes them 0644), lock 0750.
+//! Beside them, `.owners/` (see `owners`) lets a scan learn the owners without reading leases.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -18,6 +20,7 @@ use libcni::kernel::lock;
 use libcni::{Error, Result};
 
 use crate::ip::canonical;
+use crate::owners::{self, Owners};
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
 /// Leases and markers: readable by root only.
@@ -78,6 +81,10 @@ pub struct Snapshot {
 /// The network's directory, locked for as long as this value lives.
 pub struct Store {
     dir: PathBuf,
+    dir_fd: File,
+    owners: Owners,
+    /// The owner link of each lease this operation has scanned or written.
+    links: RefCell<HashMap<IpAddr, String>>,
     _lock: File,
 }
 
@@ -113,12 +120,29 @@ impl Store {
             .open(&lock_path)
             .map_err(|e| Error::io(format!("cannot open lock {}: {e}", lock_path.display())))?;
         lock::lock_within(&lock, lock::Mode::Exclusive, LOCK_WAIT, &lock_path)?;
-        Ok(Store { dir, _lock: lock })
+        let unusable = |e: std::io::Error| {
+            Error::io(format!(
+                "cannot open lease directory {}: {e}",
+                dir.display()
+            ))
+        };
+        let dir_fd = File::open(&dir).map_err(unusable)?;
+        let owners = Owners::open(&dir_fd).map_err(unusable)?;
+        Ok(Store {
+            dir,
+            dir_fd,
+            owners,
+            links: RefCell::default(),
+            _lock: lock,
+        })
     }
 
-    /// Reads every lease and last-reserved marker in one pass; removes temp files left by an
-    /// operation that died (none can be in progress: we hold the lock).
+    /// Lists every lease and reads every last-reserved marker in one pass, the owners from
+    /// their links (see `owners`): only a lease without one is read, and then linked. Removes
+    /// temp files left by an operation that died (none can be in progress: we hold the lock)
+    /// and links whose lease is gone.
     pub fn scan(&self) -> Result<Snapshot> {
+        use std::os::unix::fs::DirEntryExt;
         let mut snap = Snapshot::default();
         let unreadable = |e: std::io::Error| {
             Error::io(format!(
@@ -126,14 +150,14 @@ impl Store {
                 self.dir.display()
             ))
         };
-        let dir = File::open(&self.dir).map_err(unreadable)?;
+        let mut links = self.owners.list().map_err(unreadable)?;
+        let mut unlinked: Vec<(String, IpAddr, String)> = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(unreadable)?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let path = entry.path();
             if name.starts_with('.') && name.contains(TEMP_MARK) {
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(entry.path());
                 continue;
             }
             // Only regular files are read: never follow a link out of the directory. Anything
@@ -150,29 +174,68 @@ impl Store {
                 .strip_prefix(LAST_RESERVED)
                 .and_then(|n| n.parse::<usize>().ok())
             {
-                if let Some(ip) = read_small(&dir, name).and_then(|s| s.trim().parse().ok()) {
+                if let Some(ip) = read_small(&self.dir_fd, name).and_then(|s| s.trim().parse().ok())
+                {
                     snap.last_reserved.insert(set, canonical(ip));
                 }
             } else if let Ok(ip) = name.parse::<IpAddr>() {
-                // A lease whose file cannot be read still blocks its address.
-                let owner = read_small(&dir, name)
-                    .map_or(Owner::Legacy(String::new()), |c| Owner::parse(&c));
-                snap.leases.insert(canonical(ip), owner);
+                let ip = canonical(ip);
+                let linked = links
+                    .remove(&entry.ino())
+                    .filter(|link| canonical(link.ip) == ip);
+                let owner = match linked {
+                    Some(link) => {
+                        self.links.borrow_mut().insert(ip, link.name);
+                        Owner::parse(&String::from_utf8_lossy(&link.content))
+                    }
+                    // A lease whose file cannot be read still blocks its address.
+                    None => read_small(&self.dir_fd, name).map_or(
+                        Owner::Legacy(String::new()),
+                        |content| {
+                            let owner = Owner::parse(&content);
+                            unlinked.push((name.to_owned(), ip, content));
+                            owner
+                        },
+                    ),
+                };
+                snap.leases.insert(ip, owner);
+            }
+        }
+        for orphan in links.into_values() {
+            self.owners.remove(&orphan.name);
+        }
+        for (lease, ip, content) in unlinked {
+            if let Some(link) = owners::name(ip, content.as_bytes())
+                && !content.trim().is_empty()
+                && self.owners.link(&self.dir_fd, &lease, &link)
+            {
+                self.links.borrow_mut().insert(ip, link);
             }
         }
         Ok(snap)
     }
 
     /// Writes the lease for `ip`, complete or not at all: the content goes to a temp file that is
-    /// then hard-linked to the address's name, which fails if the address is taken.
+    /// then hard-linked to the address's name, which fails if the address is taken, and then
+    /// becomes the lease's owner link.
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
+        let ip = canonical(ip);
         let target = self.lease_path(ip);
-        let tmp = self.write_temp(
-            &canonical(ip).to_string(),
-            format!("{}\r\n{ifname}", id.trim()).as_bytes(),
-        )?;
+        let content = format!("{}\r\n{ifname}", id.trim());
+        let tmp = self.write_temp(&ip.to_string(), content.as_bytes())?;
         let linked = std::fs::hard_link(&tmp, &target);
-        let _ = std::fs::remove_file(&tmp);
+        let owned = linked.is_ok()
+            && owners::name(ip, content.as_bytes()).is_some_and(|link| {
+                let tmp_name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let adopted = self.owners.adopt(&self.dir_fd, tmp_name, &link);
+                if adopted {
+                    self.links.borrow_mut().insert(ip, link);
+                }
+                adopted
+            });
+        if !owned {
+            let _ = std::fs::remove_file(&tmp);
+        }
         match linked {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
@@ -234,6 +297,7 @@ impl Store {
         })
     }
 
+    /// Removes the lease of `ip`, then its owner link.
     pub fn release(&self, ip: IpAddr) -> Result<()> {
         let path = self.lease_path(ip);
         match std::fs::remove_file(&path) {
@@ -241,7 +305,12 @@ impl Store {
                 "cannot remove lease {}: {e}",
                 path.display()
             ))),
-            _ => Ok(()),
+            _ => {
+                if let Some(link) = self.links.borrow_mut().remove(&canonical(ip)) {
+                    self.owners.remove(&link);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -365,6 +434,60 @@ mod tests {
         store.release(ip).unwrap();
         store.release(ip).unwrap();
         assert_eq!(store.scan().unwrap().leases.len(), 2);
+    }
+
+    #[test]
+    fn owners_come_from_links_and_a_lease_without_one_is_read_then_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("net");
+        let ino = |name: &str| std::fs::metadata(net.join(name)).unwrap().ino();
+        let owner = |id: &str| Owner::Attachment {
+            id: id.into(),
+            ifname: "eth0".into(),
+        };
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert!(store.reserve(a, "c1", "eth0").unwrap());
+        assert_eq!(ino("10.0.0.2"), ino(".owners/10.0.0.2=63310d0a65746830"));
+        assert_eq!(
+            std::fs::read_dir(&net).unwrap().count(),
+            3,
+            "no temp file left"
+        );
+        drop(store);
+
+        // The reference's lease: read once, then linked.
+        std::fs::write(net.join("10.0.0.3"), "c2\r\neth0").unwrap();
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert_eq!(store.scan().unwrap().leases[&b], owner("c2"));
+        assert_eq!(ino("10.0.0.3"), ino(".owners/10.0.0.3=63320d0a65746830"));
+        drop(store);
+
+        // Its address released by name only and leased again: the old link matches no lease's
+        // inode, so the new lease is read, and the old link goes.
+        std::fs::remove_file(net.join("10.0.0.3")).unwrap();
+        std::fs::write(net.join("10.0.0.3"), "c3\r\neth0").unwrap();
+        let store = Store::open(dir.path(), "net").unwrap();
+        let snap = store.scan().unwrap();
+        assert_eq!(
+            (&snap.leases[&a], &snap.leases[&b]),
+            (&owner("c1"), &owner("c3"))
+        );
+        let links: Vec<String> = std::fs::read_dir(net.join(".owners"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            links,
+            ["10.0.0.2=63310d0a65746830", "10.0.0.3=63330d0a65746830"]
+        );
+
+        store.release(a).unwrap();
+        store.release(b).unwrap();
+        assert_eq!(std::fs::read_dir(net.join(".owners")).unwrap().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! The owner links, so that a scan need not read every lease: each lease this plugin writes or
+//! reads also gets a hard link in `<network>/.owners/`, named `<ip>=<its content in hex>`.
+//! A lease and its link share an inode, so one listing of each directory tells every lease's
+//! owner; only leases without a link (written by the reference or by a release before this
+//! index) are read, and are then linked.
+//!
+//! The reference reads the links as it reads the leases, and stays right: its walks descend
+//! into `.owners`, its duplicate check skips names that are not addresses, and its DEL removes
+//! every file holding the attachment's content, the link with its lease. A link whose lease is
+//! gone (removed by a release of the reference that took only the address's name) matches no
+//! lease's inode and is removed by the next scan.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+pub const DIR: &str = ".owners";
+const NAME_MAX: usize = 255;
+
+/// The link name for a lease of `ip` holding `content`; `None` when it would be longer than a
+/// file name may be (such a lease is read on every scan, as the reference reads all of them).
+pub fn name(ip: IpAddr, content: &[u8]) -> Option<String> {
+    use std::fmt::Write;
+    let mut name = format!("{ip}=");
+    if name.len() + 2 * content.len() > NAME_MAX {
+        return None;
+    }
+    for b in content {
+        let _ = write!(name, "{b:02x}");
+    }
+    Some(name)
+}
+
+/// The address and lease content a link name records.
+fn parse(name: &str) -> Option<(IpAddr, Vec<u8>)> {
+    let (ip, hex) = name.split_once('=')?;
+    if hex.len() % 2 != 0 || !hex.is_ascii() {
+        return None;
+    }
+    let content = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((ip.parse().ok()?, content))
+}
+
+/// One link found by a listing.
+pub struct Link {
+    pub name: String,
+    pub ip: IpAddr,
+    pub content: Vec<u8>,
+}
+
+/// The `.owners` directory of one network's store, opened without following a link.
+pub struct Owners {
+    dir: OwnedFd,
+}
+
+impl Owners {
+    /// The index of the store whose directory is `store`, made if absent.
+    pub fn open(store: impl AsFd) -> std::io::Result<Owners> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = match rustix::fs::openat(&store, DIR, flags, Mode::empty()) {
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&store, DIR, Mode::RWXU) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                rustix::fs::openat(&store, DIR, flags, Mode::empty())?
+            }
+            other => other?,
+        };
+        Ok(Owners { dir })
+    }
+
+    /// Every well-formed link by inode; malformed entries are removed.
+    pub fn list(&self) -> std::io::Result<HashMap<u64, Link>> {
+        let mut links = HashMap::new();
+        let mut listing = Dir::read_from(&self.dir)?;
+        while let Some(entry) = listing.read() {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "."
+                || name == ".."
+                || !matches!(entry.file_type(), FileType::RegularFile | FileType::Unknown)
+            {
+                continue;
+            }
+            match parse(name) {
+                Some((ip, content)) => {
+                    let name = name.to_owned();
+                    links.insert(entry.ino(), Link { name, ip, content });
+                }
+                None => self.remove(name),
+            }
+        }
+        Ok(links)
+    }
+
+    /// Links `lease` (a name in `store`) as `name`; false when it could not be.
+    pub fn link(&self, store: impl AsFd, lease: &str, name: &str) -> bool {
+        rustix::fs::linkat(store, lease, &self.dir, name, AtFlags::empty()).is_ok()
+    }
+
+    /// Moves the file `from` of `store` (a lease's other name) here as `name`.
+    pub fn adopt(&self, store: impl AsFd, from: &str, name: &str) -> bool {
+        rustix::fs::renameat(store, from, &self.dir, name).is_ok()
+    }
+
+    pub fn remove(&self, name: &str) {
+        let _ = rustix::fs::unlinkat(&self.dir, name, AtFlags::empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_stay_file_names() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let name = name(v6, b"c1\r\neth0").unwrap();
+        assert_eq!(name, "2001:db8::1=63310d0a65746830");
+        assert_eq!(parse(&name), Some((v6, b"c1\r\neth0".to_vec())));
+        assert_eq!(super::name(v6, &[b'x'; 130]), None, "too long for a name");
+        assert!(super::name(v6, &[b'x'; 100]).is_some_and(|n| n.len() <= NAME_MAX));
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1=6",
+            "10.0.0.1=zz",
+            "x=00",
+            "10.0.0.1=é0",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+}
