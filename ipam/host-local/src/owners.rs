@@ -34,24 +34,16 @@ pub fn name(ip: IpAddr, content: &[u8]) -> Option<String> {
     Some(name)
 }
 
-/// The address and lease content a link name records.
-fn parse(name: &str) -> Option<(IpAddr, Vec<u8>)> {
-    let (ip, hex) = name.split_once('=')?;
-    if hex.len() % 2 != 0 || !hex.is_ascii() {
+/// The lease content the link `name` records if it is the link of lease `lease`.
+pub fn content_for(name: &str, lease: &str) -> Option<Vec<u8>> {
+    let hex = name.strip_prefix(lease)?.strip_prefix('=')?.as_bytes();
+    if hex.len() % 2 != 0 {
         return None;
     }
-    let content = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((ip.parse().ok()?, content))
-}
-
-/// One link found by a listing.
-pub struct Link {
-    pub name: String,
-    pub ip: IpAddr,
-    pub content: Vec<u8>,
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    hex.chunks(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
 }
 
 /// The `.owners` directory of one network's store, opened without following a link.
@@ -76,8 +68,8 @@ impl Owners {
         Ok(Owners { dir })
     }
 
-    /// Every well-formed link by inode; malformed entries are removed.
-    pub fn list(&self) -> std::io::Result<HashMap<u64, Link>> {
+    /// The name of every link by its inode.
+    pub fn list(&self) -> std::io::Result<HashMap<u64, String>> {
         let mut links = HashMap::new();
         let mut listing = Dir::read_from(&self.dir)?;
         while let Some(entry) = listing.read() {
@@ -91,13 +83,7 @@ impl Owners {
             {
                 continue;
             }
-            match parse(name) {
-                Some((ip, content)) => {
-                    let name = name.to_owned();
-                    links.insert(entry.ino(), Link { name, ip, content });
-                }
-                None => self.remove(name),
-            }
+            links.insert(entry.ino(), name.to_owned());
         }
         Ok(links)
     }
@@ -126,17 +112,21 @@ mod tests {
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         let name = name(v6, b"c1\r\neth0").unwrap();
         assert_eq!(name, "2001:db8::1=63310d0a65746830");
-        assert_eq!(parse(&name), Some((v6, b"c1\r\neth0".to_vec())));
+        assert_eq!(
+            content_for(&name, "2001:db8::1"),
+            Some(b"c1\r\neth0".to_vec())
+        );
+        assert_eq!(content_for(&name, "2001:db8::"), None, "another lease's");
         assert_eq!(super::name(v6, &[b'x'; 130]), None, "too long for a name");
         assert!(super::name(v6, &[b'x'; 100]).is_some_and(|n| n.len() <= NAME_MAX));
         for bad in [
             "10.0.0.1",
             "10.0.0.1=6",
             "10.0.0.1=zz",
-            "x=00",
             "10.0.0.1=é0",
+            "10.0.0.1=+f",
         ] {
-            assert_eq!(parse(bad), None, "{bad}");
+            assert_eq!(content_for(bad, "10.0.0.1"), None, "{bad}");
         }
     }
 }

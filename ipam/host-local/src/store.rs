@@ -180,13 +180,17 @@ impl Store {
                 }
             } else if let Ok(ip) = name.parse::<IpAddr>() {
                 let ip = canonical(ip);
-                let linked = links
-                    .remove(&entry.ino())
-                    .filter(|link| canonical(link.ip) == ip);
+                let linked = links.remove(&entry.ino()).and_then(|link| {
+                    let content = owners::content_for(&link, name);
+                    if content.is_none() {
+                        self.owners.remove(&link);
+                    }
+                    Some((link, content?))
+                });
                 let owner = match linked {
-                    Some(link) => {
-                        self.links.borrow_mut().insert(ip, link.name);
-                        Owner::parse(&String::from_utf8_lossy(&link.content))
+                    Some((link, content)) => {
+                        self.links.borrow_mut().insert(ip, link);
+                        Owner::parse(&String::from_utf8_lossy(&content))
                     }
                     // A lease whose file cannot be read still blocks its address.
                     None => read_small(&self.dir_fd, name).map_or(
@@ -202,7 +206,7 @@ impl Store {
             }
         }
         for orphan in links.into_values() {
-            self.owners.remove(&orphan.name);
+            self.owners.remove(&orphan);
         }
         for (lease, ip, content) in unlinked {
             if let Some(link) = owners::name(ip, content.as_bytes())
