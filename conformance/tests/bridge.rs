@@ -889,6 +889,41 @@ fn bridge_ports_have_no_ipv6_of_their_own() {
     }
 }
 
+/// A pod without an IPv6 address has IPv6 off on its interface (no link-local address, so no
+/// MLD report or neighbour solicitation flooded to every other pod of the bridge) and sends no
+/// IPv6 packet; IPv4 between pods works.
+#[test]
+fn ipv4_only_pods_have_ipv6_off_on_their_interface() {
+    let host = Netns::new("h");
+    let net = Net::new("1.0.0", &["10.44.0.0/24"], json!({"isGateway": true}));
+    let (ctr1, ctr2) = (Netns::new("c"), Netns::new("c"));
+    net.add(&host, &ctr1, "ctr1");
+    net.add(&host, &ctr2, "ctr2");
+    for ctr in [&ctr1, &ctr2] {
+        assert_eq!(ctr.sysctl("net/ipv6/conf/eth0/disable_ipv6"), "1");
+        let eth0 = ctr.ip_json(&["-6", "addr", "show", "dev", "eth0"]);
+        assert!(
+            eth0.as_array().is_none_or(
+                |a| a.is_empty() || a[0]["addr_info"].as_array().is_none_or(|i| i.is_empty())
+            ),
+            "{eth0}"
+        );
+        let snmp6 = ctr
+            .command("cat")
+            .arg("/proc/net/snmp6")
+            .output()
+            .unwrap()
+            .stdout;
+        let sent = String::from_utf8_lossy(&snmp6)
+            .lines()
+            .find_map(|l| l.strip_prefix("Ip6OutRequests"))
+            .map(|n| n.trim().to_owned());
+        assert_eq!(sent.as_deref(), Some("0"), "IPv6 packets sent");
+    }
+    let (ip2, _) = nth("10.44.0.0/24", 3);
+    assert!(ctr1.ping(without_prefix(&ip2), 20), "ctr1 -> {ip2}");
+}
+
 /// The container MAC comes from CNI_ARGS `MAC`, overridden by `args.cni.mac`, overridden by
 /// `runtimeConfig.mac`; the result reports it and the kernel has it.
 #[test]

@@ -275,7 +275,9 @@ fn kernel_state(side: &Side, br: &str) -> Value {
 
 /// Differences we know of, asserted exactly and then taken out of both states:
 /// - with an IPv6 address the container interface gets `keep_addr_on_down=1` from us (as the
-///   current reference's `ConfigureIface` does), not from Debian's 1.1.1;
+///   current reference's `ConfigureIface` does), not from Debian's 1.1.1; with only IPv4 ones
+///   we turn IPv6 off on it (`disable_ipv6=1`: no link-local address or route), the reference
+///   not (L2, without addresses, keeps it: whoever addresses the pod may use IPv6);
 /// - `vlan` without `preserveDefaultVlan`: we drop VID 1 from the port (the reference's default
 ///   since 2025), Debian's 1.1.1 keeps it;
 /// - both veth ends get the kernel's default queue length (1000) from us, Debian's 1.1.1 creates
@@ -306,6 +308,15 @@ fn known_differences(ours: &mut Value, theirs: &mut Value, conf: &Value) {
         assert_eq!(ours["ctr_sysctls"]["keep_addr_on_down"], "1");
         assert_eq!(theirs["ctr_sysctls"]["keep_addr_on_down"], "0");
         theirs["ctr_sysctls"]["keep_addr_on_down"] = "1".into();
+    } else if ours["eth0"]["addrs"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        assert_eq!(ours["ctr_sysctls"]["disable_ipv6"], "1");
+        assert_eq!(ours["routes6"], json!([]), "no link-local route");
+        assert_eq!(theirs["ctr_sysctls"]["disable_ipv6"], "0");
+        theirs["ctr_sysctls"]["disable_ipv6"] = "1".into();
+        theirs["routes6"] = json!([]);
     }
     let drops_vid1 = conf.get("vlan").is_some() && conf.get("preserveDefaultVlan").is_none();
     if drops_vid1 && bridge_vlan_filtering_supported() {

@@ -464,7 +464,8 @@ impl<'a> Add<'a> {
 
     /// The lease's addresses and routes on the container interface, which comes up.
     fn address_container(&self, bridge: &Link, container: &Link, lease: &CniResult) -> Result<()> {
-        set_container_sysctls(self.ns, &self.req.ifname, self.conf.enabledad)?;
+        let ipv4_only = !lease.ips.is_empty() && lease.ips.iter().all(|ip| ip.address.is_ipv4());
+        set_container_sysctls(self.ns, &self.req.ifname, self.conf.enabledad, ipv4_only)?;
         // With `enabledad`, addresses are usable when ADD returns, or ADD fails (as the
         // reference: up to 5 s).
         let dad_wait = self.conf.enabledad.then_some(DAD_WAIT);
@@ -731,9 +732,15 @@ fn first_host(address: IpNetwork) -> Option<IpAddr> {
     })
 }
 
-fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool) -> Result<()> {
+/// `ipv4_only`: the lease has addresses, none of them IPv6. Then IPv6 is off on the interface
+/// before it comes up (as Docker does on an IPv4-only network): its link-local address would
+/// send MLD reports and neighbour solicitations that the bridge floods to every other pod.
+fn set_container_sysctls(ns: &Netns, ifname: &str, enabledad: bool, ipv4_only: bool) -> Result<()> {
     let sys = sysctl::private();
     ns.run(|| -> Result<()> {
+        if ipv4_only {
+            sys.set_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
+        }
         if enabledad {
             sys.set_if_present(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1")?;
             sys.set_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1")?;
