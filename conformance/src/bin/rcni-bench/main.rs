@@ -38,6 +38,12 @@ objects), in alternating rounds. Writes OUT/report.md (also printed), OUT/report
 /// third between runs of the same code.
 const POD_SAMPLES: usize = 20;
 
+/// How long a node filled to n pods rests before its samples: the last pods' kernel work
+/// (IPv6 duplicate address detection and MLD reports run 1–2 s after an interface comes up,
+/// RCU callbacks of the fill) is then over, and the samples see a node that holds n pods, not
+/// one still bringing its last pods up.
+const POD_SETTLE: Duration = Duration::from_secs(3);
+
 struct Options {
     ours: PathBuf,
     references: Vec<PathBuf>,
@@ -401,6 +407,7 @@ impl Bench {
                 break;
             }
             fill(&node, &mut held, n)?;
+            std::thread::sleep(POD_SETTLE);
             let (mut add, mut del) = (Vec::new(), Vec::new());
             for _ in 0..POD_SAMPLES {
                 let mut pod = node.pod();

@@ -423,9 +423,11 @@ impl Report {
         if ns.is_empty() {
             return String::new();
         }
-        let mut md = String::from(
+        let mut md = format!(
             "\n## Pods on the node: one more pod's ADD / DEL, p50 ms, when the node already \
-             holds n pods with a hostPort each\n\n",
+             holds n pods with a hostPort each ({} samples, after the filled node rested {} s)\n\n",
+            crate::POD_SAMPLES,
+            crate::POD_SETTLE.as_secs()
         );
         md.push_str(&self.header("n"));
         for n in ns {
