@@ -603,8 +603,23 @@ fn masquerade_rules_are_per_attachment_and_go_with_del_and_gc() {
     );
     assert_eq!(a.leases(), ["10.31.0.2", "fd31::2"]);
 
+    let c1_record = libcni::firewall::handles::file_in(
+        &host.path,
+        libcni::firewall::handles::Kind::Masquerade,
+        &libcni::firewall::Owner {
+            network: "net-a",
+            container_id: "c1",
+            ifname: "eth0",
+        },
+    )
+    .unwrap();
+    assert!(c1_record.exists());
     gc(&a, json!([]));
     assert_eq!(comments(&host), [b3], "GC removes only net-a's rules");
+    assert!(
+        !c1_record.exists(),
+        "GC drops the record of the rules it removed"
+    );
     assert!(a.leases().is_empty(), "{:?}", a.leases());
     assert_eq!(b.leases(), ["10.32.0.2"]);
 
@@ -614,6 +629,83 @@ fn masquerade_rules_are_per_attachment_and_go_with_del_and_gc() {
     for gone in ["10.31.0.", "fd31:", "10.32.0."] {
         assert!(!left.contains(gone), "{gone} still named:\n{left}");
     }
+}
+
+/// ADD records the handles of its masquerade rules (libcni::firewall::handles) and DEL deletes
+/// by them, without listing the chain that holds every pod's rules; a record naming another
+/// pod's rule (stale or forged) is not trusted: DEL then finds its own rules by listing and
+/// removes exactly those. Both records are gone after DEL.
+#[test]
+fn masquerade_del_goes_by_recorded_handles_and_trusts_only_confirmed_ones() {
+    use libcni::firewall::handles::{Kind, file_in};
+    let host = Netns::new("h");
+    let net = Net::new(
+        "1.0.0",
+        &["10.37.0.0/24"],
+        json!({"isDefaultGateway": true, "ipMasq": true}),
+    );
+    let (c1, c2, c3) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
+    net.add(&host, &c1, "c1");
+    net.add(&host, &c2, "c2");
+    net.add(&host, &c3, "c3");
+    let owner = |id: &'static str| libcni::firewall::Owner {
+        network: NET,
+        container_id: id,
+        ifname: "eth0",
+    };
+    let record = |id: &'static str| file_in(&host.path, Kind::Masquerade, &owner(id)).unwrap();
+    let handle_of = |id: &str| -> u64 {
+        let comment = owner_comment(NET, id);
+        let rules = masquerade_rules(&host);
+        let mine: Vec<u64> = rules
+            .iter()
+            .filter(|(c, _)| *c == comment)
+            .filter_map(|(_, r)| r["handle"].as_u64())
+            .collect();
+        assert_eq!(mine.len(), 1, "{id}: {rules:?}");
+        mine[0]
+    };
+    for id in ["c1", "c2", "c3"] {
+        let text = std::fs::read_to_string(record(id)).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "complete 1\ninet rcni_masquerade postrouting {}\n",
+                handle_of(id)
+            ),
+            "{id}"
+        );
+    }
+    let comments = || -> Vec<String> {
+        let mut c: Vec<String> = masquerade_rules(&host)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        c.sort();
+        c
+    };
+
+    net.del(&host, &c1.path, "c1");
+    assert!(!record("c1").exists());
+    let mut left = vec![owner_comment(NET, "c2"), owner_comment(NET, "c3")];
+    left.sort();
+    assert_eq!(comments(), left);
+
+    // c2's record names c3's rule: DEL of c2 must not take it.
+    std::fs::write(
+        record("c2"),
+        format!(
+            "complete 1\ninet rcni_masquerade postrouting {}\n",
+            handle_of("c3")
+        ),
+    )
+    .unwrap();
+    net.del(&host, &c2.path, "c2");
+    assert_eq!(comments(), [owner_comment(NET, "c3")]);
+    assert!(!record("c2").exists());
+    net.del(&host, &c3.path, "c3");
+    assert!(comments().is_empty());
+    assert!(!record("c3").exists());
 }
 
 /// `iptables-save -t nat` in `host`: the lines of chain RCNI-MASQUERADE.

@@ -450,7 +450,12 @@ fn handle_file(host: &Netns, container_id: &str) -> (std::path::PathBuf, Option<
         container_id,
         ifname: "eth0",
     };
-    let path = libcni::firewall::handles::file_in(&host.path, &owner).unwrap();
+    let path = libcni::firewall::handles::file_in(
+        &host.path,
+        libcni::firewall::handles::Kind::PortMappings,
+        &owner,
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&path).ok();
     (path, text)
 }

@@ -2,9 +2,9 @@
 //! so DEL deletes them by handle instead of listing chains that hold every pod's rules (a
 //! listing grows with the node: ~600 KB of dump at 250 pods).
 //!
-//! One small file per attachment under `/run/cni-rs/nft/`, named for the network namespace
-//! and the owner's key (gone after a reboot, like the rules), written after ADD's transaction:
-//! `complete <n>` and the n rules. It is only a hint. A missing, torn or unreadable file means
+//! One small file per attachment and [`Kind`] under `/run/cni-rs/nft/`, named for the network
+//! namespace and the owner's key (gone after a reboot, like the rules), written after ADD's
+//! transaction: `complete <n>` and the n rules. It is only a hint. A missing, torn or unreadable file means
 //! listing (an ADD killed after its transaction leaves none), and DEL trusts a file only after
 //! the kernel confirms each rule still carries the owner's comment. The spec forbids a second
 //! ADD of an attachment without a DEL between; one that happens anyway adds to a complete
@@ -21,6 +21,25 @@ use crate::protocol::conf::Attachment;
 const DIR: &str = "/run/cni-rs/nft";
 const COMPLETE: &str = "complete";
 
+/// Whose rules a file records: portmap's (the name is the owner's key alone, as before kinds)
+/// or bridge's masquerade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    PortMappings,
+    Masquerade,
+}
+
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::PortMappings, Kind::Masquerade];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::PortMappings => "",
+            Kind::Masquerade => ".masquerade",
+        }
+    }
+}
+
 /// What the handle file said before an ADD.
 #[derive(Debug)]
 pub enum Before {
@@ -33,8 +52,8 @@ pub enum Before {
 }
 
 /// Reads the attachment's file before an ADD adds to its rules.
-pub fn before_add(owner: &Owner<'_>) -> Before {
-    let Some(path) = path(owner) else {
+pub fn before_add(kind: Kind, owner: &Owner<'_>) -> Before {
+    let Some(path) = path(kind, owner) else {
         return Before::Unknown;
     };
     match std::fs::read_to_string(&path) {
@@ -45,8 +64,8 @@ pub fn before_add(owner: &Owner<'_>) -> Before {
 }
 
 /// Records the rules an ADD made (with those of a complete file before it).
-pub fn after_add(owner: &Owner<'_>, before: Before, added: &[ListedRule]) {
-    let Some(path) = path(owner) else {
+pub fn after_add(kind: Kind, owner: &Owner<'_>, before: Before, added: &[ListedRule]) {
+    let Some(path) = path(kind, owner) else {
         return;
     };
     let mut rules = match before {
@@ -72,8 +91,8 @@ pub fn after_add(owner: &Owner<'_>, before: Before, added: &[ListedRule]) {
 
 /// The attachment's rules when its file is complete and the kernel still holds each of them
 /// with the owner's comment; `None` means they must be found by listing.
-pub fn confirmed(nft: &mut Client, owner: &Owner<'_>) -> Option<Vec<ListedRule>> {
-    let text = std::fs::read_to_string(path(owner)?).ok()?;
+pub fn confirmed(kind: Kind, nft: &mut Client, owner: &Owner<'_>) -> Option<Vec<ListedRule>> {
+    let text = std::fs::read_to_string(path(kind, owner)?).ok()?;
     let rules = parse(&text)?;
     for rule in &rules {
         let held = nft
@@ -87,8 +106,8 @@ pub fn confirmed(nft: &mut Client, owner: &Owner<'_>) -> Option<Vec<ListedRule>>
 }
 
 /// Drops the attachment's file (its rules are gone).
-pub fn forget(owner: &Owner<'_>) {
-    if let Some(path) = path(owner) {
+pub fn forget(kind: Kind, owner: &Owner<'_>) {
+    if let Some(path) = path(kind, owner) {
         remove(&path);
     }
 }
@@ -103,14 +122,52 @@ pub fn forget_stale(network: &str, valid: &[Attachment]) {
 /// Drops every file of the network namespace at `netns` (an nsfs file such as
 /// `/run/netns/<name>`), for whoever deletes the namespace: its rules go with it.
 pub fn forget_namespace(netns: &std::path::Path) {
-    if let Some(prefix) = prefix_of(netns) {
-        sweep(&prefix, |_| true);
+    let (Some(prefix), Ok(entries)) = (prefix_of(netns), std::fs::read_dir(DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove(&entry.path());
+        }
     }
 }
 
-/// The file that records `owner`'s rules made in the network namespace at `netns`.
-pub fn file_in(netns: &std::path::Path, owner: &Owner<'_>) -> Option<PathBuf> {
-    Some(PathBuf::from(DIR).join(format!("{}{}", prefix_of(netns)?, file_key(&owner.key()))))
+const NETWORK_MASQUERADE: &str = ".network-masquerade";
+
+/// Notes that an earlier version's per-network masquerade rules of `network` are in this
+/// namespace (a DEL saw and kept them: the bridge still had ports), so the DEL of the
+/// network's last port looks for them even when it deletes its own rules by handle.
+pub fn note_network_masquerade(network: &str) {
+    if let Some(path) = network_masquerade_path(network)
+        && let Err(e) = write(&path, &[])
+    {
+        eprintln!("firewall: cannot write {} ({e})", path.display());
+    }
+}
+
+pub fn network_masquerade_noted(network: &str) -> bool {
+    network_masquerade_path(network).is_some_and(|p| p.exists())
+}
+
+pub fn forget_network_masquerade(network: &str) {
+    if let Some(path) = network_masquerade_path(network) {
+        remove(&path);
+    }
+}
+
+fn network_masquerade_path(network: &str) -> Option<PathBuf> {
+    let key = file_key(&super::owner::network_key(network));
+    Some(PathBuf::from(DIR).join(format!("{}{key}{NETWORK_MASQUERADE}", namespace_prefix()?)))
+}
+
+/// The file that records `owner`'s rules of `kind` made in the network namespace at `netns`.
+pub fn file_in(netns: &std::path::Path, kind: Kind, owner: &Owner<'_>) -> Option<PathBuf> {
+    Some(PathBuf::from(DIR).join(format!(
+        "{}{}{}",
+        prefix_of(netns)?,
+        file_key(&owner.key()),
+        kind.suffix()
+    )))
 }
 
 /// Removes the files of one namespace (`prefix`) whose owner key `pick` accepts.
@@ -120,7 +177,14 @@ fn sweep(prefix: &str, pick: impl Fn(&str) -> bool) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(file_key) = name.strip_prefix(prefix)
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let key = Kind::ALL.iter().rev().find_map(|k| match k.suffix() {
+            "" => (!rest.contains('.')).then_some(rest),
+            suffix => rest.strip_suffix(suffix),
+        });
+        if let Some(file_key) = key
             && pick(&format!("rcni:{}", file_key.replacen('-', ":", 1)))
         {
             remove(&entry.path());
@@ -151,8 +215,12 @@ fn file_key(key: &str) -> String {
 }
 
 /// The attachment's file in the namespace the calling thread is in.
-fn path(owner: &Owner<'_>) -> Option<PathBuf> {
-    file_in(std::path::Path::new("/proc/thread-self/ns/net"), owner)
+fn path(kind: Kind, owner: &Owner<'_>) -> Option<PathBuf> {
+    file_in(
+        std::path::Path::new("/proc/thread-self/ns/net"),
+        kind,
+        owner,
+    )
 }
 
 /// Written in place (a rename costs a journal commit where /run is not tmpfs): the count in

@@ -16,6 +16,9 @@
 //! `-s <ip> -d <subnet> -j RETURN` then `-s <ip> ! -d <multicast> -j MASQUERADE`, both with
 //! the owner's comment.
 //!
+//! ADD records its nftables rules' handles (`handles`, kind `Masquerade`) and DEL deletes by
+//! them once the kernel confirms them, without listing a chain that holds every pod's rules.
+//!
 //! Earlier versions of this suite made one rule per network and subnet (comment
 //! `rcni:<hash16(net)> net=… subnet=…`); those go when their network's bridge has no port left
 //! ([`remove_network_rules`]) and by GC. [`remove_reference`] deletes what the Go bridge plugin
@@ -24,6 +27,7 @@
 use ipnetwork::IpNetwork;
 
 use super::check::Tally;
+use super::handles::{self, Kind};
 use super::iptables::{self, Family, delete_line, quote, split_rule};
 use super::owner::{Owner, stale};
 use super::{nftables, subnet_of};
@@ -89,9 +93,13 @@ fn ipt_rules(owner: &Owner<'_>, ip: &IpNetwork) -> [String; 2] {
     ]
 }
 
-/// Masquerades the traffic of `ips`, the attachment's addresses (nftables).
+/// Masquerades the traffic of `ips`, the attachment's addresses (nftables), recording the
+/// rules' handles for DEL.
 pub fn add_nft(nft: &mut Client, owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
-    nftables::add_rules(nft, &nft_rules(owner, ips), base_objects)
+    let before = handles::before_add(Kind::Masquerade, owner);
+    let added = nftables::add_rules_echoed(nft, &nft_rules(owner, ips), base_objects)?;
+    handles::after_add(Kind::Masquerade, owner, before, &added);
+    Ok(())
 }
 
 /// Masquerades the traffic of `ips`, the attachment's addresses (iptables).
@@ -115,11 +123,20 @@ pub fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
 }
 
 /// Removes the attachment's masquerade in both backends (a config may have switched between
-/// ADD and DEL): one listing of our nftables chain and at most one deleting transaction; the
-/// iptables chain is listed only where it exists. Whether an earlier version's per-network
-/// rules of the attachment's network are still there.
+/// ADD and DEL): by the handles ADD recorded when the kernel confirms them, else through one
+/// listing of our nftables chain (which holds every pod's rules); at most one deleting
+/// transaction; the iptables chain is listed only where it exists. Whether an earlier
+/// version's per-network rules of the attachment's network may still be there.
 pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
     let earlier = network_rule_key(owner.network);
+    let relist =
+        |nft: &mut Client| nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c));
+    if let Some(mine) = handles::confirmed(Kind::Masquerade, nft, owner) {
+        nftables::delete(nft, mine, relist)?;
+        handles::forget(Kind::Masquerade, owner);
+        let network_rules = sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
+        return Ok(network_rules || handles::network_masquerade_noted(owner.network));
+    }
     let rules = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |_| true)?;
     let mut network_rules = rules.iter().any(|r| {
         r.comment
@@ -130,9 +147,11 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
         .into_iter()
         .filter(|r| r.comment.as_deref().is_some_and(|c| owner.owns(c)))
         .collect();
-    let relist =
-        |nft: &mut Client| nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c));
     nftables::delete(nft, mine, relist)?;
+    handles::forget(Kind::Masquerade, owner);
+    if network_rules {
+        handles::note_network_masquerade(owner.network);
+    }
     network_rules |= sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
     Ok(network_rules)
 }
@@ -236,7 +255,9 @@ fn network_rule_key(network: &str) -> String {
 pub fn remove_network_rules(nft: &mut Client, network: &str) -> Result<()> {
     let key = network_rule_key(network);
     nftables::remove_where(nft, NFT, TABLE, &[CHAIN], |c| c.starts_with(&key))?;
-    sweep_iptables(nft, |c| c.starts_with(&key), |_| false).map(drop)
+    sweep_iptables(nft, |c| c.starts_with(&key), |_| false)?;
+    handles::forget_network_masquerade(network);
+    Ok(())
 }
 
 /// GC: removes `network`'s masquerade of attachments not in `valid`, and the earlier
@@ -245,6 +266,7 @@ pub fn retain(network: &str, valid: &[crate::protocol::conf::Attachment]) -> Res
     let mut nft = nftables::open()?;
     let pick = |c: &str| stale(network, valid, c);
     let nf_tables = nftables::remove_where(&mut nft, NFT, TABLE, &[CHAIN], pick);
+    handles::forget_stale(network, valid);
     let iptables = sweep_iptables(&mut nft, pick, |_| false).map(drop);
     let network_rules = match valid.is_empty() {
         true => remove_network_rules(&mut nft, network),

@@ -25,8 +25,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::check::Tally;
+use super::handles::{self, Kind};
 use super::owner::{Owner, stale};
-use super::{handles, nftables, portmap_conditions, subnet_of};
+use super::{nftables, portmap_conditions, subnet_of};
 use crate::kernel::nf_tables::{
     self, BaseChain, Batch, Chain, ChainType, Client, Family, Hook, L4, ListedRule, Rule,
 };
@@ -198,14 +199,14 @@ pub fn add(nft: &mut Client, a: &Attachment<'_>) -> Result<()> {
     }
     if a.has_conditions() {
         // Made through nft text: no handles come back, DEL lists.
-        handles::forget(&a.owner);
+        handles::forget(Kind::PortMappings, &a.owner);
         return portmap_conditions::add(nft, a, &planned);
     }
-    let before = handles::before_add(&a.owner);
+    let before = handles::before_add(Kind::PortMappings, &a.owner);
     let comment = a.owner.comment();
     let rules: Vec<Rule> = planned.iter().map(|p| p.rule(&comment)).collect();
     let added = nftables::add_rules_echoed(nft, &rules, base_objects)?;
-    handles::after_add(&a.owner, before, &added);
+    handles::after_add(Kind::PortMappings, &a.owner, before, &added);
     Ok(())
 }
 
@@ -241,7 +242,7 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
         rules.extend(reference_rules(nft, owner.container_id)?);
         Ok(rules)
     };
-    let rules = match handles::confirmed(nft, owner) {
+    let rules = match handles::confirmed(Kind::PortMappings, nft, owner) {
         Some(mut rules) => {
             rules.extend(reference_rules(nft, owner.container_id)?);
             rules
@@ -249,7 +250,7 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
         None => find(nft)?,
     };
     nftables::delete(nft, rules, find)?;
-    handles::forget(owner);
+    handles::forget(Kind::PortMappings, owner);
     Ok(())
 }
 
@@ -259,7 +260,7 @@ pub fn remove_own(nft: &mut Client, owner: &Owner<'_>) -> Result<()> {
     let find = |nft: &mut Client| rules_of(nft, owner);
     let rules = find(nft)?;
     nftables::delete(nft, rules, find)?;
-    handles::forget(owner);
+    handles::forget(Kind::PortMappings, owner);
     Ok(())
 }
 
