@@ -708,6 +708,36 @@ fn masquerade_del_goes_by_recorded_handles_and_trusts_only_confirmed_ones() {
     assert!(!record("c3").exists());
 }
 
+/// An earlier version's per-network masquerade rule (comment `rcni:<hash16(network)> net=…
+/// subnet=…`) stays while the network's bridge has ports and goes with the DEL of its last
+/// port, though every DEL deletes its own rules by handle.
+#[test]
+fn earlier_per_network_masquerade_goes_with_the_last_port() {
+    let host = Netns::new("h");
+    let net = Net::new(
+        "1.0.0",
+        &["10.38.0.0/24"],
+        json!({"isDefaultGateway": true, "ipMasq": true}),
+    );
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    net.add(&host, &c1, "c1");
+    net.add(&host, &c2, "c2");
+    let earlier = format!(
+        "rcni:{} net={NET} subnet=10.38.0.0/24",
+        libcni::hash::hash16(NET)
+    );
+    host.nft(&format!(
+        "add rule inet rcni_masquerade postrouting ip saddr 10.38.0.0/24 ip daddr != 10.38.0.0/24 masquerade comment \"{earlier}\""
+    ));
+    let has_earlier = || masquerade_rules(&host).iter().any(|(c, _)| *c == earlier);
+    net.del(&host, &c1.path, "c1");
+    assert!(has_earlier(), "c2's pod still relies on it");
+    net.del(&host, &c2.path, "c2");
+    assert!(!has_earlier(), "gone with the last port");
+    assert!(masquerade_rules(&host).is_empty());
+    assert!(!ruleset(&host).contains("10.38.0."));
+}
+
 /// `iptables-save -t nat` in `host`: the lines of chain RCNI-MASQUERADE.
 fn iptables_masquerade(host: &Netns) -> Vec<String> {
     let out = host

@@ -134,23 +134,28 @@ pub fn forget_namespace(netns: &std::path::Path) {
 
 const NETWORK_MASQUERADE: &str = ".network-masquerade";
 
-/// Notes that an earlier version's per-network masquerade rules of `network` are in this
-/// namespace (a DEL saw and kept them: the bridge still had ports), so the DEL of the
-/// network's last port looks for them even when it deletes its own rules by handle.
-pub fn note_network_masquerade(network: &str) {
-    if let Some(path) = network_masquerade_path(network)
-        && let Err(e) = write(&path, &[])
+/// Whether an earlier version's per-network masquerade rules of `network` are in this
+/// namespace, as last found (`None`: never looked). This version makes no such rules, so once
+/// a listing found none, DELs by handle need not look again; when one found some, the DEL of
+/// the network's last port removes them.
+pub fn network_masquerade(network: &str) -> Option<bool> {
+    match std::fs::read_to_string(network_masquerade_path(network)?)
+        .ok()?
+        .as_str()
     {
-        eprintln!("firewall: cannot write {} ({e})", path.display());
+        "present" => Some(true),
+        "none" => Some(false),
+        _ => None,
     }
 }
 
-pub fn network_masquerade_noted(network: &str) -> bool {
-    network_masquerade_path(network).is_some_and(|p| p.exists())
-}
-
-pub fn forget_network_masquerade(network: &str) {
-    if let Some(path) = network_masquerade_path(network) {
+pub fn set_network_masquerade(network: &str, present: bool) {
+    let Some(path) = network_masquerade_path(network) else {
+        return;
+    };
+    let text = if present { "present" } else { "none" };
+    if let Err(e) = write_text(&path, text) {
+        eprintln!("firewall: cannot write {} ({e})", path.display());
         remove(&path);
     }
 }
@@ -226,8 +231,6 @@ fn path(kind: Kind, owner: &Owner<'_>) -> Option<PathBuf> {
 /// Written in place (a rename costs a journal commit where /run is not tmpfs): the count in
 /// the first line tells a torn file.
 fn write(path: &std::path::Path, rules: &[ListedRule]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut text = format!("{COMPLETE} {}\n", rules.len());
     for r in rules {
         text.push_str(&format!(
@@ -235,6 +238,12 @@ fn write(path: &std::path::Path, rules: &[ListedRule]) -> std::io::Result<()> {
             r.family, r.table, r.chain, r.handle
         ));
     }
+    write_text(path, &text)
+}
+
+fn write_text(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let open = || {
         std::fs::File::options()
             .write(true)

@@ -134,8 +134,17 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
     if let Some(mine) = handles::confirmed(Kind::Masquerade, nft, owner) {
         nftables::delete(nft, mine, relist)?;
         handles::forget(Kind::Masquerade, owner);
-        let network_rules = sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
-        return Ok(network_rules || handles::network_masquerade_noted(owner.network));
+        let network_rules = match handles::network_masquerade(owner.network) {
+            Some(present) => present,
+            None => {
+                let found =
+                    nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| c.starts_with(&earlier))?;
+                handles::set_network_masquerade(owner.network, !found.is_empty());
+                !found.is_empty()
+            }
+        };
+        let iptables = sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
+        return Ok(network_rules || iptables);
     }
     let rules = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |_| true)?;
     let mut network_rules = rules.iter().any(|r| {
@@ -149,9 +158,7 @@ pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
         .collect();
     nftables::delete(nft, mine, relist)?;
     handles::forget(Kind::Masquerade, owner);
-    if network_rules {
-        handles::note_network_masquerade(owner.network);
-    }
+    handles::set_network_masquerade(owner.network, network_rules);
     network_rules |= sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
     Ok(network_rules)
 }
@@ -256,7 +263,7 @@ pub fn remove_network_rules(nft: &mut Client, network: &str) -> Result<()> {
     let key = network_rule_key(network);
     nftables::remove_where(nft, NFT, TABLE, &[CHAIN], |c| c.starts_with(&key))?;
     sweep_iptables(nft, |c| c.starts_with(&key), |_| false)?;
-    handles::forget_network_masquerade(network);
+    handles::set_network_masquerade(network, false);
     Ok(())
 }
 
