@@ -35,8 +35,8 @@ objects), in alternating rounds. Writes OUT/report.md (also printed), OUT/report
 0 skips); compares the p50 ADD and DEL of the first and the last 10% of the cycles.";
 
 /// Samples of one more pod's ADD and DEL per node size: with 10, the 250-pod p50 moved by a
-/// third between runs of the same code.
-const POD_SAMPLES: usize = 20;
+/// third between runs of the same code, with 20 still by a fifth.
+const POD_SAMPLES: usize = 40;
 
 /// How long a node filled to n pods rests before its samples: the last pods' kernel work
 /// (IPv6 duplicate address detection and MLD reports run 1–2 s after an interface comes up,
