@@ -11,7 +11,6 @@
 //! lease's inode and is removed by the next scan.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
@@ -20,11 +19,11 @@ use rustix::io::Errno;
 pub const DIR: &str = ".owners";
 const NAME_MAX: usize = 255;
 
-/// The link name for a lease of `ip` holding `content`; `None` when it would be longer than a
-/// file name may be (such a lease is read on every scan, as the reference reads all of them).
-pub fn name(ip: IpAddr, content: &[u8]) -> Option<String> {
+/// The link name for the lease file `lease` holding `content`; `None` when it would be longer
+/// than a file name may be (such a lease is read on every scan, as the reference reads all).
+pub fn name(lease: &str, content: &[u8]) -> Option<String> {
     use std::fmt::Write;
-    let mut name = format!("{ip}=");
+    let mut name = format!("{lease}=");
     if name.len() + 2 * content.len() > NAME_MAX {
         return None;
     }
@@ -109,7 +108,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_stay_file_names() {
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6 = "2001:db8::1";
         let name = name(v6, b"c1\r\neth0").unwrap();
         assert_eq!(name, "2001:db8::1=63310d0a65746830");
         assert_eq!(

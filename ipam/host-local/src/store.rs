@@ -209,7 +209,7 @@ impl Store {
             self.owners.remove(&orphan);
         }
         for (lease, ip, content) in unlinked {
-            if let Some(link) = owners::name(ip, content.as_bytes())
+            if let Some(link) = owners::name(&lease, content.as_bytes())
                 && !content.trim().is_empty()
                 && self.owners.link(&self.dir_fd, &lease, &link)
             {
@@ -229,7 +229,7 @@ impl Store {
         let tmp = self.write_temp(&ip.to_string(), content.as_bytes())?;
         let linked = std::fs::hard_link(&tmp, &target);
         let owned = linked.is_ok()
-            && owners::name(ip, content.as_bytes()).is_some_and(|link| {
+            && owners::name(&ip.to_string(), content.as_bytes()).is_some_and(|link| {
                 let tmp_name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 let adopted = self.owners.adopt(&self.dir_fd, tmp_name, &link);
                 if adopted {
@@ -492,6 +492,18 @@ mod tests {
         store.release(a).unwrap();
         store.release(b).unwrap();
         assert_eq!(std::fs::read_dir(net.join(".owners")).unwrap().count(), 0);
+        drop(store);
+
+        // A lease named otherwise than we name addresses keeps one link, named for its file.
+        std::fs::write(net.join("::ffff:10.0.0.9"), "c4\r\neth0").unwrap();
+        for _ in 0..2 {
+            let store = Store::open(dir.path(), "net").unwrap();
+            let v4: IpAddr = "10.0.0.9".parse().unwrap();
+            assert_eq!(store.scan().unwrap().leases[&v4], owner("c4"));
+        }
+        let link = "::ffff:10.0.0.9=63340d0a65746830";
+        assert_eq!(ino("::ffff:10.0.0.9"), ino(&format!(".owners/{link}")));
+        assert_eq!(std::fs::read_dir(net.join(".owners")).unwrap().count(), 1);
     }
 
     #[test]
