@@ -129,38 +129,42 @@ pub fn add_iptables(owner: &Owner<'_>, ips: &[IpNetwork]) -> Result<()> {
 /// version's per-network rules of the attachment's network may still be there.
 pub fn remove(nft: &mut Client, owner: &Owner<'_>) -> Result<bool> {
     let earlier = network_rule_key(owner.network);
+    let (mine, network_rules) = match handles::confirmed(Kind::Masquerade, nft, owner) {
+        Some(mine) => (mine, network_rules_known(nft, owner.network, &earlier)?),
+        None => {
+            let rules = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |_| true)?;
+            let network_rules = rules.iter().any(|r| {
+                r.comment
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with(&earlier))
+            });
+            handles::set_network_masquerade(owner.network, network_rules);
+            let mine = rules
+                .into_iter()
+                .filter(|r| r.comment.as_deref().is_some_and(|c| owner.owns(c)))
+                .collect();
+            (mine, network_rules)
+        }
+    };
     let relist =
         |nft: &mut Client| nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| owner.owns(c));
-    if let Some(mine) = handles::confirmed(Kind::Masquerade, nft, owner) {
-        nftables::delete(nft, mine, relist)?;
-        handles::forget(Kind::Masquerade, owner);
-        let network_rules = match handles::network_masquerade(owner.network) {
-            Some(present) => present,
-            None => {
-                let found =
-                    nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| c.starts_with(&earlier))?;
-                handles::set_network_masquerade(owner.network, !found.is_empty());
-                !found.is_empty()
-            }
-        };
-        let iptables = sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
-        return Ok(network_rules || iptables);
-    }
-    let rules = nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |_| true)?;
-    let mut network_rules = rules.iter().any(|r| {
-        r.comment
-            .as_deref()
-            .is_some_and(|c| c.starts_with(&earlier))
-    });
-    let mine = rules
-        .into_iter()
-        .filter(|r| r.comment.as_deref().is_some_and(|c| owner.owns(c)))
-        .collect();
     nftables::delete(nft, mine, relist)?;
     handles::forget(Kind::Masquerade, owner);
-    handles::set_network_masquerade(owner.network, network_rules);
-    network_rules |= sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
-    Ok(network_rules)
+    let iptables = sweep_iptables(nft, |c| owner.owns(c), |c| c.starts_with(&earlier))?;
+    Ok(network_rules || iptables)
+}
+
+/// Whether an earlier version's per-network rules of `network` are in our chain: as last
+/// noted in this namespace, else looked for once (this version makes none, so "none" stays
+/// true).
+fn network_rules_known(nft: &mut Client, network: &str, earlier: &str) -> Result<bool> {
+    if let Some(present) = handles::network_masquerade(network) {
+        return Ok(present);
+    }
+    let found =
+        !nftables::rules_where(nft, NFT, TABLE, &[CHAIN], |c| c.starts_with(earlier))?.is_empty();
+    handles::set_network_masquerade(network, found);
+    Ok(found)
 }
 
 /// The rules of our iptables chain in `fam`, split into arguments; listed only where the
