@@ -180,27 +180,18 @@ impl Store {
                 }
             } else if let Ok(ip) = name.parse::<IpAddr>() {
                 let ip = canonical(ip);
-                let linked = links.remove(&entry.ino()).and_then(|link| {
-                    let content = owners::content_for(&link, name);
-                    if content.is_none() {
-                        self.owners.remove(&link);
-                    }
-                    Some((link, content?))
-                });
-                let owner = match linked {
-                    Some((link, content)) => {
-                        self.links.borrow_mut().insert(ip, link);
-                        Owner::parse(&String::from_utf8_lossy(&content))
-                    }
+                let link = links.remove(&entry.ino());
+                let owner = match link.and_then(|link| self.owner_by_link(ip, name, link)) {
+                    Some(owner) => owner,
                     // A lease whose file cannot be read still blocks its address.
-                    None => read_small(&self.dir_fd, name).map_or(
-                        Owner::Legacy(String::new()),
-                        |content| {
+                    None => match read_small(&self.dir_fd, name) {
+                        Some(content) => {
                             let owner = Owner::parse(&content);
                             unlinked.push((name.to_owned(), ip, content));
                             owner
-                        },
-                    ),
+                        }
+                        None => Owner::Legacy(String::new()),
+                    },
                 };
                 snap.leases.insert(ip, owner);
             }
@@ -219,6 +210,17 @@ impl Store {
         Ok(snap)
     }
 
+    /// The owner that `link` (the owner link with the inode of lease file `lease`) records;
+    /// `None`, the link removed, when it is not that lease's.
+    fn owner_by_link(&self, ip: IpAddr, lease: &str, link: String) -> Option<Owner> {
+        let Some(content) = owners::content_for(&link, lease) else {
+            self.owners.remove(&link);
+            return None;
+        };
+        self.links.borrow_mut().insert(ip, link);
+        Some(Owner::parse(&String::from_utf8_lossy(&content)))
+    }
+
     /// Writes the lease for `ip`, complete or not at all: the content goes to a temp file that is
     /// then hard-linked to the address's name, which fails if the address is taken, and then
     /// becomes the lease's owner link.
@@ -228,16 +230,7 @@ impl Store {
         let content = format!("{}\r\n{ifname}", id.trim());
         let tmp = self.write_temp(&ip.to_string(), content.as_bytes())?;
         let linked = std::fs::hard_link(&tmp, &target);
-        let owned = linked.is_ok()
-            && owners::name(&ip.to_string(), content.as_bytes()).is_some_and(|link| {
-                let tmp_name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let adopted = self.owners.adopt(&self.dir_fd, tmp_name, &link);
-                if adopted {
-                    self.links.borrow_mut().insert(ip, link);
-                }
-                adopted
-            });
-        if !owned {
+        if linked.is_err() || !self.keep_as_owner_link(&tmp, ip, &content) {
             let _ = std::fs::remove_file(&tmp);
         }
         match linked {
@@ -248,6 +241,21 @@ impl Store {
                 target.display()
             ))),
         }
+    }
+
+    /// Moves `tmp`, now also lease `ip`'s file, into the owner links; false when it stays.
+    fn keep_as_owner_link(&self, tmp: &Path, ip: IpAddr, content: &str) -> bool {
+        let (Some(link), Some(tmp_name)) = (
+            owners::name(&ip.to_string(), content.as_bytes()),
+            tmp.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return false;
+        };
+        let moved = self.owners.adopt(&self.dir_fd, tmp_name, &link);
+        if moved {
+            self.links.borrow_mut().insert(ip, link);
+        }
+        moved
     }
 
     /// Records the round-robin position of range set `set`, over the old one in place: a file
