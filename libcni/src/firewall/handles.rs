@@ -4,11 +4,11 @@
 //!
 //! One small file per attachment and [`Kind`] under `/run/cni-rs/nft/`, named for the network
 //! namespace and the owner's key (gone after a reboot, like the rules), written after ADD's
-//! transaction: `complete <n>` and the n rules. It is only a hint. A missing, torn or unreadable file means
-//! listing (an ADD killed after its transaction leaves none), and DEL trusts a file only after
-//! the kernel confirms each rule still carries the owner's comment. The spec forbids a second
-//! ADD of an attachment without a DEL between; one that happens anyway adds to a complete
-//! file and drops any other.
+//! transaction: `complete <n>` and the n rules. It is only a hint. A missing, torn or
+//! unreadable file means listing (an ADD killed after its transaction leaves none), and DEL
+//! trusts a file only after the kernel confirms each rule still carries the owner's comment.
+//! The spec forbids a second ADD of an attachment without a DEL between; one that happens
+//! anyway adds to a complete file and drops any other.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
@@ -115,20 +115,17 @@ pub fn forget(kind: Kind, owner: &Owner<'_>) {
 /// Drops the files of `network`'s attachments in this namespace that are not in `valid` (GC).
 pub fn forget_stale(network: &str, valid: &[Attachment]) {
     if let Some(prefix) = namespace_prefix() {
-        sweep(&prefix, |key| stale(network, valid, key));
+        sweep(&prefix, |rest| {
+            owner_key(rest).is_some_and(|key| stale(network, valid, &key))
+        });
     }
 }
 
 /// Drops every file of the network namespace at `netns` (an nsfs file such as
 /// `/run/netns/<name>`), for whoever deletes the namespace: its rules go with it.
 pub fn forget_namespace(netns: &std::path::Path) {
-    let (Some(prefix), Ok(entries)) = (prefix_of(netns), std::fs::read_dir(DIR)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            remove(&entry.path());
-        }
+    if let Some(prefix) = prefix_of(netns) {
+        sweep(&prefix, |_| true);
     }
 }
 
@@ -175,26 +172,27 @@ pub fn file_in(netns: &std::path::Path, kind: Kind, owner: &Owner<'_>) -> Option
     )))
 }
 
-/// Removes the files of one namespace (`prefix`) whose owner key `pick` accepts.
+/// Removes the files of one namespace (`prefix`) whose name after the prefix `pick` accepts.
 fn sweep(prefix: &str, pick: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(DIR) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        let key = Kind::ALL.iter().rev().find_map(|k| match k.suffix() {
-            "" => (!rest.contains('.')).then_some(rest),
-            suffix => rest.strip_suffix(suffix),
-        });
-        if let Some(file_key) = key
-            && pick(&format!("rcni:{}", file_key.replacen('-', ":", 1)))
-        {
+        if name.strip_prefix(prefix).is_some_and(&pick) {
             remove(&entry.path());
         }
     }
+}
+
+/// The owner key a handle file's name (after the namespace prefix) stands for, whatever its
+/// kind; `None` for other files (the per-network notes).
+fn owner_key(rest: &str) -> Option<String> {
+    let file_key = Kind::ALL.iter().rev().find_map(|k| match k.suffix() {
+        "" => (!rest.contains('.')).then_some(rest),
+        suffix => rest.strip_suffix(suffix),
+    })?;
+    Some(format!("rcni:{}", file_key.replacen('-', ":", 1)))
 }
 
 fn remove(path: &std::path::Path) {
@@ -326,7 +324,15 @@ mod tests {
         let key = file_key(&owner.key());
         assert!(key.starts_with(&file_key(&crate::firewall::owner::network_key("net"))));
         assert!(!key.contains(['/', ':']));
-        // What `sweep` reads back is the owner's key again.
+        // What `sweep` reads back is the owner's key again, whatever the file's kind.
         assert_eq!(format!("rcni:{}", key.replacen('-', ":", 1)), owner.key());
+        for kind in Kind::ALL {
+            assert_eq!(
+                owner_key(&format!("{key}{}", kind.suffix())),
+                Some(owner.key())
+            );
+        }
+        let network = file_key(&crate::firewall::owner::network_key("net"));
+        assert_eq!(owner_key(&format!("{network}{NETWORK_MASQUERADE}")), None);
     }
 }
