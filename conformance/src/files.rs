@@ -60,6 +60,10 @@ pub fn owner_links(network_dir: &Path) -> std::collections::BTreeMap<String, Str
     let inode = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.ino()).ok();
     let mut links = std::collections::BTreeMap::new();
     for (name, link) in dir_files(&network_dir.join(".owners")) {
+        // The lease table beside the links (host-local's `table`).
+        if name == "table" {
+            continue;
+        }
         let (lease, hex) = name
             .split_once('=')
             .unwrap_or_else(|| panic!("owner link {name:?} is not <address>=<hex>"));

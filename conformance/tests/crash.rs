@@ -154,7 +154,7 @@ impl Node {
             host_links: self.cni_links(),
             container_links: sorted(ctr.map_or(vec!["lo".into()], Netns::link_names)),
             lease_dir: files_under(&self.data.path().join(NET), &|f| {
-                f == "lock" || f.starts_with("last_reserved_ip.")
+                f == "lock" || f.starts_with("last_reserved_ip.") || f == ".owners/table"
             }),
             cache: files_under(&self.work.cache_dir(), &|f| f == "results/.lock"),
             firewall: self.host.firewall_state(),

@@ -871,7 +871,8 @@ impl Table {
     }
 }
 
-/// Every path under `dir` (relative) with its content, or `dir/`, `-> target`, `fifo`.
+/// Every path under `dir` (relative) with its content, or `dir/`, `-> target`, `fifo`; not
+/// host-local's bookkeeping, which every operation on a network rewrites.
 fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -880,7 +881,10 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
             let path = entry.path();
             let name = path.strip_prefix(dir).unwrap().display().to_string();
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file == "lock" || file.starts_with("last_reserved_ip.") {
+            if file == "lock"
+                || file.starts_with("last_reserved_ip.")
+                || name.ends_with(".owners/table")
+            {
                 continue;
             }
             let kind = entry.file_type().unwrap();

@@ -17,6 +17,7 @@ mod dns;
 mod ip;
 mod owners;
 mod store;
+mod table;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -159,7 +160,8 @@ impl Plugin for HostLocal {
                 .any(|a| a.container_id == *id && a.ifname == *ifname),
             Owner::Legacy(id) => valid.iter().any(|a| a.container_id == *id),
         };
-        let snap = store.scan()?;
+        // GC trusts no table: it is also how a store edited in place comes right.
+        let snap = store.scan_directory()?;
         let mut first_err = None;
         for (ip, owner) in &snap.leases {
             if !keep(owner)

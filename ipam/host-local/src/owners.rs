@@ -78,6 +78,7 @@ impl Owners {
             };
             if name == "."
                 || name == ".."
+                || name == crate::table::NAME
                 || !matches!(entry.file_type(), FileType::RegularFile | FileType::Unknown)
             {
                 continue;
@@ -95,6 +96,38 @@ impl Owners {
     /// Moves the file `from` of `store` (a lease's other name) here as `name`.
     pub fn adopt(&self, store: impl AsFd, from: &str, name: &str) -> bool {
         rustix::fs::renameat(store, from, &self.dir, name).is_ok()
+    }
+
+    /// The text of the lease table (see `table`).
+    pub fn read_table(&self) -> std::io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::from(self.open_at(crate::table::NAME, OFlags::RDONLY)?)
+            .read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// The lease table for writing, made if absent; an error when something else has its name.
+    pub fn open_table(&self) -> std::io::Result<std::fs::File> {
+        let file =
+            std::fs::File::from(self.open_at(crate::table::NAME, OFlags::RDWR | OFlags::CREATE)?);
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(
+                "the lease table is not a regular file",
+            ));
+        }
+        Ok(file)
+    }
+
+    /// A file of this directory, never through a link, and without waiting on a FIFO.
+    fn open_at(&self, name: &str, flags: OFlags) -> std::io::Result<OwnedFd> {
+        let flags = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        Ok(rustix::fs::openat(
+            &self.dir,
+            name,
+            flags,
+            Mode::RUSR | Mode::WUSR,
+        )?)
     }
 
     pub fn remove(&self, name: &str) {

@@ -4,7 +4,9 @@
 //! `lock` file that every operation holds (flock) from its first read to its last write.
 //! File modes are the current reference's (since 1.4.0): leases and markers 0600, as they name
 //! which container holds which address (Debian's 1.1.1 makes them 0644), lock 0750.
-//! Beside them, `.owners/` (see `owners`) lets a scan learn the owners without reading leases.
+//! Beside them, `.owners/` (see `owners`) lets a scan learn the owners without reading leases,
+//! and its `table` (see `table`) lets an operation skip the scan when nothing else changed the
+//! directory since the last one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use libcni::{Error, Result};
 
 use crate::ip::canonical;
 use crate::owners::{self, Owners};
+use crate::table::{Stamp, Table};
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
 /// Leases and markers: readable by root only.
@@ -85,7 +88,16 @@ pub struct Store {
     owners: Owners,
     /// The owner link of each lease this operation has scanned or written.
     links: RefCell<HashMap<IpAddr, String>>,
+    /// What the directory holds, as far as this operation knows: `None` before a scan and
+    /// after anything it did went wrong, when the table is left untrusted.
+    known: RefCell<Option<Known>>,
     _lock: File,
+}
+
+struct Known {
+    table: Table,
+    /// Whether the table on disk no longer says (or never said) what `table` does.
+    changed: bool,
 }
 
 impl Store {
@@ -133,17 +145,105 @@ impl Store {
             dir_fd,
             owners,
             links: RefCell::default(),
+            known: RefCell::default(),
             _lock: lock,
         })
+    }
+
+    /// Every lease and last-reserved marker: from the table when it is the directory's (see
+    /// `table`), else from a scan of the directory.
+    pub fn scan(&self) -> Result<Snapshot> {
+        match self.trusted_table() {
+            Some(table) => Ok(self.snapshot_of(table)),
+            None => self.scan_directory(),
+        }
+    }
+
+    fn trusted_table(&self) -> Option<Table> {
+        let stamp = mtime(&self.dir_fd).ok()?;
+        let text = self.owners.read_table().ok()?;
+        Table::decode(&text, stamp)
+    }
+
+    /// The leases of `table`, and its markers read now.
+    fn snapshot_of(&self, table: Table) -> Snapshot {
+        let mut snap = Snapshot::default();
+        let mut links = self.links.borrow_mut();
+        for (name, content) in &table.leases {
+            let Ok(ip) = name.parse::<IpAddr>().map(canonical) else {
+                continue;
+            };
+            let owner = match content {
+                Some(content) => {
+                    if let Some(link) = owners::name(name, content) {
+                        links.insert(ip, link);
+                    }
+                    Owner::parse(&String::from_utf8_lossy(content))
+                }
+                None => Owner::Legacy(String::new()),
+            };
+            snap.leases.insert(ip, owner);
+        }
+        for name in &table.markers {
+            if let Some((set, ip)) = self.read_marker(name) {
+                snap.last_reserved.insert(set, ip);
+            }
+        }
+        drop(links);
+        *self.known.borrow_mut() = Some(Known {
+            table,
+            changed: false,
+        });
+        snap
+    }
+
+    /// The range set and address of the last-reserved marker `name`, if it is one and reads.
+    fn read_marker(&self, name: &str) -> Option<(usize, IpAddr)> {
+        let set = marker_set(name)?;
+        let ip = read_small(&self.dir_fd, name)?.trim().parse().ok()?;
+        Some((set, canonical(ip)))
+    }
+
+    /// What this operation did to the directory, noted for the table; `None` forgets it all
+    /// (something failed: the next operation scans).
+    fn note(&self, change: Option<impl FnOnce(&mut Table)>) {
+        let mut known = self.known.borrow_mut();
+        match (known.as_mut(), change) {
+            (Some(known), Some(change)) => {
+                change(&mut known.table);
+                known.changed = true;
+            }
+            _ => *known = None,
+        }
+    }
+
+    /// Leaves the table saying what the directory holds, stamped with the directory's new
+    /// mtime. The table is written after the stamp: an operation that dies between the two
+    /// leaves an old table under a new mtime, which is not trusted.
+    fn save_table(&self) {
+        let Some(known) = self.known.borrow_mut().take() else {
+            return;
+        };
+        if !known.changed {
+            return;
+        }
+        let saved = self.owners.open_table().and_then(|file| {
+            let stamp = restamp(&self.dir_fd)?;
+            overwrite(&file, known.table.encode(stamp).as_bytes())
+        });
+        if let Err(e) = saved {
+            eprintln!("host-local: warning: cannot save the lease table: {e}");
+        }
     }
 
     /// Lists every lease and reads every last-reserved marker in one pass, the owners from
     /// their links (see `owners`): only a lease without one is read, and then linked. Removes
     /// temp files left by an operation that died (none can be in progress: we hold the lock)
     /// and links whose lease is gone.
-    pub fn scan(&self) -> Result<Snapshot> {
+    pub fn scan_directory(&self) -> Result<Snapshot> {
         use std::os::unix::fs::DirEntryExt;
         let mut snap = Snapshot::default();
+        let mut table = Table::default();
         let unreadable = |e: std::io::Error| {
             Error::io(format!(
                 "cannot read lease directory {}: {e}",
@@ -167,33 +267,33 @@ impl Store {
                 if let Ok(ip) = name.parse::<IpAddr>() {
                     snap.leases
                         .insert(canonical(ip), Owner::Legacy(String::new()));
+                    table.leases.insert(name.to_owned(), None);
                 }
                 continue;
             }
-            if let Some(set) = name
-                .strip_prefix(LAST_RESERVED)
-                .and_then(|n| n.parse::<usize>().ok())
-            {
-                if let Some(ip) = read_small(&self.dir_fd, name).and_then(|s| s.trim().parse().ok())
-                {
-                    snap.last_reserved.insert(set, canonical(ip));
+            if marker_set(name).is_some() {
+                if let Some((set, ip)) = self.read_marker(name) {
+                    snap.last_reserved.insert(set, ip);
                 }
+                table.markers.insert(name.to_owned());
             } else if let Ok(ip) = name.parse::<IpAddr>() {
                 let ip = canonical(ip);
                 let link = links.remove(&entry.ino());
-                let owner = match link.and_then(|link| self.owner_by_link(ip, name, link)) {
-                    Some(owner) => owner,
-                    // A lease whose file cannot be read still blocks its address.
-                    None => match read_small(&self.dir_fd, name) {
-                        Some(content) => {
-                            let owner = Owner::parse(&content);
-                            unlinked.push((name.to_owned(), ip, content));
-                            owner
-                        }
-                        None => Owner::Legacy(String::new()),
-                    },
+                let content = match link.and_then(|link| self.linked_content(ip, name, link)) {
+                    Some(content) => Some(content),
+                    None => read_small(&self.dir_fd, name).map(|content| {
+                        unlinked.push((name.to_owned(), ip, content.clone()));
+                        content.into_bytes()
+                    }),
                 };
+                // A lease whose file cannot be read still blocks its address.
+                let owner = content
+                    .as_deref()
+                    .map_or(Owner::Legacy(String::new()), |c| {
+                        Owner::parse(&String::from_utf8_lossy(c))
+                    });
                 snap.leases.insert(ip, owner);
+                table.leases.insert(name.to_owned(), content);
             }
         }
         for orphan in links.into_values() {
@@ -207,18 +307,22 @@ impl Store {
                 self.links.borrow_mut().insert(ip, link);
             }
         }
+        *self.known.borrow_mut() = Some(Known {
+            table,
+            changed: true,
+        });
         Ok(snap)
     }
 
-    /// The owner that `link` (the owner link with the inode of lease file `lease`) records;
-    /// `None`, the link removed, when it is not that lease's.
-    fn owner_by_link(&self, ip: IpAddr, lease: &str, link: String) -> Option<Owner> {
+    /// The lease content that `link` (the owner link with the inode of lease file `lease`)
+    /// records; `None`, the link removed, when it is not that lease's.
+    fn linked_content(&self, ip: IpAddr, lease: &str, link: String) -> Option<Vec<u8>> {
         let Some(content) = owners::content_for(&link, lease) else {
             self.owners.remove(&link);
             return None;
         };
         self.links.borrow_mut().insert(ip, link);
-        Some(Owner::parse(&String::from_utf8_lossy(&content)))
+        Some(content)
     }
 
     /// Writes the lease for `ip`, complete or not at all: the content goes to a temp file that is
@@ -226,11 +330,24 @@ impl Store {
     /// becomes the lease's owner link.
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
         let ip = canonical(ip);
-        let target = self.lease_path(ip);
         let content = format!("{}\r\n{ifname}", id.trim());
+        let reserved = self.write_lease(ip, &content);
+        // An address the allocator took for free was not: the table (or the scan) was wrong.
+        self.note(matches!(reserved, Ok(true)).then(|| {
+            |table: &mut Table| {
+                table
+                    .leases
+                    .insert(ip.to_string(), Some(content.into_bytes()));
+            }
+        }));
+        reserved
+    }
+
+    fn write_lease(&self, ip: IpAddr, content: &str) -> Result<bool> {
+        let target = self.lease_path(ip);
         let tmp = self.write_temp(&ip.to_string(), content.as_bytes())?;
         let linked = std::fs::hard_link(&tmp, &target);
-        if linked.is_err() || !self.keep_as_owner_link(&tmp, ip, &content) {
+        if linked.is_err() || !self.keep_as_owner_link(&tmp, ip, content) {
             let _ = std::fs::remove_file(&tmp);
         }
         match linked {
@@ -267,10 +384,15 @@ impl Store {
         let name = format!("{LAST_RESERVED}{set}");
         let content = ip.to_string();
         let cannot = |e: std::io::Error| Error::io(format!("cannot write {name}: {e}"));
-        match self.open_marker(&name).map_err(cannot)? {
-            Some(file) => overwrite(&file, content.as_bytes()).map_err(cannot),
-            None => self.replace(&name, content.as_bytes()),
-        }
+        let written = match self.open_marker(&name).map_err(cannot) {
+            Ok(Some(file)) => overwrite(&file, content.as_bytes()).map_err(cannot),
+            Ok(None) => self.replace(&name, content.as_bytes()),
+            Err(e) => Err(e),
+        };
+        self.note(written.is_ok().then_some(|table: &mut Table| {
+            table.markers.insert(name);
+        }));
+        written
     }
 
     /// The marker `name` for writing, made if absent; `None` when something else has the name.
@@ -311,19 +433,24 @@ impl Store {
 
     /// Removes the lease of `ip`, then its owner link.
     pub fn release(&self, ip: IpAddr) -> Result<()> {
+        let ip = canonical(ip);
         let path = self.lease_path(ip);
-        match std::fs::remove_file(&path) {
+        let removed = match std::fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(format!(
                 "cannot remove lease {}: {e}",
                 path.display()
             ))),
             _ => {
-                if let Some(link) = self.links.borrow_mut().remove(&canonical(ip)) {
+                if let Some(link) = self.links.borrow_mut().remove(&ip) {
                     self.owners.remove(&link);
                 }
                 Ok(())
             }
-        }
+        };
+        self.note(removed.is_ok().then_some(|table: &mut Table| {
+            table.leases.remove(&ip.to_string());
+        }));
+        removed
     }
 
     /// The one place a lease's file name is made: an IPv4-mapped IPv6 address is its IPv4
@@ -346,6 +473,48 @@ impl Store {
             }
         }
     }
+}
+
+impl Drop for Store {
+    /// Before the lock goes.
+    fn drop(&mut self) {
+        self.save_table();
+    }
+}
+
+/// The range set a last-reserved marker named `name` is for.
+fn marker_set(name: &str) -> Option<usize> {
+    name.strip_prefix(LAST_RESERVED)?.parse().ok()
+}
+
+fn mtime(dir: &File) -> std::io::Result<Stamp> {
+    let stat = rustix::fs::fstat(dir)?;
+    Ok(Stamp {
+        sec: stat.st_mtime,
+        nsec: stat.st_mtime_nsec as i64,
+    })
+}
+
+/// Sets the directory's mtime to a second before now, which no change made from now on gives
+/// it, and returns it as the file system keeps it.
+fn restamp(dir: &File) -> std::io::Result<Stamp> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(std::io::Error::other)?
+        .saturating_sub(Duration::from_secs(1));
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: before.as_secs() as i64,
+            tv_nsec: before.subsec_nanos().into(),
+        },
+    };
+    rustix::fs::futimens(dir, &times)?;
+    mtime(dir)
 }
 
 /// `content` from the start of `file`, its length cut to it.
@@ -489,6 +658,7 @@ mod tests {
         let links: Vec<String> = std::fs::read_dir(net.join(".owners"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != crate::table::NAME)
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -499,7 +669,7 @@ mod tests {
 
         store.release(a).unwrap();
         store.release(b).unwrap();
-        assert_eq!(std::fs::read_dir(net.join(".owners")).unwrap().count(), 0);
+        assert_eq!(link_count(&net), 0);
         drop(store);
 
         // A lease named otherwise than we name addresses keeps one link, named for its file.
@@ -511,7 +681,109 @@ mod tests {
         }
         let link = "::ffff:10.0.0.9=63340d0a65746830";
         assert_eq!(ino("::ffff:10.0.0.9"), ino(&format!(".owners/{link}")));
-        assert_eq!(std::fs::read_dir(net.join(".owners")).unwrap().count(), 1);
+        assert_eq!(link_count(&net), 1);
+    }
+
+    fn link_count(net: &Path) -> usize {
+        std::fs::read_dir(net.join(".owners"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != crate::table::NAME)
+            .count()
+    }
+
+    /// Sets the directory's mtime back to what the table records, as if nothing had changed.
+    fn hide_change(net: &Path, stamp: Stamp) {
+        use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: stamp.sec,
+                tv_nsec: stamp.nsec,
+            },
+        };
+        rustix::fs::futimens(File::open(net).unwrap(), &times).unwrap();
+    }
+
+    #[test]
+    fn the_table_is_trusted_only_while_the_directory_is_as_it_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("net");
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let store = Store::open(dir.path(), "net").unwrap();
+        store.scan().unwrap();
+        assert!(store.reserve(ip("10.0.0.2"), "c1", "eth0").unwrap());
+        store.set_last_reserved(0, ip("10.0.0.2")).unwrap();
+        drop(store);
+        let stamp = mtime(&File::open(&net).unwrap()).unwrap();
+        let text = std::fs::read_to_string(net.join(".owners/table")).unwrap();
+        assert!(Table::decode(&text, stamp).is_some(), "{text}");
+
+        // A leftover a scan would remove, hidden from the mtime: the table is used, not a scan.
+        std::fs::write(net.join(".10.0.0.9.tmp.1"), "junk").unwrap();
+        hide_change(&net, stamp);
+        let store = Store::open(dir.path(), "net").unwrap();
+        let snap = store.scan().unwrap();
+        assert_eq!(snap.leases.len(), 1);
+        assert_eq!(snap.last_reserved[&0], ip("10.0.0.2"));
+        assert!(net.join(".10.0.0.9.tmp.1").exists(), "no scan");
+        // What the operation does goes into the table: the next one knows it without a scan.
+        assert!(store.reserve(ip("10.0.0.3"), "c2", "eth0").unwrap());
+        store.release(ip("10.0.0.2")).unwrap();
+        drop(store);
+        let stamp = mtime(&File::open(&net).unwrap()).unwrap();
+        std::fs::write(net.join(".10.0.0.8.tmp.1"), "junk").unwrap();
+        hide_change(&net, stamp);
+        let store = Store::open(dir.path(), "net").unwrap();
+        let leases = store.scan().unwrap().leases;
+        assert_eq!(leases.keys().collect::<Vec<_>>(), [&ip("10.0.0.3")]);
+        assert!(net.join(".10.0.0.8.tmp.1").exists(), "no scan");
+        drop(store);
+
+        // A lease another writer adds, or removes, moves the mtime: the next operation scans.
+        std::fs::write(net.join("10.0.0.4"), "c3\r\neth0").unwrap();
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert_eq!(store.scan().unwrap().leases.len(), 2);
+        assert!(!net.join(".10.0.0.8.tmp.1").exists(), "scanned");
+        drop(store);
+        std::fs::remove_file(net.join("10.0.0.4")).unwrap();
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert_eq!(store.scan().unwrap().leases.len(), 1);
+        drop(store);
+
+        // A torn table is not trusted either.
+        let stamp = mtime(&File::open(&net).unwrap()).unwrap();
+        let text = std::fs::read_to_string(net.join(".owners/table")).unwrap();
+        std::fs::write(net.join(".10.0.0.7.tmp.1"), "junk").unwrap();
+        std::fs::write(net.join(".owners/table"), &text[..text.len() - 3]).unwrap();
+        hide_change(&net, stamp);
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert_eq!(store.scan().unwrap().leases.len(), 1);
+        assert!(!net.join(".10.0.0.7.tmp.1").exists(), "scanned");
+    }
+
+    #[test]
+    fn an_operation_that_fails_leaves_the_table_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("net");
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        drop(Store::open(dir.path(), "net").map(|s| s.scan().map(|_| ())));
+        // A lease the table does not know, the change hidden: the reserve finds it taken.
+        let stamp = mtime(&File::open(&net).unwrap()).unwrap();
+        std::fs::write(net.join("10.0.0.2"), "c9\r\neth0").unwrap();
+        hide_change(&net, stamp);
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert!(store.scan().unwrap().leases.is_empty(), "table trusted");
+        assert!(!store.reserve(ip, "c1", "eth0").unwrap());
+        drop(store);
+        let store = Store::open(dir.path(), "net").unwrap();
+        assert_eq!(
+            store.scan().unwrap().leases[&ip],
+            Owner::parse("c9\r\neth0"),
+            "scanned"
+        );
     }
 
     #[test]
