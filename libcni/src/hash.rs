@@ -9,7 +9,38 @@ pub const MAX_CHAIN_LEN: usize = 28;
 
 /// Bytes as lowercase hex digits, two per byte.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` to `out` as [`hex`] writes them.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)].into());
+        out.push(DIGITS[usize::from(b & 0xf)].into());
+    }
+}
+
+/// The bytes that hex digits (either case) stand for; `None` for anything else.
+pub fn unhex(hex: &str) -> Option<Vec<u8>> {
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let hex = hex.as_bytes();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        bytes.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+    }
+    Some(bytes)
 }
 
 /// The first `digits` (at most 128) hex digits of SHA-512 of `input`.
@@ -56,6 +87,11 @@ mod tests {
     #[test]
     fn hex_and_prefixes() {
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+        assert_eq!(unhex("00ab10"), Some(vec![0, 0xab, 0x10]));
+        assert_eq!(unhex("00AB"), Some(vec![0, 0xab]));
+        for bad in ["0", "0g", "+f", "é0"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
         assert_eq!(sha512_hex("unit-test", 128).len(), 128);
         assert!(sha512_hex("unit-test", 128).starts_with(&hash16("unit-test")));
     }

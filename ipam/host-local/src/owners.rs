@@ -22,27 +22,17 @@ const NAME_MAX: usize = 255;
 /// The link name for the lease file `lease` holding `content`; `None` when it would be longer
 /// than a file name may be (such a lease is read on every scan, as the reference reads all).
 pub fn name(lease: &str, content: &[u8]) -> Option<String> {
-    use std::fmt::Write;
     let mut name = format!("{lease}=");
     if name.len() + 2 * content.len() > NAME_MAX {
         return None;
     }
-    for b in content {
-        let _ = write!(name, "{b:02x}");
-    }
+    libcni::hash::push_hex(&mut name, content);
     Some(name)
 }
 
 /// The lease content the link `name` records if it is the link of lease `lease`.
 pub fn content_for(name: &str, lease: &str) -> Option<Vec<u8>> {
-    let hex = name.strip_prefix(lease)?.strip_prefix('=')?.as_bytes();
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    hex.chunks(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
+    libcni::hash::unhex(name.strip_prefix(lease)?.strip_prefix('=')?)
 }
 
 /// The `.owners` directory of one network's store, opened without following a link.

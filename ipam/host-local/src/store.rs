@@ -165,23 +165,19 @@ impl Store {
         Table::decode(&text, stamp)
     }
 
-    /// The leases of `table`, and its markers read now.
+    /// The leases of `table`, and its markers read now. (The owner links are the table's
+    /// leases' names: see `link_of`.)
     fn snapshot_of(&self, table: Table) -> Snapshot {
         let mut snap = Snapshot::default();
-        let mut links = self.links.borrow_mut();
         for (name, content) in &table.leases {
             let Ok(ip) = name.parse::<IpAddr>().map(canonical) else {
                 continue;
             };
-            let owner = match content {
-                Some(content) => {
-                    if let Some(link) = owners::name(name, content) {
-                        links.insert(ip, link);
-                    }
-                    Owner::parse(&String::from_utf8_lossy(content))
-                }
-                None => Owner::Legacy(String::new()),
-            };
+            let owner = content
+                .as_deref()
+                .map_or(Owner::Legacy(String::new()), |c| {
+                    Owner::parse(&String::from_utf8_lossy(c))
+                });
             snap.leases.insert(ip, owner);
         }
         for name in &table.markers {
@@ -189,7 +185,6 @@ impl Store {
                 snap.last_reserved.insert(set, ip);
             }
         }
-        drop(links);
         *self.known.borrow_mut() = Some(Known {
             table,
             changed: false,
@@ -217,9 +212,10 @@ impl Store {
         }
     }
 
-    /// Leaves the table saying what the directory holds, stamped with the directory's new
-    /// mtime. The table is written after the stamp: an operation that dies between the two
-    /// leaves an old table under a new mtime, which is not trusted.
+    /// Leaves the table saying what the directory holds, and then the directory's mtime at the
+    /// table's stamp: an operation that dies before the stamp (or mid-write) leaves a table
+    /// that is not trusted. A file system that keeps coarser times than the stamp's never
+    /// trusts its table, and scans as before the table existed.
     fn save_table(&self) {
         let Some(known) = self.known.borrow_mut().take() else {
             return;
@@ -228,8 +224,9 @@ impl Store {
             return;
         }
         let saved = self.owners.open_table().and_then(|file| {
-            let stamp = restamp(&self.dir_fd)?;
-            overwrite(&file, known.table.encode(stamp).as_bytes())
+            let stamp = a_second_ago()?;
+            overwrite(&file, known.table.encode(stamp).as_bytes())?;
+            set_mtime(&self.dir_fd, stamp)
         });
         if let Err(e) = saved {
             eprintln!("host-local: warning: cannot save the lease table: {e}");
@@ -431,6 +428,17 @@ impl Store {
         })
     }
 
+    /// The owner link of lease `ip`: as scanned or written, else as the table names its lease.
+    fn link_of(&self, ip: IpAddr) -> Option<String> {
+        if let Some(link) = self.links.borrow_mut().remove(&ip) {
+            return Some(link);
+        }
+        let known = self.known.borrow();
+        let name = ip.to_string();
+        let content = known.as_ref()?.table.leases.get(&name)?.as_deref()?;
+        owners::name(&name, content)
+    }
+
     /// Removes the lease of `ip`, then its owner link.
     pub fn release(&self, ip: IpAddr) -> Result<()> {
         let ip = canonical(ip);
@@ -441,7 +449,7 @@ impl Store {
                 path.display()
             ))),
             _ => {
-                if let Some(link) = self.links.borrow_mut().remove(&ip) {
+                if let Some(link) = self.link_of(ip) {
                     self.owners.remove(&link);
                 }
                 Ok(())
@@ -495,26 +503,31 @@ fn mtime(dir: &File) -> std::io::Result<Stamp> {
     })
 }
 
-/// Sets the directory's mtime to a second before now, which no change made from now on gives
-/// it, and returns it as the file system keeps it.
-fn restamp(dir: &File) -> std::io::Result<Stamp> {
-    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
-    let before = std::time::SystemTime::now()
+/// A time no change of a directory made from now on gives it.
+fn a_second_ago() -> std::io::Result<Stamp> {
+    let ago = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(std::io::Error::other)?
         .saturating_sub(Duration::from_secs(1));
+    Ok(Stamp {
+        sec: ago.as_secs() as i64,
+        nsec: ago.subsec_nanos().into(),
+    })
+}
+
+fn set_mtime(dir: &File, stamp: Stamp) -> std::io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
     let times = Timestamps {
         last_access: Timespec {
             tv_sec: 0,
             tv_nsec: UTIME_OMIT,
         },
         last_modification: Timespec {
-            tv_sec: before.as_secs() as i64,
-            tv_nsec: before.subsec_nanos().into(),
+            tv_sec: stamp.sec,
+            tv_nsec: stamp.nsec,
         },
     };
-    rustix::fs::futimens(dir, &times)?;
-    mtime(dir)
+    Ok(rustix::fs::futimens(dir, &times)?)
 }
 
 /// `content` from the start of `file`, its length cut to it.
@@ -693,18 +706,7 @@ mod tests {
 
     /// Sets the directory's mtime back to what the table records, as if nothing had changed.
     fn hide_change(net: &Path, stamp: Stamp) {
-        use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
-            },
-            last_modification: Timespec {
-                tv_sec: stamp.sec,
-                tv_nsec: stamp.nsec,
-            },
-        };
-        rustix::fs::futimens(File::open(net).unwrap(), &times).unwrap();
+        set_mtime(&File::open(net).unwrap(), stamp).unwrap();
     }
 
     #[test]

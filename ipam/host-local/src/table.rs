@@ -13,8 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use sha2::{Digest, Sha256};
-
 pub const NAME: &str = "table";
 const HEADER: &str = "rcni host-local lease table 1";
 
@@ -42,7 +40,9 @@ impl Table {
         for (name, content) in &self.leases {
             match content {
                 Some(content) => {
-                    let _ = writeln!(text, "lease {name} {}", libcni::hash::hex(content));
+                    let _ = write!(text, "lease {name} ");
+                    libcni::hash::push_hex(&mut text, content);
+                    text.push('\n');
                 }
                 None => {
                     let _ = writeln!(text, "blocked {name}");
@@ -79,7 +79,9 @@ impl Table {
                 }
                 ("lease", rest) => {
                     let (name, hex) = rest.split_once(' ')?;
-                    table.leases.insert(name.to_owned(), Some(unhex(hex)?));
+                    table
+                        .leases
+                        .insert(name.to_owned(), Some(libcni::hash::unhex(hex)?));
                 }
                 _ => return None,
             }
@@ -88,21 +90,13 @@ impl Table {
     }
 }
 
+/// Only against a torn write: std's hasher may change with the compiler, and a table written by
+/// another build of the plugin is then merely not trusted once.
 fn checksum(text: &str) -> String {
-    let mut sum = libcni::hash::hex(&Sha256::digest(text.as_bytes()));
-    sum.truncate(32);
-    sum
-}
-
-fn unhex(hex: &str) -> Option<Vec<u8>> {
-    let hex = hex.as_bytes();
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    hex.chunks(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(text.as_bytes());
+    format!("{:016x}", hasher.finish())
 }
 
 #[cfg(test)]
