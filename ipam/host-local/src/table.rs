@@ -41,7 +41,7 @@ impl Table {
             match content {
                 Some(content) => {
                     let _ = write!(text, "lease {name} ");
-                    libcni::hash::push_hex(&mut text, content);
+                    escape(&mut text, content);
                     text.push('\n');
                 }
                 None => {
@@ -69,25 +69,49 @@ impl Table {
             return None;
         }
         let mut table = Table::default();
+        let mut leases = Vec::new();
         for line in lines {
             match line.split_once(' ')? {
                 ("marker", name) => {
                     table.markers.insert(name.to_owned());
                 }
-                ("blocked", name) => {
-                    table.leases.insert(name.to_owned(), None);
-                }
+                ("blocked", name) => leases.push((name.to_owned(), None)),
                 ("lease", rest) => {
-                    let (name, hex) = rest.split_once(' ')?;
-                    table
-                        .leases
-                        .insert(name.to_owned(), Some(libcni::hash::unhex(hex)?));
+                    let (name, content) = rest.split_once(' ')?;
+                    leases.push((name.to_owned(), Some(unescape(content)?)));
                 }
                 _ => return None,
             }
         }
+        // Written in order: the map is built without a search per lease.
+        table.leases = leases.into_iter().collect();
         Some(table)
     }
+}
+
+/// Lease content as written, but for spaces, control characters, `%` and non-ASCII bytes, which
+/// are `%` and two hex digits.
+fn escape(out: &mut String, content: &[u8]) {
+    for &b in content {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b.into());
+        } else {
+            out.push('%');
+            libcni::hash::push_hex(out, &[b]);
+        }
+    }
+}
+
+fn unescape(text: &str) -> Option<Vec<u8>> {
+    let mut content = Vec::with_capacity(text.len());
+    let mut bytes = text.split('%');
+    content.extend_from_slice(bytes.next()?.as_bytes());
+    for escaped in bytes {
+        let (hex, rest) = escaped.split_at_checked(2)?;
+        content.extend(libcni::hash::unhex(hex)?);
+        content.extend_from_slice(rest.as_bytes());
+    }
+    Some(content)
 }
 
 /// Only against a torn write: std's hasher may change with the compiler, and a table written by
@@ -145,5 +169,9 @@ mod tests {
         let spliced = format!("{}{}", &text[..text.len() / 2], &older[older.len() / 2..]);
         assert_eq!(Table::decode(&spliced, stamp), None);
         assert_eq!(Table::decode("garbage\nsum x\n", stamp), None);
+        assert_eq!(unescape("a%0d%0ab"), Some(b"a\r\nb".to_vec()));
+        for bad in ["%4", "%zz", "a%"] {
+            assert_eq!(unescape(bad), None, "{bad}");
+        }
     }
 }
