@@ -8,7 +8,7 @@ use libcni::{Error, Result};
 
 use crate::config::{Config, RangeSet};
 use crate::ip::{from_u128, to_u128};
-use crate::store::Owner;
+use crate::store::{LeaseView, Owner};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
@@ -24,12 +24,12 @@ pub struct Allocation {
 /// reserved address of each set.
 pub fn allocate(
     cfg: &Config,
-    leases: &HashMap<IpAddr, Owner>,
+    leases: &dyn LeaseView,
     last: &HashMap<usize, IpAddr>,
     id: &str,
     ifname: &str,
 ) -> Result<Vec<Allocation>> {
-    let mine = |ip: &IpAddr| leases.get(ip).is_some_and(|o| o.is(id, ifname));
+    let mine = |ip: &IpAddr| leases.owner(*ip).is_some_and(|o| o.is(id, ifname));
     let mut out = Vec::new();
     let mut used_requests = Vec::new();
     for (s, set) in cfg.sets.iter().enumerate() {
@@ -44,7 +44,7 @@ pub fn allocate(
                 requested(s, set, request, leases, &mine)?
             }
             // A repeated ADD (runtimes retry after crashes) gets the lease it already has.
-            None => match held(s, set, leases, &mine) {
+            None => match held(s, set, leases, id, ifname) {
                 Some(held) => held,
                 None => next_free(s, set, leases, last.get(&s).copied())?,
             },
@@ -60,7 +60,7 @@ fn requested(
     s: usize,
     set: &RangeSet,
     (ip, from): (IpAddr, &str),
-    leases: &HashMap<IpAddr, Owner>,
+    leases: &dyn LeaseView,
     mine: &dyn Fn(&IpAddr) -> bool,
 ) -> Result<Allocation> {
     let range = set.find(ip).unwrap_or_default();
@@ -70,7 +70,7 @@ fn requested(
             set.key
         )));
     }
-    let new = match leases.get(&ip) {
+    let new = match leases.owner(ip) {
         None => true,
         Some(_) if mine(&ip) => false,
         Some(owner) => {
@@ -92,13 +92,15 @@ fn requested(
 fn held(
     s: usize,
     set: &RangeSet,
-    leases: &HashMap<IpAddr, Owner>,
-    mine: &dyn Fn(&IpAddr) -> bool,
+    leases: &dyn LeaseView,
+    id: &str,
+    ifname: &str,
 ) -> Option<Allocation> {
     let ip = leases
-        .keys()
-        .copied()
-        .filter(|ip| set.contains(*ip) && mine(ip))
+        .of_container(id)
+        .into_iter()
+        .filter(|(ip, owner)| set.contains(*ip) && owner.is(id, ifname))
+        .map(|(ip, _)| ip)
         .min_by_key(|ip| to_u128(*ip))?;
     Some(Allocation {
         set: s,
@@ -112,11 +114,11 @@ fn held(
 fn next_free(
     s: usize,
     set: &RangeSet,
-    leases: &HashMap<IpAddr, Owner>,
+    leases: &dyn LeaseView,
     last: Option<IpAddr>,
 ) -> Result<Allocation> {
     let free =
-        |range: usize, ip: IpAddr| !set.ranges[range].reserved(ip) && !leases.contains_key(&ip);
+        |range: usize, ip: IpAddr| !set.ranges[range].reserved(ip) && leases.owner(ip).is_none();
     let (range, ip) = round_robin(set, last, free).ok_or_else(|| {
         Error::internal(format!(
             "no IP addresses available in range set: {}",

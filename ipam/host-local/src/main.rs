@@ -28,7 +28,7 @@ use libcni::{Error, Result};
 use serde::Deserialize;
 
 use crate::config::{Config, DEFAULT_DATA_DIR};
-use crate::store::{Owner, Store};
+use crate::store::{LeaseView, Owner, Store};
 
 struct HostLocal;
 
@@ -96,14 +96,13 @@ impl Plugin for HostLocal {
             return Ok(());
         };
         let snap = store.scan()?;
+        let leases = snap.leases.of_container(&req.container_id);
         let owned = |legacy: bool| -> Vec<IpAddr> {
-            snap.leases
+            leases
                 .iter()
                 .filter(|(_, o)| match o {
-                    Owner::Attachment { id, ifname } => {
-                        !legacy && *id == req.container_id && *ifname == req.ifname
-                    }
-                    Owner::Legacy(id) => legacy && *id == req.container_id,
+                    Owner::Attachment { ifname, .. } => !legacy && *ifname == req.ifname,
+                    Owner::Legacy(_) => legacy,
                 })
                 .map(|(ip, _)| *ip)
                 .collect()
@@ -129,9 +128,10 @@ impl Plugin for HostLocal {
         let snap = store.scan()?;
         let mine: Vec<IpAddr> = snap
             .leases
-            .iter()
+            .of_container(&req.container_id)
+            .into_iter()
             .filter(|(_, o)| o.is(&req.container_id, &req.ifname))
-            .map(|(ip, _)| *ip)
+            .map(|(ip, _)| ip)
             .collect();
         if mine.is_empty() {
             return Err(missing());
@@ -163,7 +163,7 @@ impl Plugin for HostLocal {
         // GC trusts no table: it is also how a store edited in place comes right.
         let snap = store.scan_directory()?;
         let mut first_err = None;
-        for (ip, owner) in &snap.leases {
+        for (ip, owner) in &snap.leases.all() {
             if !keep(owner)
                 && let Err(e) = store.release(*ip)
             {
@@ -189,11 +189,8 @@ impl Plugin for HostLocal {
         };
         // A full range set is not "unavailable": a runtime turns a failed STATUS into a node
         // that is not ready (and may evict its pods), while the next DEL makes room again.
-        for full in cfg
-            .sets
-            .iter()
-            .filter(|s| !allocator::has_free(s, &snap.leases))
-        {
+        let all = snap.leases.all();
+        for full in cfg.sets.iter().filter(|s| !allocator::has_free(s, &all)) {
             eprintln!(
                 "host-local: warning: no free addresses left in range set {} ({}): ADD fails until one is released",
                 full.key,

@@ -55,6 +55,20 @@ impl Owner {
         }
     }
 
+    /// The container.
+    pub fn id(&self) -> &str {
+        match self {
+            Owner::Attachment { id, .. } | Owner::Legacy(id) => id,
+        }
+    }
+
+    /// The owner that lease content `content` names; `None`: a name that blocks its address.
+    fn of_content(content: Option<&[u8]>) -> Owner {
+        content.map_or(Owner::Legacy(String::new()), |c| {
+            Owner::parse(&String::from_utf8_lossy(c))
+        })
+    }
+
     /// Whether this lease belongs to (`id`, `ifname`); a legacy lease belongs to every
     /// interface of its container, as the reference reads it.
     pub fn is(&self, id: &str, ifname: &str) -> bool {
@@ -74,10 +88,89 @@ impl fmt::Display for Owner {
     }
 }
 
-/// What one directory scan finds.
+/// Who holds which address, as an operation sees the store.
+pub trait LeaseView {
+    fn owner(&self, ip: IpAddr) -> Option<Owner>;
+    /// Every lease of container `id`, whatever its interface, legacy ones too.
+    fn of_container(&self, id: &str) -> Vec<(IpAddr, Owner)>;
+}
+
+impl LeaseView for HashMap<IpAddr, Owner> {
+    fn owner(&self, ip: IpAddr) -> Option<Owner> {
+        self.get(&ip).cloned()
+    }
+
+    fn of_container(&self, id: &str) -> Vec<(IpAddr, Owner)> {
+        self.iter()
+            .filter(|(_, owner)| owner.id() == id)
+            .map(|(ip, owner)| (*ip, owner.clone()))
+            .collect()
+    }
+}
+
+/// The leases: listed from the directory, or as the trusted table has them.
+#[derive(Debug)]
+pub enum Leases {
+    Listed(HashMap<IpAddr, Owner>),
+    Tabled(Table),
+}
+
+impl Default for Leases {
+    fn default() -> Leases {
+        Leases::Listed(HashMap::new())
+    }
+}
+
+impl Leases {
+    /// Every lease (for GC and STATUS, which look at them all).
+    pub fn all(&self) -> HashMap<IpAddr, Owner> {
+        match self {
+            Leases::Listed(leases) => leases.clone(),
+            Leases::Tabled(table) => table
+                .all()
+                .into_iter()
+                .filter_map(|(name, content)| {
+                    let ip = name.parse().map(canonical).ok()?;
+                    Some((ip, Owner::of_content(content.as_deref())))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl LeaseView for Leases {
+    fn owner(&self, ip: IpAddr) -> Option<Owner> {
+        match self {
+            Leases::Listed(leases) => leases.owner(ip),
+            // A trusted table names every lease as we name addresses (see `scan_directory`).
+            Leases::Tabled(table) => table
+                .lease(&canonical(ip).to_string())
+                .map(|content| Owner::of_content(content.as_deref())),
+        }
+    }
+
+    fn of_container(&self, id: &str) -> Vec<(IpAddr, Owner)> {
+        match self {
+            Leases::Listed(leases) => leases.of_container(id),
+            // Names that block an address have no content to search: they are the empty ID's.
+            Leases::Tabled(_) if id.is_empty() => self.all().of_container(id),
+            Leases::Tabled(table) => table
+                .leases_holding(id.as_bytes())
+                .into_iter()
+                .filter_map(|(name, content)| {
+                    let owner = Owner::of_content(Some(&content));
+                    let ip = name.parse().map(canonical).ok()?;
+                    (owner.id() == id).then_some((ip, owner))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What an operation finds in the store.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub leases: HashMap<IpAddr, Owner>,
+    pub leases: Leases,
     pub last_reserved: HashMap<usize, IpAddr>,
 }
 
@@ -98,6 +191,9 @@ struct Known {
     table: Table,
     /// Whether the table on disk no longer says (or never said) what `table` does.
     changed: bool,
+    /// False when a lease is named otherwise than we name its address, which the table's
+    /// lookups by address would miss: such a store is always scanned.
+    trustable: bool,
 }
 
 impl Store {
@@ -165,31 +261,21 @@ impl Store {
         Table::decode(&text, stamp)
     }
 
-    /// The leases of `table`, and its markers read now. (The owner links are the table's
-    /// leases' names: see `link_of`.)
+    /// The leases of `table`, and its markers read now.
     fn snapshot_of(&self, table: Table) -> Snapshot {
-        let mut snap = Snapshot::default();
-        for (name, content) in &table.leases {
-            let Ok(ip) = name.parse::<IpAddr>().map(canonical) else {
-                continue;
-            };
-            let owner = content
-                .as_deref()
-                .map_or(Owner::Legacy(String::new()), |c| {
-                    Owner::parse(&String::from_utf8_lossy(c))
-                });
-            snap.leases.insert(ip, owner);
-        }
-        for name in &table.markers {
-            if let Some((set, ip)) = self.read_marker(name) {
-                snap.last_reserved.insert(set, ip);
-            }
-        }
+        let last_reserved = table
+            .markers()
+            .filter_map(|name| self.read_marker(name))
+            .collect();
         *self.known.borrow_mut() = Some(Known {
-            table,
+            table: table.clone(),
             changed: false,
+            trustable: true,
         });
-        snap
+        Snapshot {
+            leases: Leases::Tabled(table),
+            last_reserved,
+        }
     }
 
     /// The range set and address of the last-reserved marker `name`, if it is one and reads.
@@ -220,7 +306,7 @@ impl Store {
         let Some(known) = self.known.borrow_mut().take() else {
             return;
         };
-        if !known.changed {
+        if !known.changed || !known.trustable {
             return;
         }
         let saved = self.owners.open_table().and_then(|file| {
@@ -239,8 +325,10 @@ impl Store {
     /// and links whose lease is gone.
     pub fn scan_directory(&self) -> Result<Snapshot> {
         use std::os::unix::fs::DirEntryExt;
-        let mut snap = Snapshot::default();
+        let mut leases = HashMap::new();
+        let mut last_reserved = HashMap::new();
         let mut table = Table::default();
+        let mut trustable = true;
         let unreadable = |e: std::io::Error| {
             Error::io(format!(
                 "cannot read lease directory {}: {e}",
@@ -261,20 +349,21 @@ impl Store {
             // else named like an address (a planted symlink) keeps that address from being
             // handed out, as the reference's O_EXCL create would.
             if !entry.file_type().is_ok_and(|t| t.is_file()) {
-                if let Ok(ip) = name.parse::<IpAddr>() {
-                    snap.leases
-                        .insert(canonical(ip), Owner::Legacy(String::new()));
-                    table.leases.insert(name.to_owned(), None);
+                if let Ok(ip) = name.parse::<IpAddr>().map(canonical) {
+                    leases.insert(ip, Owner::Legacy(String::new()));
+                    table.push_lease(name, None);
+                    trustable &= ip.to_string() == name;
                 }
                 continue;
             }
             if marker_set(name).is_some() {
                 if let Some((set, ip)) = self.read_marker(name) {
-                    snap.last_reserved.insert(set, ip);
+                    last_reserved.insert(set, ip);
                 }
-                table.markers.insert(name.to_owned());
+                table.add_marker(name);
             } else if let Ok(ip) = name.parse::<IpAddr>() {
                 let ip = canonical(ip);
+                trustable &= ip.to_string() == name;
                 let link = links.remove(&entry.ino());
                 let content = match link.and_then(|link| self.linked_content(ip, name, link)) {
                     Some(content) => Some(content),
@@ -284,13 +373,8 @@ impl Store {
                     }),
                 };
                 // A lease whose file cannot be read still blocks its address.
-                let owner = content
-                    .as_deref()
-                    .map_or(Owner::Legacy(String::new()), |c| {
-                        Owner::parse(&String::from_utf8_lossy(c))
-                    });
-                snap.leases.insert(ip, owner);
-                table.leases.insert(name.to_owned(), content);
+                leases.insert(ip, Owner::of_content(content.as_deref()));
+                table.push_lease(name, content.as_deref());
             }
         }
         for orphan in links.into_values() {
@@ -307,8 +391,12 @@ impl Store {
         *self.known.borrow_mut() = Some(Known {
             table,
             changed: true,
+            trustable,
         });
-        Ok(snap)
+        Ok(Snapshot {
+            leases: Leases::Listed(leases),
+            last_reserved,
+        })
     }
 
     /// The lease content that `link` (the owner link with the inode of lease file `lease`)
@@ -331,11 +419,7 @@ impl Store {
         let reserved = self.write_lease(ip, &content);
         // An address the allocator took for free was not: the table (or the scan) was wrong.
         self.note(matches!(reserved, Ok(true)).then(|| {
-            |table: &mut Table| {
-                table
-                    .leases
-                    .insert(ip.to_string(), Some(content.into_bytes()));
-            }
+            |table: &mut Table| table.add_lease(&ip.to_string(), Some(content.as_bytes()))
         }));
         reserved
     }
@@ -386,9 +470,11 @@ impl Store {
             Ok(None) => self.replace(&name, content.as_bytes()),
             Err(e) => Err(e),
         };
-        self.note(written.is_ok().then_some(|table: &mut Table| {
-            table.markers.insert(name);
-        }));
+        self.note(
+            written
+                .is_ok()
+                .then_some(|table: &mut Table| table.add_marker(&name)),
+        );
         written
     }
 
@@ -435,8 +521,8 @@ impl Store {
         }
         let known = self.known.borrow();
         let name = ip.to_string();
-        let content = known.as_ref()?.table.leases.get(&name)?.as_deref()?;
-        owners::name(&name, content)
+        let content = known.as_ref()?.table.lease(&name)??;
+        owners::name(&name, &content)
     }
 
     /// Removes the lease of `ip`, then its owner link.
@@ -455,9 +541,11 @@ impl Store {
                 Ok(())
             }
         };
-        self.note(removed.is_ok().then_some(|table: &mut Table| {
-            table.leases.remove(&ip.to_string());
-        }));
+        self.note(
+            removed
+                .is_ok()
+                .then_some(|table: &mut Table| table.remove_lease(&ip.to_string())),
+        );
         removed
     }
 
@@ -615,9 +703,9 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "{written}: {mode:o}");
         }
         let snap = store.scan().unwrap();
-        assert_eq!(snap.leases.len(), 3);
+        assert_eq!(snap.leases.all().len(), 3);
         assert_eq!(
-            snap.leases[&"10.0.0.7".parse::<IpAddr>().unwrap()],
+            snap.leases.all()[&"10.0.0.7".parse::<IpAddr>().unwrap()],
             Owner::Legacy("legacy-id".into())
         );
         assert_eq!(snap.last_reserved[&0], ip);
@@ -627,7 +715,7 @@ mod tests {
         );
         store.release(ip).unwrap();
         store.release(ip).unwrap();
-        assert_eq!(store.scan().unwrap().leases.len(), 2);
+        assert_eq!(store.scan().unwrap().leases.all().len(), 2);
     }
 
     #[test]
@@ -654,7 +742,7 @@ mod tests {
         // The reference's lease: read once, then linked.
         std::fs::write(net.join("10.0.0.3"), "c2\r\neth0").unwrap();
         let store = Store::open(dir.path(), "net").unwrap();
-        assert_eq!(store.scan().unwrap().leases[&b], owner("c2"));
+        assert_eq!(store.scan().unwrap().leases.all()[&b], owner("c2"));
         assert_eq!(ino("10.0.0.3"), ino(".owners/10.0.0.3=63320d0a65746830"));
         drop(store);
 
@@ -665,7 +753,7 @@ mod tests {
         let store = Store::open(dir.path(), "net").unwrap();
         let snap = store.scan().unwrap();
         assert_eq!(
-            (&snap.leases[&a], &snap.leases[&b]),
+            (&snap.leases.all()[&a], &snap.leases.all()[&b]),
             (&owner("c1"), &owner("c3"))
         );
         let links: Vec<String> = std::fs::read_dir(net.join(".owners"))
@@ -690,7 +778,7 @@ mod tests {
         for _ in 0..2 {
             let store = Store::open(dir.path(), "net").unwrap();
             let v4: IpAddr = "10.0.0.9".parse().unwrap();
-            assert_eq!(store.scan().unwrap().leases[&v4], owner("c4"));
+            assert_eq!(store.scan().unwrap().leases.all()[&v4], owner("c4"));
         }
         let link = "::ffff:10.0.0.9=63340d0a65746830";
         assert_eq!(ino("::ffff:10.0.0.9"), ino(&format!(".owners/{link}")));
@@ -728,7 +816,7 @@ mod tests {
         hide_change(&net, stamp);
         let store = Store::open(dir.path(), "net").unwrap();
         let snap = store.scan().unwrap();
-        assert_eq!(snap.leases.len(), 1);
+        assert_eq!(snap.leases.all().len(), 1);
         assert_eq!(snap.last_reserved[&0], ip("10.0.0.2"));
         assert!(net.join(".10.0.0.9.tmp.1").exists(), "no scan");
         // What the operation does goes into the table: the next one knows it without a scan.
@@ -739,7 +827,7 @@ mod tests {
         std::fs::write(net.join(".10.0.0.8.tmp.1"), "junk").unwrap();
         hide_change(&net, stamp);
         let store = Store::open(dir.path(), "net").unwrap();
-        let leases = store.scan().unwrap().leases;
+        let leases = store.scan().unwrap().leases.all();
         assert_eq!(leases.keys().collect::<Vec<_>>(), [&ip("10.0.0.3")]);
         assert!(net.join(".10.0.0.8.tmp.1").exists(), "no scan");
         drop(store);
@@ -747,12 +835,12 @@ mod tests {
         // A lease another writer adds, or removes, moves the mtime: the next operation scans.
         std::fs::write(net.join("10.0.0.4"), "c3\r\neth0").unwrap();
         let store = Store::open(dir.path(), "net").unwrap();
-        assert_eq!(store.scan().unwrap().leases.len(), 2);
+        assert_eq!(store.scan().unwrap().leases.all().len(), 2);
         assert!(!net.join(".10.0.0.8.tmp.1").exists(), "scanned");
         drop(store);
         std::fs::remove_file(net.join("10.0.0.4")).unwrap();
         let store = Store::open(dir.path(), "net").unwrap();
-        assert_eq!(store.scan().unwrap().leases.len(), 1);
+        assert_eq!(store.scan().unwrap().leases.all().len(), 1);
         drop(store);
 
         // A torn table is not trusted either.
@@ -762,8 +850,45 @@ mod tests {
         std::fs::write(net.join(".owners/table"), &text[..text.len() - 3]).unwrap();
         hide_change(&net, stamp);
         let store = Store::open(dir.path(), "net").unwrap();
-        assert_eq!(store.scan().unwrap().leases.len(), 1);
+        assert_eq!(store.scan().unwrap().leases.all().len(), 1);
         assert!(!net.join(".10.0.0.7.tmp.1").exists(), "scanned");
+    }
+
+    #[test]
+    fn a_trusted_table_answers_as_the_listing_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("net");
+        std::fs::create_dir_all(&net).unwrap();
+        for (name, content) in [
+            ("10.0.0.2", "c1\r\neth0"),
+            ("10.0.0.3", "c1\r\neth1"),
+            ("10.0.0.4", "c10\r\neth0"),
+            ("10.0.0.5", "c1"),
+            ("10.0.0.6", " c1 \r\n eth0 \n"),
+            ("2001:db8::2", "c1\r\neth0"),
+        ] {
+            std::fs::write(net.join(name), content).unwrap();
+        }
+        std::os::unix::fs::symlink("/nonexistent", net.join("10.0.0.7")).unwrap();
+        let listed = Store::open(dir.path(), "net").unwrap().scan().unwrap();
+        assert!(matches!(listed.leases, Leases::Listed(_)));
+        let tabled = Store::open(dir.path(), "net").unwrap().scan().unwrap();
+        assert!(matches!(tabled.leases, Leases::Tabled(_)));
+
+        assert_eq!(listed.leases.all(), tabled.leases.all());
+        for n in 1..=8 {
+            let ip: IpAddr = format!("10.0.0.{n}").parse().unwrap();
+            assert_eq!(listed.leases.owner(ip), tabled.leases.owner(ip), "{ip}");
+        }
+        for id in ["c1", "c10", "c", "1", "eth0", ""] {
+            let sorted = |leases: &Leases| {
+                let mut found = leases.of_container(id);
+                found.sort_by_key(|(ip, _)| crate::ip::to_u128(*ip));
+                found
+            };
+            assert_eq!(sorted(&listed.leases), sorted(&tabled.leases), "{id}");
+        }
+        assert_eq!(tabled.leases.of_container("c1").len(), 5);
     }
 
     #[test]
@@ -777,12 +902,15 @@ mod tests {
         std::fs::write(net.join("10.0.0.2"), "c9\r\neth0").unwrap();
         hide_change(&net, stamp);
         let store = Store::open(dir.path(), "net").unwrap();
-        assert!(store.scan().unwrap().leases.is_empty(), "table trusted");
+        assert!(
+            store.scan().unwrap().leases.all().is_empty(),
+            "table trusted"
+        );
         assert!(!store.reserve(ip, "c1", "eth0").unwrap());
         drop(store);
         let store = Store::open(dir.path(), "net").unwrap();
         assert_eq!(
-            store.scan().unwrap().leases[&ip],
+            store.scan().unwrap().leases.all()[&ip],
             Owner::parse("c9\r\neth0"),
             "scanned"
         );

@@ -9,12 +9,15 @@
 //! operation lists the directory again. A table torn by a crash fails its checksum, with the
 //! same effect. Markers are listed by name only and read on every operation: the reference
 //! rewrites them in place, which does not change the directory.
+//!
+//! An operation neither parses nor rewrites the whole table: it looks up the lines it needs in
+//! the text and splices its own lines in and out, so its cost is a few passes over a few dozen
+//! kilobytes whatever the number of leases.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 pub const NAME: &str = "table";
-const HEADER: &str = "rcni host-local lease table 1";
+const HEADER: &str = "rcni host-local lease table 2";
 
 /// A directory's modification time, as `fstat` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,70 +26,141 @@ pub struct Stamp {
     pub nsec: i64,
 }
 
-/// What a directory held: each lease file by name with its content (`None`: a name that
-/// blocks its address but is not a readable lease), and the names of the markers.
+/// The lines of a table: `marker <name>`, `lease <name> <content, escaped>` and
+/// `blocked <name>` (a name that blocks its address but is not a readable lease), each starting
+/// with a newline so that a line is found by searching for `\n` and its start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Table {
-    pub leases: BTreeMap<String, Option<Vec<u8>>>,
-    pub markers: BTreeSet<String>,
+    body: String,
 }
 
 impl Table {
     pub fn encode(&self, stamp: Stamp) -> String {
-        let mut text = format!("{HEADER}\nstamp {} {}\n", stamp.sec, stamp.nsec);
-        for marker in &self.markers {
-            let _ = writeln!(text, "marker {marker}");
-        }
-        for (name, content) in &self.leases {
-            match content {
-                Some(content) => {
-                    let _ = write!(text, "lease {name} ");
-                    escape(&mut text, content);
-                    text.push('\n');
-                }
-                None => {
-                    let _ = writeln!(text, "blocked {name}");
-                }
-            }
-        }
+        let mut text = format!("{HEADER}\nstamp {} {}", stamp.sec, stamp.nsec);
+        text.push_str(&self.body);
         let sum = checksum(&text);
-        let _ = writeln!(text, "sum {sum}");
+        let _ = writeln!(text, "\nsum {sum}");
         text
     }
 
     /// The table `text` records if it is whole and was written at `stamp`.
     pub fn decode(text: &str, stamp: Stamp) -> Option<Table> {
-        let (body, sum) = text
-            .strip_suffix('\n')?
-            .rsplit_once('\n')
-            .map(|(body, last)| (&text[..body.len() + 1], last))?;
-        if sum.strip_prefix("sum ")? != checksum(body) {
+        let (signed, sum) = text.strip_suffix('\n')?.rsplit_once("\nsum ")?;
+        if sum != checksum(signed) {
             return None;
         }
-        let mut lines = body.lines();
-        if lines.next()? != HEADER || lines.next()? != format!("stamp {} {}", stamp.sec, stamp.nsec)
-        {
-            return None;
-        }
-        let mut table = Table::default();
-        let mut leases = Vec::new();
-        for line in lines {
-            match line.split_once(' ')? {
-                ("marker", name) => {
-                    table.markers.insert(name.to_owned());
-                }
-                ("blocked", name) => leases.push((name.to_owned(), None)),
-                ("lease", rest) => {
-                    let (name, content) = rest.split_once(' ')?;
-                    leases.push((name.to_owned(), Some(unescape(content)?)));
-                }
-                _ => return None,
+        let body = signed
+            .strip_prefix(HEADER)?
+            .strip_prefix(&format!("\nstamp {} {}", stamp.sec, stamp.nsec))?;
+        (body.is_empty() || body.starts_with('\n')).then(|| Table { body: body.into() })
+    }
+
+    pub fn add_lease(&mut self, name: &str, content: Option<&[u8]>) {
+        self.remove_lease(name);
+        self.push_lease(name, content);
+    }
+
+    /// `add_lease` for a name the table does not hold yet (a directory's listing).
+    pub fn push_lease(&mut self, name: &str, content: Option<&[u8]>) {
+        match content {
+            Some(content) => {
+                let _ = write!(self.body, "\nlease {name} ");
+                escape(&mut self.body, content);
+            }
+            None => {
+                let _ = write!(self.body, "\nblocked {name}");
             }
         }
-        // Written in order: the map is built without a search per lease.
-        table.leases = leases.into_iter().collect();
-        Some(table)
     }
+
+    pub fn remove_lease(&mut self, name: &str) {
+        for line in [format!("\nlease {name} "), format!("\nblocked {name}\n")] {
+            if let Some(start) = find_line(&self.body, &line) {
+                let end = line_end(&self.body, start);
+                self.body.replace_range(start..end, "");
+            }
+        }
+    }
+
+    pub fn add_marker(&mut self, name: &str) {
+        if find_line(&self.body, &format!("\nmarker {name}\n")).is_none() {
+            let _ = write!(self.body, "\nmarker {name}");
+        }
+    }
+
+    pub fn markers(&self) -> impl Iterator<Item = &str> {
+        self.lines().filter_map(|line| line.strip_prefix("marker "))
+    }
+
+    /// The lease named `name`: its content, or `Some(None)` when the name only blocks its
+    /// address.
+    pub fn lease(&self, name: &str) -> Option<Option<Vec<u8>>> {
+        if let Some(start) = find_line(&self.body, &format!("\nlease {name} ")) {
+            let line = &self.body[start + 1..line_end(&self.body, start)];
+            return Some(parse_lease(line).and_then(|(_, content)| content));
+        }
+        find_line(&self.body, &format!("\nblocked {name}\n")).map(|_| None)
+    }
+
+    /// Every lease whose content holds `needle` (as bytes), by name, each once.
+    pub fn leases_holding(&self, needle: &[u8]) -> Vec<(&str, Vec<u8>)> {
+        let mut needle_text = String::new();
+        escape(&mut needle_text, needle);
+        let mut found = Vec::new();
+        let mut searched = 0;
+        while let Some(at) = self.body[searched..].find(&needle_text) {
+            let at = searched + at;
+            let start = self.body[..at].rfind('\n').unwrap_or(0);
+            let end = line_end(&self.body, start);
+            if let Some((name, Some(content))) = parse_lease(&self.body[start + 1..end])
+                && (needle.is_empty() || content.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push((name, content));
+            }
+            // Past this line (an empty needle matches at its end too).
+            searched = end.max(at) + 1;
+            if searched > self.body.len() {
+                break;
+            }
+        }
+        found
+    }
+
+    /// Every lease and blocked name, with its content.
+    pub fn all(&self) -> Vec<(&str, Option<Vec<u8>>)> {
+        self.lines().filter_map(parse_lease).collect()
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        self.body.split('\n').skip(1)
+    }
+}
+
+/// A `lease` or `blocked` line's name and content; `None` for any other line. A lease line
+/// whose content does not decode blocks its address.
+fn parse_lease(line: &str) -> Option<(&str, Option<Vec<u8>>)> {
+    if let Some(name) = line.strip_prefix("blocked ") {
+        return Some((name, None));
+    }
+    let (name, content) = line.strip_prefix("lease ")?.split_once(' ')?;
+    Some((name, unescape(content)))
+}
+
+/// Where the line that `line` (a newline and the line's start, or its whole) begins in
+/// `body`. A whole line (`line` ending in a newline) may also be the body's last.
+fn find_line(body: &str, line: &str) -> Option<usize> {
+    if let Some(at) = body.find(line) {
+        return Some(at);
+    }
+    let last = line.strip_suffix('\n')?;
+    body.ends_with(last).then(|| body.len() - last.len())
+}
+
+/// The end of the line starting (with its newline) at `start`.
+fn line_end(body: &str, start: usize) -> usize {
+    body[start + 1..]
+        .find('\n')
+        .map_or(body.len(), |at| start + 1 + at)
 }
 
 /// Lease content as written, but for spaces, control characters, `%` and non-ASCII bytes, which
@@ -129,16 +203,65 @@ mod tests {
 
     fn sample() -> Table {
         let mut table = Table::default();
+        table.add_lease("10.0.0.2", Some(b"c1\r\neth0"));
+        table.add_lease("2001:db8::2", Some(b"legacy id with spaces\n"));
+        table.add_lease("10.0.0.3", None);
+        table.add_lease("10.0.0.4", Some("100% é\r\n%41".as_bytes()));
+        table.add_marker("last_reserved_ip.0");
+        table.add_marker("last_reserved_ip.0");
         table
-            .leases
-            .insert("10.0.0.2".into(), Some(b"c1\r\neth0".to_vec()));
-        table.leases.insert(
-            "2001:db8::2".into(),
-            Some(b"legacy id with spaces\n".to_vec()),
+    }
+
+    #[test]
+    fn lines_are_found_added_and_removed_by_name() {
+        let mut table = sample();
+        assert_eq!(table.lease("10.0.0.2"), Some(Some(b"c1\r\neth0".to_vec())));
+        assert_eq!(table.lease("10.0.0.3"), Some(None));
+        assert_eq!(
+            table.lease("10.0.0.4"),
+            Some(Some("100% é\r\n%41".as_bytes().to_vec()))
         );
-        table.leases.insert("10.0.0.3".into(), None);
-        table.markers.insert("last_reserved_ip.0".into());
-        table
+        assert_eq!(table.lease("10.0.0.20"), None, "not a prefix match");
+        assert_eq!(table.lease("10.0.0.1"), None);
+        assert_eq!(table.markers().collect::<Vec<_>>(), ["last_reserved_ip.0"]);
+        assert_eq!(table.all().len(), 4);
+
+        table.add_lease("10.0.0.20", Some(b"c2\r\neth0"));
+        table.remove_lease("10.0.0.2");
+        table.remove_lease("10.0.0.3");
+        assert_eq!(
+            (table.lease("10.0.0.2"), table.lease("10.0.0.3")),
+            (None, None)
+        );
+        assert_eq!(table.lease("10.0.0.20"), Some(Some(b"c2\r\neth0".to_vec())));
+        table.add_lease("10.0.0.20", Some(b"c3\r\neth0"));
+        assert_eq!(table.all().len(), 3, "replaced, not added");
+    }
+
+    #[test]
+    fn leases_are_found_by_what_they_hold() {
+        let mut table = sample();
+        table.add_lease("10.0.0.5", Some(b"c1\r\neth1"));
+        table.add_lease("10.0.0.1", Some(b"c11\r\neth0"));
+        let names = |needle: &[u8]| -> Vec<String> {
+            let mut names: Vec<String> = table
+                .leases_holding(needle)
+                .into_iter()
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(b"c1"), ["10.0.0.1", "10.0.0.2", "10.0.0.5"]);
+        assert_eq!(names(b"c1\r\neth0"), ["10.0.0.2"]);
+        assert_eq!(
+            names(b"10.0.0"),
+            Vec::<String>::new(),
+            "names are not content"
+        );
+        assert_eq!(names(b"with spaces"), ["2001:db8::2"]);
+        assert_eq!(names(b"%"), ["10.0.0.4"]);
+        assert_eq!(table.leases_holding(b"").len(), 5, "every lease with content");
     }
 
     #[test]
@@ -150,6 +273,7 @@ mod tests {
         let text = sample().encode(stamp);
         assert_eq!(Table::decode(&text, stamp), Some(sample()));
         assert_eq!(Table::decode(&text, Stamp { nsec: 124, ..stamp }), None);
+        assert_eq!(Table::decode(&text, Stamp { nsec: 12, ..stamp }), None);
         assert_eq!(
             Table::decode(&Table::default().encode(stamp), stamp),
             Some(Table::default())
