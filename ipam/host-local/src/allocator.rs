@@ -8,7 +8,7 @@ use libcni::{Error, Result};
 
 use crate::config::{Config, RangeSet};
 use crate::ip::{from_u128, to_u128};
-use crate::store::{LeaseView, Owner};
+use crate::leases::{LeaseView, Owner};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {

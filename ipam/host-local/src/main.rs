@@ -15,6 +15,7 @@ mod allocator;
 mod config;
 mod dns;
 mod ip;
+mod leases;
 mod owners;
 mod store;
 mod table;
@@ -28,7 +29,8 @@ use libcni::{Error, Result};
 use serde::Deserialize;
 
 use crate::config::{Config, DEFAULT_DATA_DIR};
-use crate::store::{LeaseView, Owner, Store};
+use crate::leases::{LeaseView, Owner};
+use crate::store::Store;
 
 struct HostLocal;
 

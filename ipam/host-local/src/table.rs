@@ -261,7 +261,11 @@ mod tests {
         );
         assert_eq!(names(b"with spaces"), ["2001:db8::2"]);
         assert_eq!(names(b"%"), ["10.0.0.4"]);
-        assert_eq!(table.leases_holding(b"").len(), 5, "every lease with content");
+        assert_eq!(
+            table.leases_holding(b"").len(),
+            5,
+            "every lease with content"
+        );
     }
 
     #[test]
