@@ -17,7 +17,7 @@
 use std::fmt::Write;
 
 pub const NAME: &str = "table";
-const HEADER: &str = "rcni host-local lease table 2";
+const HEADER: &str = "rcni host-local lease table 3";
 
 /// A directory's modification time, as `fstat` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +27,18 @@ pub struct Stamp {
 }
 
 /// The lines of a table: `marker <name>`, `lease <name> <content, escaped>` and
-/// `blocked <name>` (a name that blocks its address but is not a readable lease), each starting
-/// with a newline so that a line is found by searching for `\n` and its start.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// `blocked <name>` (a name that blocks its address but is not a readable lease), after a
+/// newline and each ended by one, so that a line or its start is found by searching for it
+/// between newlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     body: String,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table { body: "\n".into() }
+    }
 }
 
 impl Table {
@@ -39,20 +46,21 @@ impl Table {
         let mut text = format!("{HEADER}\nstamp {} {}", stamp.sec, stamp.nsec);
         text.push_str(&self.body);
         let sum = checksum(&text);
-        let _ = writeln!(text, "\nsum {sum}");
+        let _ = writeln!(text, "sum {sum}");
         text
     }
 
     /// The table `text` records if it is whole and was written at `stamp`.
     pub fn decode(text: &str, stamp: Stamp) -> Option<Table> {
-        let (signed, sum) = text.strip_suffix('\n')?.rsplit_once("\nsum ")?;
-        if sum != checksum(signed) {
+        let (signed, sum) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+        let signed = &text[..signed.len() + 1];
+        if sum.strip_prefix("sum ")? != checksum(signed) {
             return None;
         }
         let body = signed
             .strip_prefix(HEADER)?
             .strip_prefix(&format!("\nstamp {} {}", stamp.sec, stamp.nsec))?;
-        (body.is_empty() || body.starts_with('\n')).then(|| Table { body: body.into() })
+        body.starts_with('\n').then(|| Table { body: body.into() })
     }
 
     pub fn add_lease(&mut self, name: &str, content: Option<&[u8]>) {
@@ -64,27 +72,28 @@ impl Table {
     pub fn push_lease(&mut self, name: &str, content: Option<&[u8]>) {
         match content {
             Some(content) => {
-                let _ = write!(self.body, "\nlease {name} ");
+                let _ = write!(self.body, "lease {name} ");
                 escape(&mut self.body, content);
+                self.body.push('\n');
             }
             None => {
-                let _ = write!(self.body, "\nblocked {name}");
+                let _ = writeln!(self.body, "blocked {name}");
             }
         }
     }
 
     pub fn remove_lease(&mut self, name: &str) {
         for line in [format!("\nlease {name} "), format!("\nblocked {name}\n")] {
-            if let Some(start) = find_line(&self.body, &line) {
-                let end = line_end(&self.body, start);
-                self.body.replace_range(start..end, "");
+            if let Some((start, end)) = self.find_line(&line) {
+                let past = (end + 1).min(self.body.len());
+                self.body.replace_range(start..past, "");
             }
         }
     }
 
     pub fn add_marker(&mut self, name: &str) {
-        if find_line(&self.body, &format!("\nmarker {name}\n")).is_none() {
-            let _ = write!(self.body, "\nmarker {name}");
+        if self.find_line(&format!("\nmarker {name}\n")).is_none() {
+            let _ = writeln!(self.body, "marker {name}");
         }
     }
 
@@ -95,11 +104,10 @@ impl Table {
     /// The lease named `name`: its content, or `Some(None)` when the name only blocks its
     /// address.
     pub fn lease(&self, name: &str) -> Option<Option<Vec<u8>>> {
-        if let Some(start) = find_line(&self.body, &format!("\nlease {name} ")) {
-            let line = &self.body[start + 1..line_end(&self.body, start)];
-            return Some(parse_lease(line).and_then(|(_, content)| content));
+        if let Some((start, end)) = self.find_line(&format!("\nlease {name} ")) {
+            return Some(parse_lease(&self.body[start..end]).and_then(|(_, content)| content));
         }
-        find_line(&self.body, &format!("\nblocked {name}\n")).map(|_| None)
+        self.find_line(&format!("\nblocked {name}\n")).map(|_| None)
     }
 
     /// Every lease whose content holds `needle` (as bytes), by name, each once.
@@ -107,19 +115,19 @@ impl Table {
         let mut needle_text = String::new();
         escape(&mut needle_text, needle);
         let mut found = Vec::new();
-        let mut searched = 0;
+        let mut searched = 1;
         while let Some(at) = self.body[searched..].find(&needle_text) {
-            let at = searched + at;
-            let start = self.body[..at].rfind('\n').unwrap_or(0);
-            let end = line_end(&self.body, start);
-            if let Some((name, Some(content))) = parse_lease(&self.body[start + 1..end])
+            let start = self.body[..searched + at]
+                .rfind('\n')
+                .map_or(0, |nl| nl + 1);
+            let end = self.line_end(start);
+            if let Some((name, Some(content))) = parse_lease(&self.body[start..end])
                 && (needle.is_empty() || content.windows(needle.len()).any(|w| w == needle))
             {
                 found.push((name, content));
             }
-            // Past this line (an empty needle matches at its end too).
-            searched = end.max(at) + 1;
-            if searched > self.body.len() {
+            searched = end + 1;
+            if searched >= self.body.len() {
                 break;
             }
         }
@@ -132,7 +140,21 @@ impl Table {
     }
 
     fn lines(&self) -> impl Iterator<Item = &str> {
-        self.body.split('\n').skip(1)
+        self.body[1..].split_terminator('\n')
+    }
+
+    /// The first and the ending newline's index of the line that `line` (a newline and the
+    /// line's start, or the whole line between newlines) finds.
+    fn find_line(&self, line: &str) -> Option<(usize, usize)> {
+        let start = self.body.find(line)? + 1;
+        Some((start, self.line_end(start)))
+    }
+
+    /// The index of the newline that ends the line starting at `start`.
+    fn line_end(&self, start: usize) -> usize {
+        self.body[start..]
+            .find('\n')
+            .map_or(self.body.len(), |at| start + at)
     }
 }
 
@@ -144,23 +166,6 @@ fn parse_lease(line: &str) -> Option<(&str, Option<Vec<u8>>)> {
     }
     let (name, content) = line.strip_prefix("lease ")?.split_once(' ')?;
     Some((name, unescape(content)))
-}
-
-/// Where the line that `line` (a newline and the line's start, or its whole) begins in
-/// `body`. A whole line (`line` ending in a newline) may also be the body's last.
-fn find_line(body: &str, line: &str) -> Option<usize> {
-    if let Some(at) = body.find(line) {
-        return Some(at);
-    }
-    let last = line.strip_suffix('\n')?;
-    body.ends_with(last).then(|| body.len() - last.len())
-}
-
-/// The end of the line starting (with its newline) at `start`.
-fn line_end(body: &str, start: usize) -> usize {
-    body[start + 1..]
-        .find('\n')
-        .map_or(body.len(), |at| start + 1 + at)
 }
 
 /// Lease content as written, but for spaces, control characters, `%` and non-ASCII bytes, which
